@@ -1,0 +1,1 @@
+"""Training configs: `get_config(arg)` files; `default.py` is the one schema."""
