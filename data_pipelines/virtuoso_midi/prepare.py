@@ -1,0 +1,88 @@
+r"""Prepares a virtuoso_midi config without the `tfds` CLI (no TensorFlow needed).
+
+  python -m data_pipelines.virtuoso_midi.prepare --config=bach_token
+  python -m data_pipelines.virtuoso_midi.prepare --config=token --manual_dir=/my/midis \
+      --data_dir=/data/tfds
+
+It runs `Builder(...).download_and_prepare(file_format='array_record')`, printing what it does
+(sources, progress with files/s and ETA, the build report). The trainer runs exactly this in a
+subprocess when the configured dataset is missing. Read the result with
+`tfds.data_source('virtuoso_midi/<config>', data_dir=...)`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_CONFIG = flags.DEFINE_string("config", "bach_token", "Builder config, e.g. bach_token, token, char.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder of MIDI files (token/char configs).")
+_DOWNLOAD_DIR = flags.DEFINE_string("download_dir", "", "Download/cache folder ('' = <data_dir>/downloads).")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Build processes (0 = all cores).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset is already prepared.")
+
+
+def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None = None,
+            download_dir: str | None = None, num_workers: int | None = None,
+            overwrite: bool = False):
+  """Builds one config as array_record and returns the builder (its `info` holds the report).
+
+  Args:
+    config: builder config name (see the builder's docstring).
+    data_dir: TFDS data dir (None: the TFDS default).
+    manual_dir: the MIDI folder, for the `token`/`char` configs.
+    download_dir: download/cache folder (None: `<data_dir>/downloads`).
+    num_workers: build processes (None: all cores).
+    overwrite: delete and rebuild an existing preparation of this config and version.
+  """
+  # Imported here: `--help` and flag errors stay instant.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # pylint: disable=g-import-not-at-top
+
+  builder = vm.Builder(config=config, data_dir=data_dir or None, num_workers=num_workers or None)
+  where = os.fspath(builder.data_dir)
+  if builder.is_prepared() and not overwrite:
+    print(f"[virtuoso_midi] virtuoso_midi/{config} is already prepared at {where}", flush=True)
+    return builder
+  print(f"[virtuoso_midi] preparing virtuoso_midi/{config} "
+        f"(version {builder.version}, array_record) into {where}", flush=True)
+  if manual_dir:
+    print(f"[virtuoso_midi] reading MIDI files from {manual_dir}", flush=True)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=manual_dir or None,
+      download_mode=(tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+                     else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS),
+  )
+  start = time.monotonic()
+  builder.download_and_prepare(file_format="array_record", download_dir=download_dir or None,
+                               download_config=download_config)
+  splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+  print(f"[virtuoso_midi] done in {time.monotonic() - start:.1f} s: virtuoso_midi/{config} "
+        f"at {where}, splits {splits}", flush=True)
+  return builder
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    prepare(_CONFIG.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
+            download_dir=_DOWNLOAD_DIR.value, num_workers=_NUM_WORKERS.value,
+            overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError, AssertionError) as e:
+    # Bad config name, missing MIDI folder, or a corpus without one usable file.
+    print(f"[virtuoso_midi] ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
