@@ -1,0 +1,530 @@
+"""MIDI <-> `Notes`, and note-seq `NoteSequence` interchange.
+
+The only module that touches symusic, mido and note-seq (the latter two imported lazily).
+
+Parsing: symusic (C++, numpy column views) is the fast path. A file symusic rejects is retried
+with mido(clip=True), which tolerates e.g. out-of-range data bytes; `midi_to_notes(...,
+return_info=True)` says which parser read the file. Both paths produce the same intermediate
+(per-track tick columns), so tempo maps, sustain, quantization and limits are shared code.
+
+Semantics: tempo map honoured (500000 us/quarter before the first tempo event); note-on with
+velocity 0 is a note-off; note-offs close the earliest open note of that pitch (FIFO) within a
+MIDI track; program state is per MIDI track and channel (as symusic and pretty_midi do); channel
+10 is drums (instrument 128); notes never closed are dropped. Onsets and note ends are rounded to
+the grid (half up); a note shorter than one grid unit becomes one unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pathlib
+import struct
+from typing import Any, Union
+
+import numpy as np
+
+from virtuoso_jax.encoding.notes import DRUMS, EncodingConfig, Notes, instrument_name
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
+_DEFAULT_CONFIG = EncodingConfig()
+DEFAULT_MSPQ = 500_000  # Microseconds per quarter before the first tempo event (MIDI standard).
+WRITE_TPQ = 500  # notes_to_midi: 500 ticks per quarter at 120 bpm = 1 tick per millisecond.
+
+
+class MidiError(ValueError):
+  """Unreadable or absurd MIDI input. The message names the source and the reason."""
+
+  def __init__(self, source: str, reason: str):
+    self.source = source
+    self.reason = reason
+    super().__init__(f"{source}: {reason}")
+
+
+@dataclasses.dataclass
+class MidiInfo:
+  """What `midi_to_notes(..., return_info=True)` learned about a file."""
+
+  source: str
+  parser: str  # "symusic" or "mido" (the tolerant fallback).
+  recovered: bool  # True when symusic rejected the file and mido(clip=True) read it.
+  recover_reason: str  # symusic's complaint when recovered, else "".
+  smf_format: int
+  num_tracks: int
+  ticks_per_quarter: int
+  num_notes: int
+  seconds: float
+  pedal_extended: int  # Notes lengthened by the sustain pedal.
+  short_notes: int  # Notes shorter than one grid unit, set to one unit.
+
+
+@dataclasses.dataclass
+class _Track:
+  start: np.ndarray  # int64 ticks
+  end: np.ndarray
+  pitch: np.ndarray
+  velocity: np.ndarray
+  instrument: int
+  pedal_start: np.ndarray  # int64 ticks, sorted
+  pedal_end: np.ndarray
+
+
+@dataclasses.dataclass
+class _Parsed:
+  tpq: int
+  tempo_ticks: np.ndarray
+  tempo_mspq: np.ndarray
+  tracks: list[_Track]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_source(src: Source, config: EncodingConfig) -> tuple[bytes, str]:
+  if isinstance(src, (bytes, bytearray, memoryview)):
+    data = bytes(src)
+    name = "<bytes>"
+  elif isinstance(src, (str, os.PathLike)):
+    name = os.fspath(src)
+    try:
+      size = os.stat(name).st_size
+    except OSError as e:
+      raise MidiError(name, f"cannot read file: {e.strerror or e}") from e
+    if size > config.max_file_bytes:
+      raise MidiError(name, f"file is {size} bytes, over the limit max_file_bytes="
+                      f"{config.max_file_bytes}")
+    try:
+      data = pathlib.Path(name).read_bytes()
+    except OSError as e:
+      raise MidiError(name, f"cannot read file: {e.strerror or e}") from e
+  else:
+    raise TypeError(f"midi_to_notes: src must be a path or bytes, got {type(src).__name__}")
+  if len(data) > config.max_file_bytes:
+    raise MidiError(name, f"file is {len(data)} bytes, over the limit max_file_bytes="
+                    f"{config.max_file_bytes}")
+  return data, name
+
+
+def _check_header(data: bytes, name: str, config: EncodingConfig) -> tuple[int, int]:
+  """Validates the SMF header chunk; returns (format, declared track count)."""
+  if not data:
+    raise MidiError(name, "empty file")
+  if len(data) < 14 or data[:4] != b"MThd":
+    raise MidiError(name, "not a standard MIDI file (no MThd header)")
+  length, fmt, ntrks, division = struct.unpack(">IHHH", data[4:14])
+  if length < 6:
+    raise MidiError(name, f"MThd header length {length} < 6")
+  if fmt == 2:
+    raise MidiError(name, "SMF format 2 (independent sequences) is not supported")
+  if fmt > 2:
+    raise MidiError(name, f"unknown SMF format {fmt}")
+  if division & 0x8000:
+    raise MidiError(name, "SMPTE time division is not supported (only ticks per quarter)")
+  if division == 0:
+    raise MidiError(name, "ticks per quarter is 0")
+  if ntrks > config.max_tracks:
+    raise MidiError(name, f"file declares {ntrks} tracks, over the limit max_tracks="
+                    f"{config.max_tracks}")
+  if len(data) < 14 + 8:
+    raise MidiError(name, "truncated: no track chunk after the header")
+  return fmt, ntrks
+
+
+def _pedal_arrays(time, duration) -> tuple[np.ndarray, np.ndarray]:
+  start = np.asarray(time, np.int64)
+  end = start + np.asarray(duration, np.int64)
+  order = np.argsort(start, kind="stable")
+  return start[order], end[order]
+
+
+def _parse_symusic(data: bytes, config: EncodingConfig) -> _Parsed:
+  import symusic  # pylint: disable=g-import-not-at-top
+
+  score = symusic.Score.from_midi(data)
+  tempos = score.tempos.numpy()
+  tracks = []
+  total = 0
+  for tr in score.tracks:
+    cols = tr.notes.numpy()
+    n = len(cols["time"])
+    if n == 0:
+      continue
+    total += n
+    if total > config.max_notes:
+      break
+    start = cols["time"].astype(np.int64)
+    if config.sustain_pedal and not tr.is_drum and len(tr.pedals):
+      ped = tr.pedals.numpy()
+      ps, pe = _pedal_arrays(ped["time"], ped["duration"])
+    else:
+      ps = pe = np.zeros(0, np.int64)
+    tracks.append(_Track(
+        start=start, end=start + cols["duration"].astype(np.int64),
+        pitch=cols["pitch"].astype(np.int64), velocity=cols["velocity"].astype(np.int64),
+        instrument=DRUMS if tr.is_drum else int(tr.program), pedal_start=ps, pedal_end=pe))
+  return _Parsed(int(score.ticks_per_quarter), tempos["time"].astype(np.int64),
+                 tempos["mspq"].astype(np.int64), tracks)
+
+
+def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
+  """Tolerant parser (mido, clip=True); the same pairing rules as symusic."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import mido  # pylint: disable=g-import-not-at-top
+
+  mf = mido.MidiFile(file=io.BytesIO(data), clip=True)
+  tempo_ticks, tempo_mspq, tracks = [], [], []
+  total = 0
+  for mtrack in mf.tracks:
+    tick = 0
+    program = [0] * 16
+    open_notes = collections.defaultdict(collections.deque)
+    pedal_down = [None] * 16
+    groups = collections.defaultdict(lambda: ([], [], [], []))  # (ch, instrument) -> cols
+    pedals = collections.defaultdict(lambda: ([], []))  # channel -> (start, end)
+    for msg in mtrack:
+      tick += msg.time
+      t = msg.type
+      if t == "note_on" and msg.velocity > 0:
+        open_notes[(msg.channel, msg.note)].append((tick, msg.velocity, program[msg.channel]))
+      elif t == "note_off" or (t == "note_on" and msg.velocity == 0):
+        q = open_notes.get((msg.channel, msg.note))
+        if q:
+          on, vel, prog = q.popleft()
+          inst = DRUMS if msg.channel == 9 else prog
+          g = groups[(msg.channel, inst)]
+          g[0].append(on)
+          g[1].append(tick)
+          g[2].append(msg.note)
+          g[3].append(vel)
+          total += 1
+          if total > config.max_notes:
+            break
+      elif t == "program_change":
+        program[msg.channel] = msg.program
+      elif t == "control_change" and msg.control == 64:
+        ch = msg.channel
+        if msg.value >= 64 and pedal_down[ch] is None:
+          pedal_down[ch] = tick
+        elif msg.value < 64 and pedal_down[ch] is not None:
+          pedals[ch][0].append(pedal_down[ch])
+          pedals[ch][1].append(tick)
+          pedal_down[ch] = None
+      elif t == "set_tempo":
+        tempo_ticks.append(tick)
+        tempo_mspq.append(msg.tempo)
+    for (ch, inst), (on, off, pitch, vel) in sorted(groups.items()):
+      if config.sustain_pedal and inst != DRUMS and pedals[ch][0]:
+        ps, pe = _pedal_arrays(pedals[ch][0], np.subtract(pedals[ch][1], pedals[ch][0]))
+      else:
+        ps = pe = np.zeros(0, np.int64)
+      tracks.append(_Track(np.asarray(on, np.int64), np.asarray(off, np.int64),
+                           np.asarray(pitch, np.int64), np.asarray(vel, np.int64), inst, ps, pe))
+    if total > config.max_notes:
+      break
+  return _Parsed(int(mf.ticks_per_beat), np.asarray(tempo_ticks, np.int64),
+                 np.asarray(tempo_mspq, np.int64), tracks)
+
+
+def _apply_sustain(tr: _Track) -> tuple[np.ndarray, int]:
+  """New note ends: a note released while the pedal is down lasts until the pedal is released
+  or the same pitch is struck again, whichever comes first (note-seq's rule)."""
+  end = tr.end
+  if not len(tr.pedal_start) or not len(end):
+    return end, 0
+  k = np.searchsorted(tr.pedal_start, end, side="right") - 1
+  inside = (k >= 0) & (end < tr.pedal_end[np.maximum(k, 0)])
+  if not inside.any():
+    return end, 0
+  new_end = np.where(inside, tr.pedal_end[np.maximum(k, 0)], end)
+  # First onset of the same pitch at or after the original release.
+  big = np.int64(1) << 40
+  keys = np.sort(tr.pitch * big + tr.start)
+  probe = tr.pitch * big + end
+  j = np.searchsorted(keys, probe, side="left")
+  has_next = j < len(keys)
+  nxt = keys[np.minimum(j, len(keys) - 1)]
+  same_pitch = has_next & (nxt // big == tr.pitch)
+  restrike = np.where(same_pitch, nxt - tr.pitch * big, new_end)
+  new_end = np.where(inside, np.maximum(end, np.minimum(new_end, restrike)), end)
+  return new_end, int((new_end != end).sum())
+
+
+def ticks_to_seconds(ticks: np.ndarray, tpq: int, tempo_ticks: np.ndarray,
+                     tempo_mspq: np.ndarray) -> np.ndarray:
+  """Tick times -> seconds (float64) through a tempo map (500000 us/quarter before the first)."""
+  tempo_ticks = np.asarray(tempo_ticks, np.int64)
+  tempo_mspq = np.asarray(tempo_mspq, np.int64)
+  order = np.argsort(tempo_ticks, kind="stable")
+  tt, tm = tempo_ticks[order], tempo_mspq[order]
+  # The last tempo event at a tick wins.
+  if len(tt):
+    last = np.append(tt[1:] != tt[:-1], True)
+    tt, tm = tt[last], tm[last]
+  if not len(tt) or tt[0] != 0:
+    tt = np.concatenate([[0], tt])
+    tm = np.concatenate([[DEFAULT_MSPQ], tm])
+  tm = np.maximum(tm, 1)
+  seg_us = np.diff(tt).astype(np.float64) * tm[:-1] / tpq
+  cum_us = np.concatenate([[0.0], np.cumsum(seg_us)])
+  k = np.searchsorted(tt, ticks, side="right") - 1
+  return (cum_us[k] + (ticks - tt[k]).astype(np.float64) * tm[k] / tpq) * 1e-6
+
+
+def quantize_seconds(seconds: np.ndarray, grid_ms: int) -> np.ndarray:
+  """Seconds -> grid units, rounding half up (after removing float noise below 1e-6 unit)."""
+  x = np.asarray(seconds, np.float64) * (1000.0 / grid_ms)
+  return np.floor(np.round(x, 6) + 0.5).astype(np.int64)
+
+
+def _to_notes(parsed: _Parsed, config: EncodingConfig, name: str) -> tuple[Notes, int, int]:
+  tracks = parsed.tracks
+  if not tracks:
+    return Notes.empty(), 0, 0
+  n_total = sum(len(t.start) for t in tracks)
+  if n_total > config.max_notes:
+    raise MidiError(name, f"more than max_notes={config.max_notes} notes")
+  ends, extended = [], 0
+  for tr in tracks:
+    if config.sustain_pedal and len(tr.pedal_start):
+      e, n = _apply_sustain(tr)
+      extended += n
+    else:
+      e = tr.end
+    ends.append(e)
+  start = np.concatenate([t.start for t in tracks])
+  end = np.concatenate(ends)
+  sec = ticks_to_seconds(np.concatenate([start, end]), parsed.tpq, parsed.tempo_ticks,
+                         parsed.tempo_mspq)
+  if len(sec) and sec.max() > config.max_seconds:
+    raise MidiError(name, f"song lasts {sec.max():.0f} s, over the limit max_seconds="
+                    f"{config.max_seconds:g} (absurd delta times?)")
+  units = quantize_seconds(sec, config.grid_ms)
+  onset, off = units[:n_total], units[n_total:]
+  duration = off - onset
+  short = int((duration < 1).sum())
+  duration = np.maximum(duration, 1)
+  pitch = np.concatenate([t.pitch for t in tracks])
+  velocity = np.clip(np.concatenate([t.velocity for t in tracks]), 1, 127)
+  instrument = np.concatenate([np.full(len(t.start), t.instrument, np.int64) for t in tracks])
+  if pitch.min() < 0 or pitch.max() > 127:
+    raise MidiError(name, f"note pitch outside 0..127 ({pitch.min()}..{pitch.max()})")
+  notes = Notes(onset, duration, pitch, velocity, instrument)
+  return notes[notes.order()], extended, short
+
+
+def midi_to_notes(src: Source, config: EncodingConfig = _DEFAULT_CONFIG, *,
+                  return_info: bool = False) -> Notes | tuple[Notes, MidiInfo]:
+  """Reads a standard MIDI file into canonical `Notes`.
+
+  Args:
+    src: a path, a path-like or the file's bytes.
+    config: grid, sustain option and limits.
+    return_info: also return a `MidiInfo` (parser used, recovery, counts).
+
+  Returns:
+    `Notes`, or `(Notes, MidiInfo)` with `return_info=True`.
+
+  Raises:
+    MidiError: unreadable, truncated, empty, format 2, over a limit, or no notes (unless
+      `config.allow_empty`). The message names the source and the reason.
+  """
+  data, name = _read_source(src, config)
+  fmt, ntrks = _check_header(data, name, config)
+  parser, reason = "symusic", ""
+  try:
+    parsed = _parse_symusic(data, config)
+  except (RuntimeError, ValueError, IndexError, OverflowError) as e:
+    reason = str(e).replace("MiniMidi: ", "").replace(": iostream error", "")
+    if not config.tolerant_fallback:
+      raise MidiError(name, f"unreadable MIDI: {reason}") from e
+    try:
+      parsed = _parse_mido(data, config)
+      parser = "mido"
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as e2:
+      raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser: {e2})") from e2
+  if parsed.tpq <= 0:
+    raise MidiError(name, f"ticks per quarter is {parsed.tpq}")
+  notes, extended, short = _to_notes(parsed, config, name)
+  if not len(notes) and not config.allow_empty:
+    raise MidiError(name, "no notes" + (f" (tolerant parser used: {reason})" if reason else ""))
+  if return_info:
+    info = MidiInfo(source=name, parser=parser, recovered=parser == "mido",
+                    recover_reason=reason, smf_format=fmt, num_tracks=ntrks,
+                    ticks_per_quarter=parsed.tpq, num_notes=len(notes),
+                    seconds=notes.end * config.grid_ms / 1000.0, pedal_extended=extended,
+                    short_notes=short)
+    return notes, info
+  return notes
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _vlq_events(ticks: np.ndarray, payload: np.ndarray) -> bytes:
+  """Serialises events (absolute ticks, sorted; payload uint8 [n, 3]) with VLQ delta times."""
+  delta = np.diff(ticks, prepend=0).astype(np.int64)
+  if len(delta) and (delta.min() < 0 or delta.max() > 0x0FFFFFFF):
+    raise ValueError(f"delta time out of range ({delta.min()}..{delta.max()})")
+  nb = 1 + (delta >= 1 << 7) + (delta >= 1 << 14) + (delta >= 1 << 21)
+  size = nb + payload.shape[1]
+  starts = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+  out = np.zeros(int(size.sum()), np.uint8)
+  for k in range(4):
+    m = nb > k
+    shift = 7 * (nb[m] - 1 - k)
+    byte = (delta[m] >> shift) & 0x7F
+    byte = byte | np.where(k < nb[m] - 1, 0x80, 0)
+    out[starts[m] + k] = byte
+  for j in range(payload.shape[1]):
+    out[starts + nb + j] = payload[:, j]
+  return out.tobytes()
+
+
+def _meta(delta: int, kind: int, data: bytes) -> bytes:
+  assert delta < 128 and len(data) < 128
+  return bytes([delta, 0xFF, kind, len(data)]) + data
+
+
+def _voices(notes: Notes, idx: np.ndarray) -> np.ndarray:
+  """Splits notes of one instrument into voices so that, within a voice, notes of a pitch end in
+  the order they start (FIFO note-off pairing then reads them back exactly)."""
+  voice = np.full(len(idx), -1, np.int64)
+  remaining = np.arange(len(idx))
+  v = 0
+  while len(remaining):
+    sub = idx[remaining]
+    on = notes.onset[sub].astype(np.int64)
+    end = on + notes.duration[sub]
+    pitch = notes.pitch[sub].astype(np.int64)
+    order = np.lexsort((end, on, pitch))
+    big = np.int64(1) << 40
+    key_end = pitch[order] * big + end[order]
+    running = np.maximum.accumulate(key_end)
+    ok_sorted = key_end >= running  # Ends never go backwards within the pitch.
+    ok = np.empty(len(order), bool)
+    ok[order] = ok_sorted
+    voice[remaining[ok]] = v
+    remaining = remaining[~ok]
+    v += 1
+  return voice
+
+
+def notes_to_midi(notes: Notes, path: str | os.PathLike | None = None, *,
+                  config: EncodingConfig = _DEFAULT_CONFIG, name: str = "virtuoso_jax") -> bytes:
+  """Writes notes as a standard MIDI file (format 1) and returns its bytes.
+
+  One track per instrument (a second track for an instrument only where its notes of one pitch
+  overlap out of order), a program change per track, drums on channel 10, one tempo event (120 bpm
+  at 500 ticks per quarter: 1 tick = 1 ms, so integer grid units map to integer ticks), note
+  velocities. Melodic instruments take channels 1-9, 11-16 in order; beyond 15 instruments the
+  channels are reused (each track still carries its own program change, which parsers that keep
+  program state per track, like symusic and pretty_midi, read back exactly).
+
+  Args:
+    notes: the notes (any order).
+    path: if given, the file is also written there.
+    config: its `grid_ms` gives the time unit of `notes`.
+    name: the conductor track's name.
+
+  Returns:
+    The SMF bytes; `midi_to_notes(notes_to_midi(n)) == n.canonical()`.
+  """
+  notes = notes.canonical()
+  unit = config.grid_ms  # ticks per grid unit (1 tick = 1 ms)
+  chunks = []
+  conductor = (_meta(0, 0x03, name.encode("ascii", "replace")[:100])
+               + bytes([0, 0xFF, 0x51, 3]) + DEFAULT_MSPQ.to_bytes(3, "big")
+               + _meta(0, 0x2F, b""))
+  chunks.append(conductor)
+  melodic_channels = [c for c in range(16) if c != 9]
+  n_melodic = 0
+  for inst in notes.instruments().tolist():
+    idx = np.flatnonzero(notes.instrument == inst)
+    if inst == DRUMS:
+      channel = 9
+    else:
+      channel = melodic_channels[n_melodic % 15]
+      n_melodic += 1
+    voice = _voices(notes, idx)
+    for v in range(int(voice.max()) + 1):
+      sel = idx[voice == v]
+      on = notes.onset[sel].astype(np.int64) * unit
+      off = on + notes.duration[sel].astype(np.int64) * unit
+      pitch = notes.pitch[sel].astype(np.uint8)
+      vel = notes.velocity[sel].astype(np.uint8)
+      n = len(sel)
+      ticks = np.concatenate([off, on])
+      kind = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])  # offs first
+      # Note-ons of one tick in order of their ends: FIFO pairing gives each its own off.
+      second = np.concatenate([np.zeros(n, np.int64), off])
+      order = np.lexsort((second, kind, ticks))
+      payload = np.stack([
+          np.concatenate([np.full(n, 0x80 | channel), np.full(n, 0x90 | channel)]),
+          np.concatenate([pitch, pitch]),
+          np.concatenate([np.full(n, 64), vel]),
+      ], axis=1).astype(np.uint8)[order]
+      title = instrument_name(inst).encode("ascii", "replace")
+      head = _meta(0, 0x03, title)
+      if inst != DRUMS:
+        head += bytes([0, 0xC0 | channel, inst])
+      body = _vlq_events(ticks[order], payload)
+      chunks.append(head + body + _meta(0, 0x2F, b""))
+  out = io.BytesIO()
+  out.write(b"MThd" + struct.pack(">IHHH", 6, 1, len(chunks), WRITE_TPQ))
+  for c in chunks:
+    out.write(b"MTrk" + struct.pack(">I", len(c)) + c)
+  data = out.getvalue()
+  if path is not None:
+    pathlib.Path(path).write_bytes(data)
+  return data
+
+
+# --------------------------------------------------------------------------- note-seq interchange
+
+
+def notes_to_note_sequence(notes: Notes, config: EncodingConfig = _DEFAULT_CONFIG):
+  """`Notes` -> note-seq `NoteSequence` (seconds; program and is_drum per note, one
+  `instrument` index per distinct instrument, a 120 bpm tempo)."""
+  from note_seq.protobuf import music_pb2  # pylint: disable=g-import-not-at-top
+
+  ns = music_pb2.NoteSequence()
+  ns.ticks_per_quarter = WRITE_TPQ
+  ns.tempos.add(time=0.0, qpm=120.0)
+  unit = config.grid_ms / 1000.0
+  inst_index = {v: i for i, v in enumerate(notes.instruments().tolist())}
+  for on, dur, p, vel, inst in notes.canonical().to_rows():
+    ns.notes.add(start_time=on * unit, end_time=(on + dur) * unit, pitch=p, velocity=vel,
+                 program=0 if inst == DRUMS else inst, is_drum=inst == DRUMS,
+                 instrument=inst_index[inst])
+  ns.total_time = notes.end * unit
+  return ns
+
+
+def note_sequence_to_notes(ns, config: EncodingConfig = _DEFAULT_CONFIG) -> Notes:
+  """note-seq `NoteSequence` -> canonical `Notes`, quantized exactly as `midi_to_notes` does.
+
+  Sustain is not applied here (note-seq keeps it as control changes; use
+  `note_seq.apply_sustain_control_changes` first if wanted)."""
+  n = len(ns.notes)
+  if n == 0:
+    return Notes.empty()
+  cols = np.array([(x.start_time, x.end_time, x.pitch, x.velocity, DRUMS if x.is_drum
+                    else x.program) for x in ns.notes], np.float64).reshape(n, 5)
+  units = quantize_seconds(cols[:, :2].reshape(-1), config.grid_ms).reshape(n, 2)
+  duration = np.maximum(units[:, 1] - units[:, 0], 1)
+  velocity = np.clip(cols[:, 3].astype(np.int64), 1, 127)
+  notes = Notes(units[:, 0], duration, cols[:, 2].astype(np.int64), velocity,
+                cols[:, 4].astype(np.int64))
+  return notes.canonical()
+
+
+def describe(notes: Notes, config: EncodingConfig = _DEFAULT_CONFIG) -> dict[str, Any]:
+  """A small summary: notes, instruments with GM names, seconds."""
+  insts, counts = np.unique(notes.instrument, return_counts=True)
+  return {
+      "notes": len(notes),
+      "seconds": notes.end * config.grid_ms / 1000.0,
+      "instruments": [{"instrument": int(i), "name": instrument_name(int(i)), "notes": int(c)}
+                      for i, c in zip(insts, counts)],
+  }

@@ -1,0 +1,356 @@
+"""Token ("INTS") codec: `Notes` <-> int32 ids, with a grammar automaton for the sampler.
+
+Ids: PAD = 0, BOS = 1, EOS = 2, WAIT = 3, then field-specific ranges (no id is shared between
+fields). A song is `[BOS, group, group, ..., EOS]`; a note group is zero or more WAIT tokens
+followed by the note's fields:
+
+- layout "default" (5 tokens per note): `[time-delta, instrument, pitch, duration, velocity-bin]`;
+- layout "compact" (3 tokens per note): `[time-delta, instrument x pitch, duration x velocity-bin]`.
+
+time-delta is the onset delta to the previous note (0..max_time_shift grid units); each WAIT adds
+`max_time_shift + 1` units, so any gap is split exactly and nothing after it shifts. Durations over
+`max_duration` are clipped (counted in the encode report). Velocity is binned (`velocity_bins`);
+decoding gives each bin's representative value, and `encode(decode(ids)) == ids` for encoded ids.
+
+`decode` never raises: ids outside a well-formed note group (unknown ids, partial groups) are
+skipped and counted as malformed fragments; WAIT tokens always advance time; decoding stops at the
+first EOS; PAD and BOS are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from virtuoso_jax.encoding.notes import DRUMS, NUM_INSTRUMENTS, EncodingConfig, Notes
+
+PAD, BOS, EOS, WAIT = 0, 1, 2, 3
+_INT32_MAX = np.iinfo(np.int32).max
+
+# Token kinds (what `kinds()` returns per id).
+K_INVALID, K_PAD, K_BOS, K_EOS, K_WAIT = -1, 0, 1, 2, 3
+K_DT, K_INS, K_PITCH, K_DUR, K_VEL, K_INS_PITCH, K_DUR_VEL = 4, 5, 6, 7, 8, 9, 10
+
+
+def velocity_bin_tables(bins: int) -> tuple[np.ndarray, np.ndarray]:
+  """(to_bin[0..127], representative[0..bins-1]); velocity 1..127 in `bins` equal bins, the
+  representative is the bin's middle value, so `to_bin[representative[b]] == b`."""
+  v = np.arange(128)
+  to_bin = np.clip(((np.maximum(v, 1) - 1) * bins) // 127, 0, bins - 1)
+  rep = np.zeros(bins, np.int64)
+  for b in range(bins):
+    members = v[1:][to_bin[1:] == b]
+    rep[b] = members[(len(members) - 1) // 2]
+  return to_bin.astype(np.int64), rep
+
+
+@dataclasses.dataclass(frozen=True)
+class Grammar:
+  """A finite automaton over token ids, for grammar-constrained sampling.
+
+  Attributes:
+    allowed: bool[S, V], the ids legal in each state.
+    next_state: int32[S, V], the state after emitting an id (illegal ids lead to `end_state`).
+    start_state: the state after BOS.
+    boundary_state: the state between note groups (EOS is legal only here).
+    end_state: after EOS: only PAD is legal.
+  """
+
+  allowed: np.ndarray
+  next_state: np.ndarray
+  start_state: int
+  boundary_state: int
+  end_state: int
+
+  @property
+  def num_states(self) -> int:
+    return self.allowed.shape[0]
+
+  def state_after(self, ids: Iterable[int]) -> int:
+    """The state after a prefix (a leading BOS is optional). Raises ValueError on an illegal id."""
+    state = self.start_state
+    ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)
+    for i, t in enumerate(ids.tolist()):
+      if i == 0 and t == BOS:
+        continue
+      if not 0 <= t < self.allowed.shape[1] or not self.allowed[state, t]:
+        raise ValueError(f"id {t} at position {i} is not legal in grammar state {state}")
+      state = int(self.next_state[state, t])
+    return state
+
+
+class TokenCodec:
+  """Notes <-> token ids (see the module docstring for the format)."""
+
+  pad_id = PAD
+  bos_id = BOS
+  eos_id = EOS
+  wait_id = WAIT
+
+  def __init__(self, config: EncodingConfig = EncodingConfig()):
+    self.config = config
+    self.layout = config.token_layout
+    self.max_time_shift = config.max_time_shift
+    self.wait_units = config.max_time_shift + 1
+    self.max_duration = config.max_duration
+    self.velocity_bins = config.velocity_bins
+    self._vel_to_bin, self._bin_rep = velocity_bin_tables(config.velocity_bins)
+    ranges = {"special": (0, 4)}
+    start = 4
+
+    def _add(name, size):
+      nonlocal start
+      ranges[name] = (start, start + size)
+      start += size
+
+    _add("time", self.wait_units)
+    if self.layout == "default":
+      _add("instrument", NUM_INSTRUMENTS)
+      _add("pitch", 128)
+      _add("duration", self.max_duration)
+      _add("velocity", self.velocity_bins)
+      self._pattern = (K_DT, K_INS, K_PITCH, K_DUR, K_VEL)
+      kind_of = {"time": K_DT, "instrument": K_INS, "pitch": K_PITCH, "duration": K_DUR,
+                 "velocity": K_VEL}
+    else:
+      _add("instrument_pitch", NUM_INSTRUMENTS * 128)
+      _add("duration_velocity", self.max_duration * self.velocity_bins)
+      self._pattern = (K_DT, K_INS_PITCH, K_DUR_VEL)
+      kind_of = {"time": K_DT, "instrument_pitch": K_INS_PITCH, "duration_velocity": K_DUR_VEL}
+    self._ranges = ranges
+    self.vocab_size = start
+    kinds = np.full(self.vocab_size, K_INVALID, np.int64)
+    kinds[[PAD, BOS, EOS, WAIT]] = [K_PAD, K_BOS, K_EOS, K_WAIT]
+    for name, kind in kind_of.items():
+      lo, hi = ranges[name]
+      kinds[lo:hi] = kind
+    self._kinds = kinds
+    self._grammar = None
+
+  # ------------------------------------------------------------------ properties
+  @property
+  def tokens_per_note(self) -> int:
+    return len(self._pattern)
+
+  def field_ranges(self) -> dict[str, tuple[int, int]]:
+    """Field name -> [start, stop) id range."""
+    return dict(self._ranges)
+
+  def kinds(self, ids) -> np.ndarray:
+    """Token kind of each id (K_* constants; K_INVALID for ids outside the vocabulary)."""
+    ids = np.asarray(ids, np.int64)
+    ok = (ids >= 0) & (ids < self.vocab_size)
+    return np.where(ok, self._kinds[np.where(ok, ids, 0)], K_INVALID)
+
+  def quantize(self, notes: Notes) -> Notes:
+    """What survives a round trip: durations clipped to max_duration, velocities binned."""
+    return notes.replace(duration=np.minimum(notes.duration, self.max_duration),
+                         velocity=self._bin_rep[self._vel_to_bin[notes.velocity]]).canonical()
+
+  # ------------------------------------------------------------------ encode
+  def encode(self, notes: Notes, *, add_bos: bool = True, add_eos: bool = True,
+             return_report: bool = False):
+    """Notes -> int32 ids `[BOS, ..., EOS]` (canonical order is applied first).
+
+    With `return_report=True` returns `(ids, report)`; report counts `duration_clipped` and
+    `wait_tokens`.
+    """
+    notes = notes.canonical()
+    n = len(notes)
+    onset = notes.onset.astype(np.int64)
+    delta = np.diff(onset, prepend=0)
+    n_wait = delta // self.wait_units
+    dt = delta - n_wait * self.wait_units
+    dur = np.minimum(notes.duration.astype(np.int64), self.max_duration)
+    vbin = self._vel_to_bin[notes.velocity]
+    r = self._ranges
+    if self.layout == "default":
+      fields = np.stack([r["time"][0] + dt, r["instrument"][0] + notes.instrument,
+                         r["pitch"][0] + notes.pitch, r["duration"][0] + dur - 1,
+                         r["velocity"][0] + vbin], axis=1)
+    else:
+      fields = np.stack([r["time"][0] + dt,
+                         r["instrument_pitch"][0] + notes.instrument.astype(np.int64) * 128
+                         + notes.pitch,
+                         r["duration_velocity"][0] + (dur - 1) * self.velocity_bins + vbin],
+                        axis=1)
+    t = self.tokens_per_note
+    head = 1 if add_bos else 0
+    size = n_wait + t
+    starts = head + np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+    total = head + int(size.sum()) + (1 if add_eos else 0)
+    out = np.full(total, WAIT, np.int32)
+    if add_bos:
+      out[0] = BOS
+    if add_eos:
+      out[-1] = EOS
+    if n:
+      out[(starts + n_wait)[:, None] + np.arange(t)] = fields
+    if return_report:
+      return out, {"notes": n, "duration_clipped": int((notes.duration > self.max_duration).sum()),
+                   "wait_tokens": int(n_wait.sum())}
+    return out
+
+  # ------------------------------------------------------------------ decode
+  def _groups(self, ids: np.ndarray):
+    """(kinds, valid group starts) for a PAD/BOS-free id array."""
+    k = self.kinds(ids)
+    t = self.tokens_per_note
+    L = len(k)
+    padded = np.concatenate([k, np.full(t, K_INVALID)])
+    valid = np.ones(L, bool)
+    for j, kind in enumerate(self._pattern):
+      valid &= padded[j:j + L] == kind
+    return k, np.flatnonzero(valid)
+
+  def decode(self, ids, *, return_report: bool = False):
+    """Ids -> canonical Notes. Never raises on any integer sequence.
+
+    With `return_report=True` returns `(notes, report)`, report = {"notes", "skipped_fragments"
+    (maximal runs of ids outside well-formed note groups), "skipped_ids", "after_eos" (non-PAD ids
+    after the first EOS), "out_of_range_notes" (notes whose time overflowed)}.
+    """
+    ids = np.asarray(ids).reshape(-1)
+    if ids.dtype.kind not in "iu":
+      ids = np.asarray(np.nan_to_num(ids.astype(np.float64)), np.float64)
+      ids = np.clip(ids, -1, self.vocab_size).astype(np.int64)
+    ids = ids.astype(np.int64, copy=False)
+    eos = np.flatnonzero(ids == EOS)
+    after_eos = 0
+    if len(eos):
+      tail = ids[eos[0] + 1:]
+      after_eos = int((tail != PAD).sum())
+      ids = ids[:eos[0]]
+    ids = ids[(ids != PAD) & (ids != BOS)]
+    k, starts = self._groups(ids)
+    t = self.tokens_per_note
+    covered = np.zeros(len(ids), bool)
+    if len(starts):
+      covered[(starts[:, None] + np.arange(t)).reshape(-1)] = True
+    is_wait = k == K_WAIT
+    bad = ~covered & ~is_wait
+    fragments = int((bad & ~np.concatenate([[False], bad[:-1]])).sum())
+    inc = np.where(is_wait, self.wait_units, 0).astype(np.int64)
+    r = self._ranges
+    inc[starts] = ids[starts] - r["time"][0]
+    onset = np.cumsum(inc)[starts] if len(starts) else np.zeros(0, np.int64)
+    if self.layout == "default":
+      inst = ids[starts + 1] - r["instrument"][0]
+      pitch = ids[starts + 2] - r["pitch"][0]
+      dur = ids[starts + 3] - r["duration"][0] + 1
+      vbin = ids[starts + 4] - r["velocity"][0]
+    else:
+      ip = ids[starts + 1] - r["instrument_pitch"][0]
+      inst, pitch = ip // 128, ip % 128
+      dv = ids[starts + 2] - r["duration_velocity"][0]
+      dur, vbin = dv // self.velocity_bins + 1, dv % self.velocity_bins
+    fits = onset + dur <= _INT32_MAX
+    notes = Notes(onset[fits], dur[fits], pitch[fits], self._bin_rep[vbin[fits]], inst[fits])
+    notes = notes.canonical()
+    if return_report:
+      return notes, {"notes": len(notes), "skipped_fragments": fragments,
+                     "skipped_ids": int(bad.sum()), "after_eos": after_eos,
+                     "out_of_range_notes": int((~fits).sum())}
+    return notes
+
+  # ------------------------------------------------------------------ grammar and helpers
+  def grammar(self) -> Grammar:
+    """The automaton every encoded song follows (see `Grammar`). States: 0 = between groups
+    (start), 1 = after WAIT, 2 .. T = after field 0 .. T-2, T+1 = after EOS."""
+    if self._grammar is not None:
+      return self._grammar
+    t = self.tokens_per_note
+    boundary, after_wait, end = 0, 1, t + 1
+    s = t + 2
+    allowed = np.zeros((s, self.vocab_size), bool)
+    nxt = np.full((s, self.vocab_size), end, np.int32)
+    kinds = self._kinds
+
+    def allow(state, kind, to):
+      m = kinds == kind
+      allowed[state, m] = True
+      nxt[state, m] = to
+
+    for st in (boundary, after_wait):
+      allow(st, K_WAIT, after_wait)
+      allow(st, K_DT, 2)
+    allow(boundary, K_EOS, end)
+    for j in range(1, t):
+      allow(1 + j, self._pattern[j], boundary if j == t - 1 else 2 + j)
+    allow(end, K_PAD, end)
+    self._grammar = Grammar(allowed, nxt, boundary, boundary, end)
+    return self._grammar
+
+  def instrument_mask(self, instruments: Sequence[int]) -> np.ndarray:
+    """bool[V]: ids allowed when generation is restricted to `instruments` (0..128); ids of
+    other fields are all allowed."""
+    inst = np.asarray(list(instruments), np.int64).reshape(-1)
+    if inst.size == 0 or inst.min() < 0 or inst.max() > DRUMS:
+      raise ValueError(f"instruments must be a non-empty list of values in 0..128, got "
+                       f"{inst.tolist()}")
+    mask = np.ones(self.vocab_size, bool)
+    if self.layout == "default":
+      lo, hi = self._ranges["instrument"]
+      mask[lo:hi] = False
+      mask[lo + inst] = True
+    else:
+      lo, hi = self._ranges["instrument_pitch"]
+      mask[lo:hi] = False
+      mask[(lo + inst[:, None] * 128 + np.arange(128)).reshape(-1)] = True
+    return mask
+
+  def _pitch_positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of pitch-carrying ids of non-drum notes, their pitches)."""
+    k = self.kinds(ids)
+    if self.layout == "default":
+      pos = np.flatnonzero(k == K_PITCH)
+      prev = ids[np.maximum(pos - 1, 0)]
+      drum = (pos > 0) & (prev == self._ranges["instrument"][0] + DRUMS)
+      pos = pos[~drum]
+      return pos, ids[pos] - self._ranges["pitch"][0]
+    pos = np.flatnonzero(k == K_INS_PITCH)
+    ip = ids[pos] - self._ranges["instrument_pitch"][0]
+    pos = pos[ip // 128 != DRUMS]
+    return pos, (ids[pos] - self._ranges["instrument_pitch"][0]) % 128
+
+  def pitch_shift_range(self, ids) -> tuple[int, int]:
+    """(lo, hi): the shifts that keep every pitched note of `ids` in 0..127 ((-127, 127) if
+    there is none). A pitch id whose instrument id is not in `ids` (a window cut mid-note)
+    counts as pitched."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    _, pitch = self._pitch_positions(ids)
+    if not len(pitch):
+      return -127, 127
+    return -int(pitch.min()), 127 - int(pitch.max())
+
+  def transpose_ids(self, ids, semitones: int) -> np.ndarray:
+    """Shifts the pitch of every non-drum note in `ids` by `semitones` (same dtype back).
+
+    Equals `encode(transpose(decode(ids), semitones)[0])` for well-formed songs. Raises
+    ValueError if the shift is outside `pitch_shift_range(ids)`.
+    """
+    arr = np.asarray(ids)
+    ids64 = arr.astype(np.int64).reshape(-1)
+    pos, pitch = self._pitch_positions(ids64)
+    semitones = int(semitones)
+    if len(pitch) and (pitch.min() + semitones < 0 or pitch.max() + semitones > 127):
+      lo, hi = self.pitch_shift_range(ids64)
+      raise ValueError(f"transpose_ids: shift {semitones} moves a note outside 0..127 "
+                       f"(allowed shifts {lo}..{hi})")
+    out = ids64.copy()
+    out[pos] += semitones
+    return out.astype(arr.dtype if arr.dtype.kind in "iu" else np.int32).reshape(arr.shape)
+
+  def note_boundaries(self, ids) -> np.ndarray:
+    """Positions where a note group starts (its first WAIT, else its time-delta id): cutting
+    `ids` there never splits a note."""
+    k = self.kinds(np.asarray(ids, np.int64).reshape(-1))
+    starts = (k == K_WAIT) | (k == K_DT)
+    prev_wait = np.concatenate([[False], k[:-1] == K_WAIT])
+    return np.flatnonzero(starts & ~prev_wait)
+
+  def describe(self) -> dict[str, Any]:
+    return {"layout": self.layout, "vocab_size": self.vocab_size,
+            "tokens_per_note": self.tokens_per_note, "ranges": self.field_ranges()}
