@@ -1,0 +1,220 @@
+"""Config helpers: load a `configs/*.py[:variant]` file, validate it, resolve derived values.
+
+`configs/default.py` is the one schema; this module only checks and interprets it. It imports no
+jax, so configs can be validated anywhere (tests, tools, before the backend starts).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import pathlib
+from typing import Any, Iterable
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+_MODEL_NAMES = ("rga", "gpt")
+_OPTIMIZERS = ("adamw", "adam")
+_SCHEDULES = ("cosine", "constant", "noam")
+_WINDOWING = ("window", "pack")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_REMAT = ("none", "block")
+_REL_IMPL = ("auto", "naive", "skew", "blockwise")
+_POS_EMB = ("learned", "none")
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the field, the value and the reason."""
+
+
+def load_config(spec: str, overrides: Iterable[str] | dict[str, Any] = ()) -> ml_collections.ConfigDict:
+  """Loads `path/to/file.py[:arg]` like `--config=` does and applies `a.b=value` overrides.
+
+  Args:
+    spec: a config file path (relative to the CWD, else to the repo root), optionally followed
+      by `:variant`.
+    overrides: `"model.num_layers=2"` strings (values parsed as Python literals, else kept as
+      strings) or a {dotted_name: value} dict.
+
+  Returns:
+    The (unlocked) ConfigDict.
+  """
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file() and not file.is_absolute():
+    file = REPO_ROOT / path
+  if not file.is_file():
+    raise ConfigError(f"config file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT})")
+  module_spec = importlib.util.spec_from_file_location(f"_virtuoso_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  if isinstance(overrides, dict):
+    items = overrides.items()
+  else:
+    items = []
+    for o in overrides:
+      key, sep, value = o.partition("=")
+      if not sep:
+        raise ConfigError(f"override {o!r} is not of the form name=value")
+      try:
+        value = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        pass  # A plain string.
+      items.append((key, value))
+  for key, value in items:
+    set_field(config, key, value)
+  return config
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  """Sets `config.a.b = value`; unknown fields are an error (the schema never grows)."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise ConfigError(f"unknown config field {dotted!r} (no group {p!r})")
+    node = node[p]
+  if leaf not in node:
+    raise ConfigError(f"unknown config field {dotted!r}")
+  old = node[leaf]
+  if isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  node[leaf] = value
+
+
+def encoding_kind(config: ml_collections.ConfigDict) -> str:
+  """'token' or 'char', from `data.tfds_config` (`token`, `char`, or `{source}_{encoding}`)."""
+  kind = config.data.tfds_config.rsplit("_", 1)[-1]
+  if kind not in ("token", "char"):
+    raise ConfigError(f"data.tfds_config={config.data.tfds_config!r}: expected 'token', 'char' or "
+                      "'{source}_token' / '{source}_char'")
+  return kind
+
+
+def _check(cond: bool, field: str, value: Any, reason: str) -> None:
+  if not cond:
+    raise ConfigError(f"config.{field}={value!r}: {reason}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every field of the schema; raises ConfigError naming the field and the reason.
+
+  Returns the config unchanged, so `config = validate(load_config(...))` reads naturally.
+  """
+  m, d, o, p, c = config.model, config.data, config.optim, config.parallel, config.ckpt
+  _check(m.name in _MODEL_NAMES, "model.name", m.name, f"expected one of {_MODEL_NAMES}")
+  _check(isinstance(m.vocab_size, int) and m.vocab_size >= 0, "model.vocab_size", m.vocab_size,
+         "must be 0 (from the dataset's codec) or a positive int")
+  for f in ("num_layers", "num_heads", "emb_dim", "mlp_dim", "max_len", "max_relative"):
+    v = m[f]
+    _check(isinstance(v, int) and v > 0, f"model.{f}", v, "must be a positive int")
+  _check(m.emb_dim % m.num_heads == 0, "model.emb_dim", m.emb_dim,
+         f"must be divisible by model.num_heads={m.num_heads}")
+  for f in ("dropout_rate", "attention_dropout_rate"):
+    _check(0.0 <= m[f] < 1.0, f"model.{f}", m[f], "must be in [0, 1)")
+  _check(m.dtype in _DTYPES, "model.dtype", m.dtype, f"expected one of {_DTYPES}")
+  _check(m.param_dtype in _DTYPES[1:], "model.param_dtype", m.param_dtype,
+         f"expected one of {_DTYPES[1:]}")
+  _check(m.remat in _REMAT, "model.remat", m.remat, f"expected one of {_REMAT}")
+  _check(m.rel_impl in _REL_IMPL, "model.rel_impl", m.rel_impl, f"expected one of {_REL_IMPL}")
+  _check(m.pos_emb in _POS_EMB, "model.pos_emb", m.pos_emb, f"expected one of {_POS_EMB}")
+  _check(m.attn_block_size > 0, "model.attn_block_size", m.attn_block_size, "must be positive")
+
+  _check(bool(d.tfds_name), "data.tfds_name", d.tfds_name, "must not be empty")
+  kind = encoding_kind(config)
+  _check(d.windowing in _WINDOWING, "data.windowing", d.windowing, f"expected one of {_WINDOWING}")
+  _check(isinstance(d.transpose_semitones, int) and 0 <= d.transpose_semitones <= 12,
+         "data.transpose_semitones", d.transpose_semitones, "must be an int in 0..12")
+  _check(kind == "token" or d.transpose_semitones == 0, "data.transpose_semitones",
+         d.transpose_semitones, "transposition is defined on token ids only; set 0 for char data")
+  _check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
+  _check(d.prefetch >= 0, "data.prefetch", d.prefetch, "must be >= 0")
+  _check(d.train_split != d.eval_split, "data.eval_split", d.eval_split,
+         f"must differ from data.train_split={d.train_split!r}")
+
+  _check(config.batch_size > 0, "batch_size", config.batch_size, "must be positive")
+  _check(config.grad_accum_steps > 0 and config.batch_size % config.grad_accum_steps == 0,
+         "grad_accum_steps", config.grad_accum_steps,
+         f"must be positive and divide batch_size={config.batch_size}")
+  for f in ("num_train_steps", "log_every_steps", "eval_every_steps"):
+    _check(config[f] > 0, f, config[f], "must be positive")
+  _check(config.num_eval_batches >= 0, "num_eval_batches", config.num_eval_batches, "must be >= 0")
+
+  _check(o.optimizer in _OPTIMIZERS, "optim.optimizer", o.optimizer, f"expected one of {_OPTIMIZERS}")
+  _check(o.schedule in _SCHEDULES, "optim.schedule", o.schedule, f"expected one of {_SCHEDULES}")
+  _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be positive")
+  _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+  _check(o.schedule != "noam" or o.warmup_steps > 0, "optim.warmup_steps", o.warmup_steps,
+         "the noam schedule needs warmup_steps > 0")
+  _check(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+  _check(0.0 <= o.b1 < 1.0 and 0.0 <= o.b2 < 1.0, "optim.b1/b2", (o.b1, o.b2), "must be in [0, 1)")
+  _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+  _check(o.optimizer == "adamw" or o.weight_decay == 0, "optim.weight_decay", o.weight_decay,
+         "plain 'adam' has no weight decay; use optimizer='adamw' or weight_decay=0")
+  _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm, "must be >= 0 (0 = off)")
+
+  axes = tuple(p.mesh_axes)
+  _check(axes == ("data", "fsdp", "tensor"), "parallel.mesh_axes", axes,
+         "must be ('data', 'fsdp', 'tensor')")
+  for f in ("mesh_shape", "dcn_mesh_shape"):
+    shape = tuple(p[f])
+    _check(len(shape) == len(axes), f"parallel.{f}", shape, f"needs one size per axis {axes}")
+    _check(all(isinstance(s, int) and (s > 0 or s == -1) for s in shape), f"parallel.{f}", shape,
+           "sizes must be positive ints or -1")
+    _check(sum(s == -1 for s in shape) <= 1, f"parallel.{f}", shape, "at most one -1")
+  rule_names = [r[0] for r in p.logical_axis_rules]
+  _check(len(rule_names) == len(set(rule_names)), "parallel.logical_axis_rules", rule_names,
+         "duplicate logical axis")
+  for name, target in p.logical_axis_rules:
+    targets = target if isinstance(target, (tuple, list)) else (target,)
+    _check(all(t is None or t in axes for t in targets), "parallel.logical_axis_rules",
+           (name, target), f"mesh axes must be among {axes}")
+
+  _check(c.every_steps > 0, "ckpt.every_steps", c.every_steps, "must be positive")
+  _check(c.keep >= 1, "ckpt.keep", c.keep, "must be >= 1")
+  return config
+
+
+def resolve_vocab_size(config: ml_collections.ConfigDict, codec_vocab_size: int,
+                       source: str = "the dataset's codec") -> ml_collections.ConfigDict:
+  """Returns a copy of `config` with `model.vocab_size` resolved against the codec's vocabulary.
+
+  0 takes the codec's size; a positive value smaller than it is an error that tells the user
+  the override to use.
+  """
+  v = config.model.vocab_size
+  if v and v < codec_vocab_size:
+    raise ConfigError(
+        f"config.model.vocab_size={v} is smaller than the vocabulary of {source} "
+        f"({codec_vocab_size} ids); the model could not embed its tokens. Pass "
+        f"--config.model.vocab_size=0 (use the codec's size) or a value >= {codec_vocab_size}.")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.vocab_size = v or int(codec_vocab_size)
+  return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """The config as JSON (tuples become lists), sorted, for `<workdir>/config.json`."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Reads `<workdir>/config.json` back into a ConfigDict (lists of the schema become tuples)."""
+  with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+
+  def fix(node):
+    if isinstance(node, dict):
+      return {k: fix(v) for k, v in node.items()}
+    if isinstance(node, list):
+      return tuple(fix(v) for v in node)
+    return node
+
+  return ml_collections.ConfigDict(fix(data))

@@ -1,0 +1,499 @@
+"""Training and eval input: grain over `tfds.data_source`, windows or packing, augmentation.
+
+Data flow (style.md §1, P7):
+  prepared TFDS dataset (array_record) -> `tfds.data_source` -> `SongSource` (ids per song)
+  -> a window index (which song, where) -> `BatchMaker(global batch index) -> local rows`
+  (numpy only, runs in grain workers) -> grain prefetch -> in the main process only:
+  `jax.make_array_from_process_local_data` (global arrays sharded over (data, fsdp)).
+
+Determinism and multi-host: the global batch `b` is a pure function of (seed, b) and of the
+window index, never of the number of processes. Each process reads and builds only its own rows
+of every global batch (the rows its devices hold), so 2 hosts x 4 devices see exactly the data of
+1 host x 8 devices, and a resumed run sees exactly the batches it would have seen.
+
+Windowing (`config.data.windowing`):
+  "window": every song is cut into windows of L+1 tokens (L = model.max_len) with stride L, so
+    every target is predicted exactly once per epoch. Songs start with BOS; a window never
+    crosses into another song. The last window of a song is slid back to end at the song's end
+    (its already-covered targets are masked); a song shorter than L+1 is padded with PAD (masked).
+  "pack": songs (each BOS ... EOS, so boundaries stay visible to the model) are concatenated in a
+    per-epoch random order and cut into L+1 chunks: no padding at all.
+Eval always uses "window" over the eval split, in order, so it is deterministic and covers every
+target once; the padding rows of the last batch are masked.
+
+The iterator is a grain `DatasetIterator`: its state (position) is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from virtuoso_jax import config_lib
+
+# The batch each step sees (per process: its own rows).
+#   inputs  int32[b, L]   tokens fed to the model
+#   targets int32[b, L]   next tokens
+#   mask    float32[b, L] 1 where the target counts in the loss (0 for PAD and overlaps)
+
+
+class DatasetNotPreparedError(RuntimeError):
+  """The configured dataset is not prepared and cannot be prepared automatically."""
+
+
+# ------------------------------------------------------------------ dataset access
+
+
+def dataset_name(config) -> str:
+  return f"{config.data.tfds_name}/{config.data.tfds_config}"
+
+
+def data_dir(config) -> str:
+  """The TFDS data_dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  d = config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return os.path.expanduser(d)
+
+
+def _builder(config):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.builder(dataset_name(config), data_dir=data_dir(config))
+
+
+def is_prepared(config) -> bool:
+  """Whether the prepared dataset exists under data_dir (read by name; no builder import)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = _builder(config)
+  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError):
+    return False
+  return builder.is_prepared() if hasattr(builder, "is_prepared") else True
+
+
+def prepare_command(config, repo_root: str | os.PathLike | None = None) -> list[str]:
+  cmd = [sys.executable, "-m", "data_pipelines.virtuoso_midi.prepare",
+         f"--config={config.data.tfds_config}", f"--data_dir={data_dir(config)}"]
+  if config.data.manual_dir:
+    cmd.append(f"--manual_dir={os.path.expanduser(config.data.manual_dir)}")
+  return cmd
+
+
+def prepare_dataset(config, repo_root: str | os.PathLike | None = None) -> None:
+  """Prepares the configured dataset by running the data_pipelines CLI in a subprocess.
+
+  virtuoso_jax never imports data_pipelines; the subprocess runs from the repository root
+  (`repo_root`, else the checkout this package is installed from).
+  """
+  root = pathlib.Path(repo_root or config_lib.REPO_ROOT)
+  cmd = prepare_command(config)
+  if not (root / "data_pipelines" / "virtuoso_midi").is_dir():
+    raise DatasetNotPreparedError(
+        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}, and no "
+        f"data_pipelines/ folder was found under {root} to prepare it. From a virtuoso_jax "
+        f"checkout run: {' '.join(cmd)}")
+  logging.warning("Dataset %s is not prepared in %s; preparing it now (once): %s",
+                  dataset_name(config), data_dir(config), " ".join(cmd))
+  result = subprocess.run(cmd, cwd=root, check=False)
+  if result.returncode != 0:
+    raise DatasetNotPreparedError(
+        f"preparing {dataset_name(config)} failed (exit code {result.returncode}); "
+        f"command: {' '.join(cmd)} (cwd {root})")
+  if not is_prepared(config):
+    raise DatasetNotPreparedError(
+        f"{' '.join(cmd)} finished but {dataset_name(config)} is still not found in "
+        f"{data_dir(config)}")
+
+
+def load_codec(config):
+  """Rebuilds the dataset's codec from `DatasetInfo.metadata["encoding"]`."""
+  from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
+  info = _builder(config).info
+  metadata = info.metadata or {}
+  if "encoding" not in metadata:
+    raise ValueError(f"dataset {dataset_name(config)} in {data_dir(config)} has no "
+                     "metadata['encoding']; rebuild it with the current data_pipelines")
+  enc_config = encoding.EncodingConfig.from_dict(metadata["encoding"])
+  if config_lib.encoding_kind(config) == "char":
+    return encoding.CharCodec(enc_config)
+  return encoding.TokenCodec(enc_config)
+
+
+class SongSource:
+  """Random access to one split's songs as int32 id arrays (BOS ... EOS).
+
+  Picklable (grain worker processes re-open the array_record files lazily).
+  """
+
+  def __init__(self, config, split: str, codec=None):
+    self._name = dataset_name(config)
+    self._data_dir = data_dir(config)
+    self._split = split
+    self._kind = config_lib.encoding_kind(config)
+    self._codec = codec
+    self._source = None
+    self._len = len(self._open())
+
+  def _open(self):
+    if self._source is None:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      try:
+        self._source = tfds.data_source(self._name, split=self._split, data_dir=self._data_dir)
+      except ValueError as e:
+        raise ValueError(f"cannot open split {self._split!r} of {self._name} in "
+                         f"{self._data_dir}: {e}") from e
+    return self._source
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_source"] = None
+    return state
+
+  def __len__(self) -> int:
+    return self._len
+
+  def _to_ids(self, record) -> np.ndarray:
+    if self._kind == "token":
+      return np.asarray(record["ids"], dtype=np.int32)
+    text = record["text"]
+    if isinstance(text, bytes):
+      text = text.decode("utf-8")
+    return np.asarray(char_ids(self._codec, text), dtype=np.int32)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return self._to_ids(self._open()[int(i)])
+
+  def get_many(self, indices) -> list[np.ndarray]:
+    source = self._open()
+    records = source.__getitems__([int(i) for i in indices])
+    return [self._to_ids(r) for r in records]
+
+
+def char_ids(codec, text: str) -> np.ndarray:
+  """Char songs as ids, framed BOS ... EOS when the char codec defines them."""
+  ids = np.asarray(codec.text_to_ids(text), dtype=np.int32)
+  bos, eos = getattr(codec, "bos_id", None), getattr(codec, "eos_id", None)
+  if bos is not None and (ids.size == 0 or ids[0] != bos):
+    ids = np.concatenate([[bos], ids])
+  if eos is not None and ids[-1] != eos:
+    ids = np.concatenate([ids, [eos]])
+  return ids.astype(np.int32)
+
+
+def song_lengths(source: SongSource, chunk: int = 256) -> np.ndarray:
+  """Lengths of every song of the split. Each process reads its share; results are gathered."""
+  import jax  # pylint: disable=g-import-not-at-top  (main process only)
+  n, pid, count = len(source), jax.process_index(), jax.process_count()
+  mine = np.arange(pid, n, count)
+  lengths = np.zeros(len(mine), dtype=np.int64)
+  for s in range(0, len(mine), chunk):
+    lengths[s:s + chunk] = [len(x) for x in source.get_many(mine[s:s + chunk])]
+  if count == 1:
+    return lengths
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  per = -(-n // count)
+  padded = np.full(per, -1, np.int64)
+  padded[:len(lengths)] = lengths
+  gathered = np.asarray(multihost_utils.process_allgather(padded))  # [count, per]
+  out = np.zeros(n, np.int64)
+  for p in range(count):
+    got = gathered[p][gathered[p] >= 0]
+    out[p::count] = got
+  return out
+
+
+# ------------------------------------------------------------------ window index
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowIndex:
+  """Windows of L+1 tokens inside songs: song id, start, first counted target position."""
+  song: np.ndarray
+  start: np.ndarray
+  mask_from: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.song)
+
+
+def build_windows(lengths: np.ndarray, seq_len: int) -> WindowIndex:
+  """Windows with stride `seq_len` covering every target (positions 1..n-1) of every song once."""
+  songs, starts, mask_from = [], [], []
+  for s, n in enumerate(np.asarray(lengths)):
+    n = int(n)
+    if n < 2:
+      continue  # Nothing to predict.
+    st = 0
+    while True:
+      end = st + seq_len  # Last target position covered by this window.
+      if end >= n - 1 or n <= seq_len + 1:
+        songs.append(s)
+        starts.append(st)
+        mask_from.append(0)
+        break
+      songs.append(s)
+      starts.append(st)
+      mask_from.append(0)
+      nxt = st + seq_len
+      if nxt + seq_len + 1 > n:  # Slide the last window back to end at the song's end.
+        last = n - seq_len - 1
+        songs.append(s)
+        starts.append(last)
+        mask_from.append(end - last)  # Targets up to `end` are already counted.
+        break
+      st = nxt
+  return WindowIndex(np.asarray(songs, np.int64), np.asarray(starts, np.int64),
+                     np.asarray(mask_from, np.int64))
+
+
+def _window_example(song_ids: np.ndarray, start: int, mask_from: int, seq_len: int,
+                    pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  tokens = np.full(seq_len + 1, pad_id, np.int32)
+  piece = song_ids[start:start + seq_len + 1]
+  tokens[:len(piece)] = piece
+  mask = np.zeros(seq_len, np.float32)
+  mask[mask_from:len(piece) - 1] = 1.0
+  return tokens, mask
+
+
+# ------------------------------------------------------------------ batch makers (numpy only)
+
+
+@dataclasses.dataclass
+class BatchMaker:
+  """Global batch index -> this process's rows. Pure numpy; safe in grain worker processes (P7).
+
+  Attributes:
+    source: the split's songs.
+    index: window index (window mode and eval).
+    lengths: song lengths (pack mode).
+    seq_len: L.
+    global_batch: rows per global batch.
+    rows: (lo, hi) the rows of each global batch this process builds.
+    pad_id: the codec's PAD.
+    mode: "window", "pack" or "eval".
+    seed: shuffle / augmentation seed.
+    transpose: max |shift| in semitones (0 = off).
+    codec: needed for transposition only.
+  """
+  source: SongSource
+  index: WindowIndex | None
+  lengths: np.ndarray | None
+  seq_len: int
+  global_batch: int
+  rows: tuple[int, int]
+  pad_id: int
+  mode: str
+  seed: int
+  transpose: int = 0
+  codec: Any = None
+
+  def num_eval_batches(self) -> int:
+    return -(-len(self.index) // self.global_batch)
+
+  def __call__(self, b: int) -> dict[str, np.ndarray]:
+    lo, hi = self.rows
+    tokens = np.full((hi - lo, self.seq_len + 1), self.pad_id, np.int32)
+    mask = np.zeros((hi - lo, self.seq_len), np.float32)
+    for r in range(lo, hi):
+      j = int(b) * self.global_batch + r  # Global sample number.
+      if self.mode == "pack":
+        t = self._pack_chunk(j)
+        m = (t[1:] != self.pad_id).astype(np.float32)
+      else:
+        if self.mode == "eval":
+          if j >= len(self.index):
+            continue  # Padding row: fully masked.
+          w = j
+        else:
+          n = len(self.index)
+          epoch, k = divmod(j, n)
+          w = grain.experimental.index_shuffle(k, max_index=n - 1, seed=_seed(self.seed, epoch),
+                                               rounds=4)
+        song = self.source[int(self.index.song[w])]
+        t, m = _window_example(song, int(self.index.start[w]), int(self.index.mask_from[w]),
+                               self.seq_len, self.pad_id)
+      if self.transpose:
+        t = self._transpose(t, j)
+      tokens[r - lo], mask[r - lo] = t, m
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+
+  def _transpose(self, tokens: np.ndarray, j: int) -> np.ndarray:
+    lo, hi = self.codec.pitch_shift_range(tokens)
+    lo, hi = max(int(lo), -self.transpose), min(int(hi), self.transpose)
+    if lo > hi:
+      return tokens
+    shift = int(np.random.default_rng([self.seed, 7, j]).integers(lo, hi + 1))
+    if shift == 0:
+      return tokens
+    return np.asarray(self.codec.transpose_ids(tokens, shift), np.int32)
+
+  def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    cache = self.__dict__.setdefault("_order_cache", {})
+    if epoch in cache:
+      return cache[epoch]
+    cache.clear()
+    n = len(self.lengths)
+    order = np.asarray([grain.experimental.index_shuffle(i, max_index=n - 1,
+                                                         seed=_seed(self.seed, epoch), rounds=4)
+                        for i in range(n)], np.int64)
+    cum = np.concatenate([[0], np.cumsum(self.lengths[order])])
+    cache[epoch] = (order, cum)
+    return order, cum
+
+  def chunks_per_epoch(self) -> int:
+    return max(1, (int(np.sum(self.lengths)) - 1) // self.seq_len)
+
+  def _pack_chunk(self, j: int) -> np.ndarray:
+    per = self.chunks_per_epoch()
+    epoch, k = divmod(j, per)
+    k = grain.experimental.index_shuffle(k, max_index=per - 1, seed=_seed(self.seed + 1, epoch),
+                                         rounds=4)
+    order, cum = self._epoch_order(epoch)
+    begin, end = k * self.seq_len, k * self.seq_len + self.seq_len + 1
+    out = np.full(self.seq_len + 1, self.pad_id, np.int32)
+    s = int(np.searchsorted(cum, begin, side="right")) - 1
+    pos = begin
+    while pos < end and s < len(order):
+      song = self.source[int(order[s])]
+      off = pos - int(cum[s])
+      piece = song[off:off + (end - pos)]
+      out[pos - begin:pos - begin + len(piece)] = piece
+      pos += len(piece)
+      s += 1
+    return out
+
+
+def _seed(seed: int, epoch: int) -> int:
+  return (int(seed) * 1_000_003 + int(epoch)) % (2**32)
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+@dataclasses.dataclass
+class DataInfo:
+  """What training needs to know about the data."""
+  codec: Any
+  kind: str  # "token" or "char".
+  vocab_size: int
+  pad_id: int
+  tokens_per_note: float | None  # Token codec: ids per note.
+  note_end_id: int | None  # Char codec: the id ending every note line ("\n").
+  num_train_songs: int
+  num_train_windows: int
+  num_eval_windows: int
+  train_tokens: int
+  unigram_log_probs: np.ndarray  # float32[V], from the train split's target frequencies.
+
+
+def local_rows(sharding, global_batch: int) -> tuple[int, int]:
+  """The contiguous rows of a global [global_batch, ...] batch that this process's devices hold."""
+  import jax  # pylint: disable=g-import-not-at-top
+  idx = sharding.addressable_devices_indices_map((global_batch, 1))
+  starts = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch)
+                   for s in idx.values()})
+  lo, hi = starts[0][0], starts[-1][1]
+  covered = sum(b - a for a, b in starts)
+  if covered != hi - lo:
+    raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows {starts}; "
+                     "use a mesh whose (data, fsdp) devices are grouped by process")
+  return lo, hi
+
+
+class InputPipeline:
+  """Train iterator (checkpointable grain iterator) + eval batches, as global jax arrays."""
+
+  def __init__(self, config, *, batch_sharding, codec=None, train_sources=None):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.sharding = batch_sharding
+    self.seq_len = config.model.max_len
+    self.global_batch = config.batch_size
+    self.rows = local_rows(batch_sharding, self.global_batch)
+    self.codec = codec if codec is not None else load_codec(config)
+    kind = config_lib.encoding_kind(config)
+    d = config.data
+    train = SongSource(config, d.train_split, self.codec)
+    evals = SongSource(config, d.eval_split, self.codec)
+    if len(train) == 0:
+      raise ValueError(f"split {d.train_split!r} of {dataset_name(config)} is empty")
+    train_lengths = song_lengths(train)
+    eval_lengths = song_lengths(evals)
+    self.train_index = build_windows(train_lengths, self.seq_len)
+    self.eval_index = build_windows(eval_lengths, self.seq_len)
+    pad = int(self.codec.pad_id)
+    vocab = int(self.codec.vocab_size)
+    self.train_maker = BatchMaker(
+        source=train, index=self.train_index, lengths=train_lengths, seq_len=self.seq_len,
+        global_batch=self.global_batch, rows=self.rows, pad_id=pad, mode=d.windowing,
+        seed=config.seed, transpose=d.transpose_semitones if kind == "token" else 0,
+        codec=self.codec)
+    self.eval_maker = BatchMaker(
+        source=evals, index=self.eval_index, lengths=eval_lengths, seq_len=self.seq_len,
+        global_batch=self.global_batch, rows=self.rows, pad_id=pad, mode="eval",
+        seed=config.seed)
+    counts = self._unigram_counts(train, vocab)
+    probs = (counts + 1.0) / (counts.sum() + vocab)  # Add-one smoothing.
+    note_end = None
+    tpn = None
+    if kind == "token":
+      tpn = float(self.codec.tokens_per_note)
+    else:
+      note_end = int(np.asarray(self.codec.text_to_ids("\n"))[-1])
+    self.info = DataInfo(
+        codec=self.codec, kind=kind, vocab_size=vocab, pad_id=pad, tokens_per_note=tpn,
+        note_end_id=note_end, num_train_songs=len(train), num_train_windows=len(self.train_index),
+        num_eval_windows=len(self.eval_index), train_tokens=int(train_lengths.sum()),
+        unigram_log_probs=np.log(probs).astype(np.float32))
+    del jax
+
+  def _unigram_counts(self, source: SongSource, vocab: int, chunk: int = 256) -> np.ndarray:
+    import jax  # pylint: disable=g-import-not-at-top
+    counts = np.zeros(vocab, np.float64)
+    mine = np.arange(jax.process_index(), len(source), jax.process_count())
+    for s in range(0, len(mine), chunk):
+      for ids in source.get_many(mine[s:s + chunk]):
+        counts += np.bincount(ids[1:], minlength=vocab)[:vocab]
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+    return counts
+
+  def train_iterator(self, num_batches: int | None = None) -> grain.DatasetIterator:
+    """A checkpointable iterator over this process's rows of global batches 0, 1, 2, ..."""
+    n = num_batches if num_batches is not None else self.config.num_train_steps
+    ds = grain.MapDataset.range(n).map(self.train_maker).to_iter_dataset()
+    d = self.config.data
+    if d.worker_count > 0:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_count,
+                                                        per_worker_buffer_size=max(1, d.prefetch)))
+    elif d.prefetch > 0:
+      ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=d.prefetch)
+    return iter(ds)
+
+  def num_eval_batches(self) -> int:
+    n = self.eval_maker.num_eval_batches()
+    cap = self.config.num_eval_batches
+    return min(n, cap) if cap else n
+
+  def eval_batches(self) -> Iterator[dict[str, Any]]:
+    """The deterministic eval batches (global arrays), same on every call."""
+    ds = grain.MapDataset.range(self.num_eval_batches()).map(self.eval_maker).to_iter_dataset()
+    if self.config.data.prefetch > 0:
+      ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
+    for local in ds:
+      yield self.to_global(local)
+
+  def to_global(self, local: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Host rows -> global jax arrays sharded over (data, fsdp). Main process only (P7)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    return {k: jax.make_array_from_process_local_data(self.sharding, v,
+                                                      (self.global_batch,) + v.shape[1:])
+            for k, v in local.items()}

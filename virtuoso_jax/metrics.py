@@ -1,0 +1,166 @@
+"""Metric writers (JSONL + TensorBoard via tensorboardX, process 0 only), peaks, progress.
+
+`<workdir>/metrics.jsonl`: one JSON object per logged step, e.g.
+  {"step": 100, "train/loss": 2.31, "perf/step_time_s": 0.21, "perf/tokens_per_s": 19500.0,
+   "perf/mfu": 0.41, "train/learning_rate": 0.001}
+and, at eval steps, "eval/loss", "eval/accuracy", "eval/perplexity", "eval/nll_per_note",
+"eval/unigram_nll_per_note". `<workdir>/tensorboard/` holds the same scalars as event files
+(no TensorFlow needed: `tensorboard --logdir <workdir>/tensorboard`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Mapping
+
+# Dense peak FLOP/s per chip at bf16 (vendor figures, without sparsity); matched by substring
+# of `device.device_kind` (lower case), first match wins.
+PEAK_FLOPS_BY_DEVICE_KIND = (
+    ("h200", 989e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("a100", 312e12),
+    ("l40s", 362e12),
+    ("l4", 121e12),
+    ("a10", 125e12),
+    ("v100", 125e12),
+    ("tpu v6", 918e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5", 459e12),
+    ("tpu v4", 275e12),
+    ("tpu v3", 123e12),
+    ("tpu v2", 45e12),
+)
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+  """Best-of-`repeats` FLOP/s of one jitted [size, size] matmul on the default device.
+
+  On CPU this is the machine's practical peak (XLA's matmul uses every core), the denominator of
+  MFU on CPU.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2.0 * size**3 / best
+
+
+def peak_flops_per_s(devices=None) -> tuple[float, str]:
+  """(peak FLOP/s of all `devices` together, how it was obtained).
+
+  GPU/TPU: the per-chip table times the device count. CPU: a measured matmul peak (the
+  simulated CPU devices share one machine, so the measurement is the machine's total).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = devices if devices is not None else jax.devices()
+  d0 = devices[0]
+  if d0.platform == "cpu":
+    return measure_matmul_peak(), "measured float32 matmul (CPU)"
+  kind = d0.device_kind.lower()
+  for key, peak in PEAK_FLOPS_BY_DEVICE_KIND:
+    if key in kind:
+      return peak * len(devices), f"table bf16 peak for {d0.device_kind!r} x {len(devices)}"
+  return measure_matmul_peak(size=8192, dtype="bfloat16") * len(devices), (
+      f"measured bf16 matmul on unknown device kind {d0.device_kind!r} x {len(devices)}")
+
+
+class MetricWriter:
+  """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard; a no-op on processes > 0."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._file = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    row.update({k: _to_float(v) for k, v in scalars.items()})
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and v is not None and math.isfinite(v):
+          self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _to_float(v: Any) -> float | None:
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    return None
+  return f  # NaN/inf are kept (json writes NaN/Infinity) so a diverged step stays visible.
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All rows of `<workdir>/metrics.jsonl` (for tests and tools)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """Console progress: step, loss, tokens/s, MFU and ETA."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total = total_steps
+    self.start_step = start_step
+    self.t0 = time.perf_counter()
+
+  def line(self, step: int, scalars: Mapping[str, Any]) -> str:
+    done = step - self.start_step
+    elapsed = time.perf_counter() - self.t0
+    eta = elapsed / max(done, 1) * (self.total - step)
+    parts = [f"step {step}/{self.total}"]
+    if "train/loss" in scalars:
+      parts.append(f"loss {float(scalars['train/loss']):.4f}")
+    if "perf/tokens_per_s" in scalars:
+      parts.append(f"{float(scalars['perf/tokens_per_s']):,.0f} tok/s")
+    if scalars.get("perf/mfu") is not None:
+      parts.append(f"MFU {100 * float(scalars['perf/mfu']):.1f}%")
+    if "perf/input_wait_frac" in scalars:
+      parts.append(f"input wait {100 * float(scalars['perf/input_wait_frac']):.0f}%")
+    parts.append(f"ETA {_hms(eta)}")
+    return " | ".join(parts)
+
+  def log(self, step: int, scalars: Mapping[str, Any]) -> None:
+    logging.info("%s", self.line(step, scalars))
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}"
