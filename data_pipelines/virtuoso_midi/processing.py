@@ -103,6 +103,16 @@ def _is_junk(name: str) -> bool:
   return "__MACOSX" in parts or parts[-1].startswith("._")
 
 
+def _walk_files(root: epath.Path) -> list[epath.Path]:
+  """Every file under `root`, recursively, sorted (epath has no recursive glob on GCS)."""
+  files, stack = [], [root]
+  while stack:
+    folder = stack.pop()
+    for child in folder.iterdir():
+      (stack if child.is_dir() else files).append(child)
+  return sorted(files)
+
+
 def walk_midi_files(root: epath.Path, prefix: str = "") -> tuple[list[Item], list[epath.Path]]:
   """Lists the MIDI files and the archives under `root`, recursively, in sorted order.
 
@@ -114,9 +124,9 @@ def walk_midi_files(root: epath.Path, prefix: str = "") -> tuple[list[Item], lis
     (items, archives): the MIDI files as `Item`s, and the archive files found.
   """
   items, archives = [], []
-  for path in sorted(root.rglob("*")):
+  for path in _walk_files(root):
     rel = path.relative_to(root).as_posix()
-    if _is_junk(rel) or not path.is_file():
+    if _is_junk(rel):
       continue
     name = f"{prefix}/{rel}" if prefix else rel
     if is_midi_name(rel):
@@ -207,6 +217,46 @@ def _limit_error(error) -> bool:
   return any(f"{k}=" in str(error) for k in ("max_file_bytes", "max_notes", "max_seconds", "max_tracks"))
 
 
+def process_item(item: Item, settings: Settings) -> tuple[Outcome, dict[str, Any] | None]:
+  """Turns one file into an example, or into the reason it was skipped. Never raises for bad
+  input: a bad file must not stop a build.
+
+  Returns:
+    (outcome, example): the example holds the feature values (None when skipped).
+  """
+  out = Outcome(name=item.name)
+  try:
+    data = read_item(item)
+  except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
+    out.status, out.detail = "corrupt", f"cannot read: {e}"
+    return out, None
+  out.sha256 = hashlib.sha256(data).hexdigest()
+  if not data:
+    out.status, out.detail = "empty", "0-byte file"
+    return out, None
+  enc = _encoding_module()
+  config = enc.EncodingConfig.from_dict(settings.encoding_config)
+  try:
+    # allow_empty: a file without notes is told apart from a corrupt one here.
+    notes, info = enc.midi_to_notes(data, dataclasses.replace(config, allow_empty=True),
+                                    return_info=True)
+  except enc.MidiError as e:
+    out.status = "over_limit" if _limit_error(e) else "corrupt"
+    out.detail = e.reason
+    return out, None
+  out.recovered = info.recovered
+  if not len(notes):
+    out.status = "empty"
+    out.detail = "no notes" + (f" (tolerant parser: {info.recover_reason})" if info.recovered else "")
+    return out, None
+  example = encode_example(item.name, out.sha256, notes, settings)
+  out.num_notes = len(notes)
+  out.length = len(example["ids"]) if "ids" in example else len(example["text"])
+  out.seconds = float(example["seconds"])
+  out.clipped = int(sum(example["clipped"].values()))
+  return out, example
+
+
 def encode_example(name: str, sha256: str, notes, settings: Settings) -> dict[str, Any]:
   """The feature dict of one song (see the builder's `_info`)."""
   codec = get_codec(settings.encoding, settings.encoding_config)
@@ -219,20 +269,30 @@ def encode_example(name: str, sha256: str, notes, settings: Settings) -> dict[st
       "seconds": np.float32(notes.end * grid_ms / 1000.0),
   }
   if settings.encoding == "token":
-    example["ids"] = np.asarray(codec.encode(notes), dtype=np.int32)
+    ids, report = codec.encode(notes, return_report=True)
+    example["ids"] = np.asarray(ids, dtype=np.int32)
   else:
-    example["text"] = codec.encode(notes, name=name)
-  example["clipped"] = clipped_counts(codec, notes)
+    example["text"], report = codec.encode(notes, name=name, return_report=True)
+  example["clipped"] = clipped_counts(report)
   return example
 
 
-CLIPPED_FIELDS = ("onset", "duration", "pitch", "velocity", "instrument")
+# Fields the codecs may clip; the record's `clipped` feature has one count per field.
+CLIPPED_FIELDS = ("duration",)
 
 
-def clipped_counts(codec, notes) -> dict[str, np.int32]:
-  """Per-field counts of notes whose value the encoding had to clip."""
-  counts = codec.clipped_counts(notes) if hasattr(codec, "clipped_counts") else {}
-  return {f: np.int32(counts.get(f, 0)) for f in CLIPPED_FIELDS}
+def clipped_counts(encode_report: dict[str, Any]) -> dict[str, np.int32]:
+  """Per-field counts of notes the encoding clipped, from a codec's encode report.
+
+  Raises:
+    KeyError: the codec reports a clipped field the dataset has no feature for (the feature
+      spec must grow, with a VERSION bump, rather than drop the count).
+  """
+  reported = {k[: -len("_clipped")] for k in encode_report if k.endswith("_clipped")}
+  unknown = sorted(reported - set(CLIPPED_FIELDS))
+  if unknown:
+    raise KeyError(f"codec reports clipped fields {unknown} that virtuoso_midi has no feature for")
+  return {f: np.int32(encode_report.get(f"{f}_clipped", 0)) for f in CLIPPED_FIELDS}
 
 
 def process_chunk(task: tuple[int, Sequence[Item], Settings, str]) -> list[Outcome]:

@@ -1,0 +1,283 @@
+"""The virtuoso_midi dataset, built TF-free (`download_and_prepare(file_format='array_record')`)
+and read back with `tfds.data_source`. TensorFlow-based checks (DatasetBuilderTestCase) live
+next to the builder in `data_pipelines/virtuoso_midi/virtuoso_midi_dataset_builder_test.py`."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_pipelines.virtuoso_midi import processing
+from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm
+from virtuoso_jax.encoding import CharCodec, EncodingConfig, Notes, TokenCodec, midi_to_notes, notes_to_midi
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DUMMY = REPO_ROOT / "data_pipelines" / "virtuoso_midi" / "dummy_data"
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def build(data_dir, config, manual_dir=None, num_workers=1, download_dir=None):
+  builder = vm.Builder(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers)
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_dir=os.fspath(download_dir) if download_dir else None,
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=os.fspath(manual_dir) if manual_dir else None))
+  return builder
+
+
+def read_all(builder):
+  """{split: [example, ...]} through tfds.data_source (array_record random access)."""
+  out = {}
+  for split in builder.info.splits:
+    source = builder.as_data_source(split=split)
+    out[split] = [source[i] for i in range(len(source))]
+  return out
+
+
+def decode_report_is_clean(report) -> bool:
+  """No fragment of a written record was skipped by the decoder."""
+  return not any(v for k, v in report.items() if "skip" in k)
+
+
+def as_str(value):
+  return value.decode() if isinstance(value, bytes) else value
+
+
+def assert_same_notes(a: Notes, b: Notes, what: str):
+  assert len(a) == len(b), f"{what}: {len(a)} notes != {len(b)}"
+  for field in ("onset", "duration", "pitch", "velocity", "instrument"):
+    np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{what}: {field}")
+
+
+@pytest.fixture(scope="module")
+def dummy_token_build(tmp_path_factory):
+  builder = build(tmp_path_factory.mktemp("tfds"), "token", manual_dir=DUMMY)
+  return builder, read_all(builder)
+
+
+def test_dummy_build_reads_back_with_data_source(dummy_token_build):
+  builder, records = dummy_token_build
+  # Reopen the prepared dataset by name, as training does.
+  source = tfds.data_source("virtuoso_midi/token", data_dir=os.fspath(builder.data_dir).rsplit("/virtuoso_midi/", 1)[0],
+                            split="train")
+  assert len(source) == len(records["train"])
+  examples = [ex for split in records.values() for ex in split]
+  names = sorted(as_str(ex["name"]) for ex in examples)
+  assert len(names) == 12, names
+  assert "archives/more_songs.zip/more/song_11.mid" in names
+  # The duplicate pair collapses to the first copy in name order.
+  assert "songs/copy_of_song_01.mid" in names and "songs/song_01.mid" not in names
+  codec = TokenCodec(EncodingConfig())
+  for ex in examples:
+    ids = ex["ids"]
+    assert ids.dtype == np.int32 and ids[0] == codec.bos_id and ids[-1] == codec.eos_id
+    name = as_str(ex["name"])
+    path = (DUMMY / name) if ".zip/" not in name else None
+    if path is not None:
+      assert as_str(ex["sha256"]) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+      source_notes = midi_to_notes(path)
+      assert_same_notes(codec.decode(ids), codec.quantize(source_notes), name)
+      assert ex["num_notes"] == len(source_notes)
+      np.testing.assert_array_equal(ex["instruments"], [0, 48, 128])
+      assert ex["seconds"] == pytest.approx(source_notes.end / 100.0)
+
+
+def test_metadata_holds_encoding_and_report(dummy_token_build):
+  builder, records = dummy_token_build
+  reloaded = tfds.builder("virtuoso_midi/token", data_dir=os.fspath(builder.data_dir).rsplit("/virtuoso_midi/", 1)[0])
+  meta = reloaded.info.metadata
+  assert EncodingConfig.from_dict(meta["encoding"]) == EncodingConfig()
+  report = meta["report"]
+  assert report["files_read"] == 16  # 13 songs (one a duplicate) + corrupt + empty + no-notes.
+  assert report["skipped"] == {"corrupt": 1, "empty": 2, "over_limit": 0, "duplicate": 1}
+  listed = {r: [e["name"] for e in v] for r, v in report["skipped_files"].items()}
+  assert listed["corrupt"] == ["bad/corrupt.mid"]
+  assert sorted(listed["empty"]) == ["bad/empty.mid", "bad/no_notes.mid"]
+  assert listed["duplicate"] == ["songs/song_01.mid"]
+  assert report["splits"] == {k: len(v) for k, v in records.items()}
+  assert report["examples"] == 12
+  assert report["notes"] == sum(int(ex["num_notes"]) for v in records.values() for ex in v)
+  assert report["tokens"] == sum(len(ex["ids"]) for v in records.values() for ex in v)
+
+
+def split_hashes(records):
+  return {split: sorted(as_str(ex["sha256"]) for ex in exs) for split, exs in records.items()}
+
+
+def test_splits_disjoint_deterministic_and_parallel_equals_serial(tmp_path, dummy_token_build):
+  _, serial = dummy_token_build
+  parallel = read_all(build(tmp_path, "token", manual_dir=DUMMY, num_workers=2))
+  first, second = split_hashes(serial), split_hashes(parallel)
+  assert first == second
+  assert set(first) == set(SPLIT_NAMES)
+  all_hashes = [h for v in first.values() for h in v]
+  assert len(all_hashes) == len(set(all_hashes))  # Disjoint, and no duplicate examples.
+  by_hash = {as_str(ex["sha256"]): ex for v in serial.values() for ex in v}
+  for ex in (ex for v in parallel.values() for ex in v):
+    np.testing.assert_array_equal(ex["ids"], by_hash[as_str(ex["sha256"])]["ids"])
+
+
+def test_assign_splits_is_by_content_only():
+  hashes = [f"{i:064x}" for i in range(0, 2**64, 2**64 // 1000)][:1000]
+  hashes = [__import__("hashlib").sha256(h.encode()).hexdigest() for h in hashes]
+  splits = processing.assign_splits(hashes)
+  counts = {s: list(splits.values()).count(s) for s in SPLIT_NAMES}
+  assert 850 < counts["train"] < 950 and 25 < counts["validation"] < 80 and 25 < counts["test"] < 80
+  # Adding files never moves an existing file (on a corpus large enough for the 90/5/5 cuts).
+  more = processing.assign_splits(hashes + [__import__("hashlib").sha256(b"x%d" % i).hexdigest() for i in range(50)])
+  assert all(more[h] == s for h, s in splits.items())
+  # Tiny corpora still get every split, when they have 3 files or more.
+  assert sorted(processing.assign_splits(hashes[:3]).values()) == ["test", "train", "validation"]
+  assert set(processing.assign_splits(hashes[:2]).values()) == {"train"}
+
+
+def test_bad_files_are_skipped_and_counted_by_reason(tmp_path):
+  corpus = tmp_path / "corpus"
+  (corpus / "a").mkdir(parents=True)
+  for i in (1, 2, 3, 4):
+    shutil.copy(DUMMY / "songs" / f"song_{i:02d}.mid", corpus / "a" / f"s{i}.mid")
+  shutil.copy(DUMMY / "songs" / "song_01.mid", corpus / "a" / "s1_again.midi")  # duplicate
+  big = Notes.concatenate([Notes.from_rows([(t * 10, 10, 60 + t % 12, 80, 0)]) for t in range(300)])
+  notes_to_midi(big, corpus / "big.mid")  # over max_file_bytes=1500
+  (corpus / "bad.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\xff\xff")
+  (corpus / "zero.mid").write_bytes(b"")
+  with tarfile.open(corpus / "pack.tar.gz", "w:gz") as tar:  # extracted by the dl_manager
+    tar.add(DUMMY / "songs" / "song_05.mid", arcname="in_tar/s5.mid")
+  with zipfile.ZipFile(corpus / "broken.zip", "w") as z:
+    z.writestr("x.mid", b"x")
+  (corpus / "truncated.zip").write_bytes((corpus / "broken.zip").read_bytes()[:10])
+  config = vm.VirtuosoMidiConfig(name="token_test_limits", source="manual", encoding="token",
+                                 encoding_config=EncodingConfig(max_file_bytes=1500))
+  builder = build(tmp_path / "tfds", config, manual_dir=corpus, download_dir=tmp_path / "dl")
+  report = builder.info.metadata["report"]
+  assert report["skipped"] == {"corrupt": 3, "empty": 1, "over_limit": 1, "duplicate": 1}, report
+  names = {r: sorted(e["name"] for e in v) for r, v in report["skipped_files"].items()}
+  assert names["corrupt"] == ["bad.mid", "broken.zip/x.mid", "truncated.zip"]
+  assert names["over_limit"] == ["big.mid"] and names["empty"] == ["zero.mid"]
+  assert "max_file_bytes=1500" in report["skipped_files"]["over_limit"][0]["detail"]
+  written = sorted(as_str(ex["name"]) for v in read_all(builder).values() for ex in v)
+  assert written == ["a/s1.mid", "a/s2.mid", "a/s3.mid", "a/s4.mid", "pack.tar.gz/in_tar/s5.mid"]
+  # 9 files + the member of broken.zip; the unreadable truncated.zip is counted as skipped only.
+  assert report["examples"] == 5 and report["files_read"] == 10
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "virtuoso_jax.encoding bug: midi_io._parse_symusic/_parse_mido stop at the track that "
+    "crosses max_notes and drop it, so _to_notes never raises and an over-limit file comes back "
+    "silently truncated (here: 150 of 300 notes). Remove this mark when the encoding raises."))
+def test_files_over_max_notes_are_skipped_as_over_limit(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  shutil.copy(DUMMY / "songs" / "song_02.mid", corpus / "small.mid")  # 52 notes
+  rows = [(t * 10, 10, 60 + t % 12, 80, inst) for t in range(150) for inst in (0, 40)]
+  notes_to_midi(Notes.from_rows(rows), corpus / "many.mid")  # 300 notes on 2 tracks
+  config = vm.VirtuosoMidiConfig(name="token_test_max_notes", source="manual", encoding="token",
+                                 encoding_config=EncodingConfig(max_notes=200))
+  report = build(tmp_path / "tfds", config, manual_dir=corpus).info.metadata["report"]
+  assert report["skipped"]["over_limit"] == 1, report["skipped_files"]
+  assert report["examples"] == 1 and report["notes"] == 52
+
+
+def test_char_config_writes_decodable_text(tmp_path):
+  builder = build(tmp_path, "char", manual_dir=DUMMY / "songs")
+  codec = CharCodec(EncodingConfig())
+  records = read_all(builder)
+  assert builder.info.metadata["report"]["skipped"]["duplicate"] == 1
+  for ex in (ex for v in records.values() for ex in v):
+    name = as_str(ex["name"])
+    assert_same_notes(codec.decode(as_str(ex["text"])), midi_to_notes(DUMMY / "songs" / name), name)
+
+
+def test_no_usable_file_is_a_clear_error(tmp_path):
+  (tmp_path / "midis").mkdir()
+  (tmp_path / "midis" / "x.mid").write_bytes(b"not midi at all")
+  with pytest.raises(ValueError, match="no usable MIDI file among 1"):
+    build(tmp_path / "tfds", "token", manual_dir=tmp_path / "midis")
+
+
+def make_zip(folder: pathlib.Path, target: pathlib.Path, limit: int) -> pathlib.Path:
+  with zipfile.ZipFile(target, "w") as z:
+    for path in sorted(folder.glob("*.mid*"))[:limit]:
+      z.write(path, arcname=f"{folder.name}/{path.name}")
+  return target
+
+
+def test_download_sources_through_the_download_manager(tmp_path, corpora_dir):
+  """tegridy/maestro/lakh read what the download manager hands them (local copies here)."""
+  zips = {name: make_zip(corpora_dir / name, tmp_path / f"{name}.zip", 3) for name in vm.TEGRIDY_URLS}
+  with mock.patch.object(tfds.download.DownloadManager, "download", autospec=True,
+                         side_effect=lambda self, urls: {k: zips[k] for k in urls}):
+    builder = build(tmp_path / "tfds", "tegridy_token", download_dir=tmp_path / "dl")
+  names = sorted(as_str(ex["name"]) for v in read_all(builder).values() for ex in v)
+  assert names == sorted(f"{n}/{n}/{p.name}" for n in vm.TEGRIDY_URLS
+                         for p in sorted((corpora_dir / n).glob("*.mid*"))[:3])
+  lakh_tar = tmp_path / "lmd_full.tar.gz"
+  with tarfile.open(lakh_tar, "w:gz") as tar:
+    for path in sorted((corpora_dir / "Endless-Violin-Carousel").glob("*.mid"))[:4]:
+      tar.add(path, arcname=f"lmd_full/0/{path.name}")
+  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract", autospec=True,
+                         side_effect=lambda self, urls: self.extract({k: lakh_tar for k in urls})):
+    builder = build(tmp_path / "tfds", "lakh_char", download_dir=tmp_path / "dl")
+  assert builder.info.metadata["report"]["examples"] == 4
+  assert all(as_str(ex["name"]).startswith("lmd_full/lmd_full/0/")
+             for v in read_all(builder).values() for ex in v)
+
+
+def test_tegridy_children_songs_decode_to_the_source_notes(tmp_path, corpora_dir):
+  folder = corpora_dir / "Tegridy-Children-Songs"
+  builder = build(tmp_path, "token", manual_dir=folder, num_workers=2)
+  codec = TokenCodec(EncodingConfig())
+  records = [ex for v in read_all(builder).values() for ex in v]
+  report = builder.info.metadata["report"]
+  assert report["files_read"] == len(list(folder.glob("*.mid*")))
+  assert len(records) + sum(report["skipped"].values()) == report["files_read"]
+  assert len(records) > 150
+  for ex in records:
+    name = as_str(ex["name"])
+    decoded, decode_report = codec.decode(ex["ids"], return_report=True)
+    assert_same_notes(decoded, codec.quantize(midi_to_notes(folder / name)), name)
+    assert decode_report_is_clean(decode_report), (name, decode_report)
+
+
+def test_bach_chorales_convert_to_midi(tmp_path):
+  works = processing.bach_chorale_works()
+  assert len(works) >= 300 and works == sorted(set(works))
+  results = processing.convert_bach_chunk((works[:2], os.fspath(tmp_path)))
+  assert [err for _, err in results] == ["", ""]
+  for work in works[:2]:
+    notes = midi_to_notes(tmp_path / (work.replace("/", "_") + ".mid"))
+    assert len(notes) > 20 and len(set(notes.instrument.tolist())) >= 1
+
+
+def test_build_workers_import_neither_jax_nor_tensorflow():
+  code = ("import sys; from data_pipelines.virtuoso_midi import processing as p; "
+          "from virtuoso_jax.encoding import EncodingConfig; "
+          "p.get_codec('token', EncodingConfig().to_dict()); p.get_codec('char', EncodingConfig().to_dict()); "
+          "bad = [m for m in ('jax', 'tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_prepare_entry_point(tmp_path):
+  cmd = [sys.executable, "-m", "data_pipelines.virtuoso_midi.prepare", "--config=token",
+         f"--manual_dir={DUMMY / 'songs'}", f"--data_dir={tmp_path}", "--num_workers=1"]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "preparing virtuoso_midi/token" in out.stdout and "build report" in out.stdout
+  assert "skipped:           corrupt=0, empty=0, over_limit=0, duplicate=1" in out.stdout
+  again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert again.returncode == 0 and "already prepared" in again.stdout
+  missing = subprocess.run(cmd[:4] + [f"--manual_dir={tmp_path / 'nope'}", f"--data_dir={tmp_path / 'd2'}"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert missing.returncode == 1 and "nope" in missing.stderr
