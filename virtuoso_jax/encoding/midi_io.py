@@ -131,11 +131,20 @@ def _check_header(data: bytes, name: str, config: EncodingConfig) -> tuple[int, 
   return fmt, ntrks
 
 
-def _pedal_arrays(time, duration) -> tuple[np.ndarray, np.ndarray]:
-  start = np.asarray(time, np.int64)
-  end = start + np.asarray(duration, np.int64)
-  order = np.argsort(start, kind="stable")
-  return start[order], end[order]
+def _pedal_intervals(times, values, last_tick: int) -> tuple[np.ndarray, np.ndarray]:
+  """Sustain intervals [start, end) from CC64 events (down when value >= 64, as note-seq);
+  a pedal still down at the end is released at `last_tick`. (symusic's own `pedals` are not used:
+  0.6.0 can report a pedal starting at tick 0.)"""
+  times = np.asarray(times, np.int64)
+  order = np.argsort(times, kind="stable")
+  times = times[order]
+  down = np.asarray(values, np.int64)[order] >= 64
+  prev = np.concatenate([[False], down[:-1]])
+  start = times[down & ~prev]
+  end = times[~down & prev]
+  if len(end) < len(start):
+    end = np.append(end, max(int(last_tick), int(start[-1])))
+  return start, end
 
 
 def _parse_symusic(data: bytes, config: EncodingConfig) -> _Parsed:
@@ -154,13 +163,15 @@ def _parse_symusic(data: bytes, config: EncodingConfig) -> _Parsed:
     if total > config.max_notes:
       break
     start = cols["time"].astype(np.int64)
-    if config.sustain_pedal and not tr.is_drum and len(tr.pedals):
-      ped = tr.pedals.numpy()
-      ps, pe = _pedal_arrays(ped["time"], ped["duration"])
-    else:
-      ps = pe = np.zeros(0, np.int64)
+    end = start + cols["duration"].astype(np.int64)
+    ps = pe = np.zeros(0, np.int64)
+    if config.sustain_pedal and not tr.is_drum and len(tr.controls):
+      cc = tr.controls.numpy()
+      is64 = cc["number"] == 64
+      if is64.any():
+        ps, pe = _pedal_intervals(cc["time"][is64], cc["value"][is64], end.max())
     tracks.append(_Track(
-        start=start, end=start + cols["duration"].astype(np.int64),
+        start=start, end=end,
         pitch=cols["pitch"].astype(np.int64), velocity=cols["velocity"].astype(np.int64),
         instrument=DRUMS if tr.is_drum else int(tr.program), pedal_start=ps, pedal_end=pe))
   return _Parsed(int(score.ticks_per_quarter), tempos["time"].astype(np.int64),
@@ -179,9 +190,8 @@ def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
     tick = 0
     program = [0] * 16
     open_notes = collections.defaultdict(collections.deque)
-    pedal_down = [None] * 16
     groups = collections.defaultdict(lambda: ([], [], [], []))  # (ch, instrument) -> cols
-    pedals = collections.defaultdict(lambda: ([], []))  # channel -> (start, end)
+    pedals = collections.defaultdict(lambda: ([], []))  # channel -> CC64 (ticks, values)
     for msg in mtrack:
       tick += msg.time
       t = msg.type
@@ -203,19 +213,14 @@ def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
       elif t == "program_change":
         program[msg.channel] = msg.program
       elif t == "control_change" and msg.control == 64:
-        ch = msg.channel
-        if msg.value >= 64 and pedal_down[ch] is None:
-          pedal_down[ch] = tick
-        elif msg.value < 64 and pedal_down[ch] is not None:
-          pedals[ch][0].append(pedal_down[ch])
-          pedals[ch][1].append(tick)
-          pedal_down[ch] = None
+        pedals[msg.channel][0].append(tick)
+        pedals[msg.channel][1].append(msg.value)
       elif t == "set_tempo":
         tempo_ticks.append(tick)
         tempo_mspq.append(msg.tempo)
     for (ch, inst), (on, off, pitch, vel) in sorted(groups.items()):
       if config.sustain_pedal and inst != DRUMS and pedals[ch][0]:
-        ps, pe = _pedal_arrays(pedals[ch][0], np.subtract(pedals[ch][1], pedals[ch][0]))
+        ps, pe = _pedal_intervals(pedals[ch][0], pedals[ch][1], max(off))
       else:
         ps = pe = np.zeros(0, np.int64)
       tracks.append(_Track(np.asarray(on, np.int64), np.asarray(off, np.int64),
@@ -224,6 +229,23 @@ def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
       break
   return _Parsed(int(mf.ticks_per_beat), np.asarray(tempo_ticks, np.int64),
                  np.asarray(tempo_mspq, np.int64), tracks)
+
+
+def _close_all_ends(tr: _Track) -> np.ndarray:
+  """Note ends under "a note-off closes every open note of its pitch" (pretty_midi/note-seq's
+  rule), rebuilt from FIFO-paired notes: a note ends at the first note-off of its pitch strictly
+  after its onset. Identical to FIFO when notes of a pitch do not overlap; zero-length notes keep
+  their length. (Notes FIFO left unterminated at the end of a track cannot be recovered.)"""
+  end = tr.end
+  if len(end) < 2:
+    return end
+  big = np.int64(1) << 40
+  offs = np.sort(tr.pitch * big + end)
+  j = np.searchsorted(offs, tr.pitch * big + tr.start, side="right")
+  cand = offs[np.minimum(j, len(offs) - 1)]
+  found = (j < len(offs)) & (cand // big == tr.pitch)
+  first_off = np.where(found, cand - tr.pitch * big, end)
+  return np.where(end > tr.start, np.minimum(end, first_off), end)
 
 
 def _apply_sustain(tr: _Track) -> tuple[np.ndarray, int]:
@@ -286,6 +308,7 @@ def _to_notes(parsed: _Parsed, config: EncodingConfig, name: str) -> tuple[Notes
     raise MidiError(name, f"more than max_notes={config.max_notes} notes")
   ends, extended = [], 0
   for tr in tracks:
+    tr.end = _close_all_ends(tr)
     if config.sustain_pedal and len(tr.pedal_start):
       e, n = _apply_sustain(tr)
       extended += n
@@ -387,8 +410,8 @@ def _meta(delta: int, kind: int, data: bytes) -> bytes:
 
 
 def _voices(notes: Notes, idx: np.ndarray) -> np.ndarray:
-  """Splits notes of one instrument into voices so that, within a voice, notes of a pitch end in
-  the order they start (FIFO note-off pairing then reads them back exactly)."""
+  """Splits notes of one instrument into voices (tracks) so that, within a voice, notes of one pitch
+  never overlap: every note-off pairing rule (FIFO, close-all) then reads them back exactly."""
   voice = np.full(len(idx), -1, np.int64)
   remaining = np.arange(len(idx))
   v = 0
@@ -400,8 +423,9 @@ def _voices(notes: Notes, idx: np.ndarray) -> np.ndarray:
     order = np.lexsort((end, on, pitch))
     big = np.int64(1) << 40
     key_end = pitch[order] * big + end[order]
-    running = np.maximum.accumulate(key_end)
-    ok_sorted = key_end >= running  # Ends never go backwards within the pitch.
+    prev_end = np.concatenate([[0], np.maximum.accumulate(key_end)[:-1]])
+    # A note may join this voice only if it starts after every earlier note of its pitch ended.
+    ok_sorted = pitch[order] * big + on[order] >= prev_end
     ok = np.empty(len(order), bool)
     ok[order] = ok_sorted
     voice[remaining[ok]] = v
@@ -414,8 +438,8 @@ def notes_to_midi(notes: Notes, path: str | os.PathLike | None = None, *,
                   config: EncodingConfig = _DEFAULT_CONFIG, name: str = "virtuoso_jax") -> bytes:
   """Writes notes as a standard MIDI file (format 1) and returns its bytes.
 
-  One track per instrument (a second track for an instrument only where its notes of one pitch
-  overlap out of order), a program change per track, drums on channel 10, one tempo event (120 bpm
+  One track per instrument (more tracks for an instrument only where its notes of one pitch
+  overlap), a program change per track, drums on channel 10, one tempo event (120 bpm
   at 500 ticks per quarter: 1 tick = 1 ms, so integer grid units map to integer ticks), note
   velocities. Melodic instruments take channels 1-9, 11-16 in order; beyond 15 instruments the
   channels are reused (each track still carries its own program change, which parsers that keep
