@@ -316,7 +316,7 @@ class BatchMaker:
           epoch, k = divmod(j, n)
           w = grain.experimental.index_shuffle(k, max_index=n - 1, seed=_seed(self.seed, epoch),
                                                rounds=4)
-        song = self.source[int(self.index.song[w])]
+        song = self._song(int(self.index.song[w]))
         t, m = _window_example(song, int(self.index.start[w]), int(self.index.mask_from[w]),
                                self.seq_len, self.pad_id)
       if self.transpose:
@@ -355,19 +355,32 @@ class BatchMaker:
     epoch, k = divmod(j, per)
     k = grain.experimental.index_shuffle(k, max_index=per - 1, seed=_seed(self.seed + 1, epoch),
                                          rounds=4)
+    return self.stream_chunk(epoch, k)
+
+  def stream_chunk(self, epoch: int, k: int) -> np.ndarray:
+    """Tokens k*L .. k*L+L of epoch `epoch`'s stream (its songs concatenated in shuffled order)."""
     order, cum = self._epoch_order(epoch)
     begin, end = k * self.seq_len, k * self.seq_len + self.seq_len + 1
     out = np.full(self.seq_len + 1, self.pad_id, np.int32)
     s = int(np.searchsorted(cum, begin, side="right")) - 1
     pos = begin
     while pos < end and s < len(order):
-      song = self.source[int(order[s])]
+      song = self._song(int(order[s]))
       off = pos - int(cum[s])
       piece = song[off:off + (end - pos)]
       out[pos - begin:pos - begin + len(piece)] = piece
       pos += len(piece)
       s += 1
     return out
+
+  def _song(self, i: int) -> np.ndarray:
+    """Song `i`; the last one read is kept (eval and packing read the same song repeatedly)."""
+    last = self.__dict__.get("_last_song")
+    if last is not None and last[0] == i:
+      return last[1]
+    ids = self.source[i]
+    self.__dict__["_last_song"] = (i, ids)
+    return ids
 
 
 def _seed(seed: int, epoch: int) -> int:

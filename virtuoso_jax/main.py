@@ -1,0 +1,88 @@
+r"""Trains a virtuoso_jax model.
+
+  python -m virtuoso_jax.main --config=configs/rga.py:tiny --workdir=runs/quickstart
+  python -m virtuoso_jax.main --config=configs/rga.py --workdir=runs/rga \
+      --config.model.num_layers=12 --config.batch_size=64
+
+Run the same command on every host of a multi-host TPU pod (`--worker=all`); the distributed
+runtime is initialised automatically there. For a local multi-process run pass
+--coordinator_address, --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+
+Outputs in --workdir: config.json (the resolved config), checkpoints/ (Orbax; a rerun resumes),
+metrics.jsonl, tensorboard/.
+"""
+
+import logging as py_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/rga.py:tiny (file.py[:variant]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                                   "host:port of process 0 (explicit multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (explicit).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit).")
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", "gloo", "CPU collectives for multi-process CPU runs ('gloo' or 'mpi').")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize(): explicit flags/env, else auto-detected clusters (TPU pods,
+  SLURM, ...); single-host runs continue without it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  num = _NUM_PROCESSES.value or (int(os.environ["JAX_NUM_PROCESSES"])
+                                 if "JAX_NUM_PROCESSES" in os.environ else None)
+  pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else (
+      int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
+  if _COORDINATOR.value and num and num > 1:
+    if pid is None:
+      raise app.UsageError("--coordinator_address needs --process_id (or JAX_PROCESS_ID)")
+    jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=num,
+                               process_id=pid)
+    return
+  try:
+    jax.distributed.initialize()
+  except (ValueError, RuntimeError) as e:
+    # No cluster detected: a single-host run.
+    logging.info("Single-process run (jax.distributed not initialised: %s)", e)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
+
+  py_logging.getLogger().setLevel(py_logging.INFO)
+  logging.set_verbosity(logging.INFO)
+  config = config_lib.validate(_CONFIG.value)
+  logging.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
+               jax.process_count(), jax.device_count(), jax.local_device_count(),
+               jax.devices()[0].device_kind)
+  logging.info("Workdir %s; config %s", os.path.abspath(_WORKDIR.value), _CONFIG.value.model.name)
+  train.train_and_evaluate(config, _WORKDIR.value)
+
+
+def run():
+  """Console-script entry point (`virtuoso-train`)."""
+  jax_config_with_absl()
+  app.run(main)
+
+
+def jax_config_with_absl():
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.config_with_absl()
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,466 @@
+"""Training loop: `train_and_evaluate(config, workdir)`.
+
+State (a plain pytree, sharded on the (data, fsdp, tensor) mesh):
+  {"params": nnx.State of the model's Params,
+   "opt_state": optax state,
+   "train": {"step": int32 (completed updates), "rng": uint32[2] base key data}}
+The dropout key of update `s` is `fold_in(rng, s)`, so nothing random lives outside the state
+and a resumed run is bit-for-bit the uninterrupted one (same program, same data position).
+
+The step is jitted with donated state buffers, lowered and compiled before step 0; gradient
+accumulation scans over micro-batches (rows `a, a+A, ...`, so each micro-batch stays spread
+over every device). Loss = summed token NLL / counted targets of the whole global batch, so
+accumulation and sharding do not change it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from virtuoso_jax import checkpointing
+from virtuoso_jax import config_lib
+from virtuoso_jax import input_pipeline
+from virtuoso_jax import metrics as metrics_lib
+from virtuoso_jax import sharding as sharding_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN/inf; the message names the step."""
+
+
+# ------------------------------------------------------------------ optimizer
+
+
+def create_learning_rate_schedule(config) -> optax.Schedule:
+  """warmup + cosine, constant (with optional warmup), or Noam (the original RGA)."""
+  o = config.optim
+  if o.schedule == "noam":
+    d_model, warmup = float(config.model.emb_dim), float(o.warmup_steps)
+
+    def noam(step):
+      s = jnp.asarray(step, jnp.float32)
+      # d^-0.5 * min(s^-0.5, s * warmup^-1.5); 0 at step 0.
+      return d_model**-0.5 * jnp.minimum(jnp.where(s > 0, s, 1.0)**-0.5, s * warmup**-1.5)
+    return noam
+  if o.schedule == "constant":
+    if o.warmup_steps:
+      return optax.join_schedules(
+          [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
+           optax.constant_schedule(o.learning_rate)], [o.warmup_steps])
+    return optax.constant_schedule(o.learning_rate)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=max(config.num_train_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.min_lr_ratio)
+
+
+def _path_names(path) -> list[str]:
+  names = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)))
+        break
+  return names
+
+
+def weight_decay_mask(params) -> Any:
+  """True for kernels (matrices of linear layers); biases, norms, embeddings are not decayed."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: "kernel" in _path_names(path) and getattr(x, "ndim", 0) >= 2, params)
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  schedule = create_learning_rate_schedule(config)
+  parts = []
+  if o.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
+  if o.optimizer == "adamw":
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                             mask=weight_decay_mask))
+  else:
+    parts.append(optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps))
+  return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------ steps
+
+
+def _token_stats(logits, targets, mask):
+  logits = logits.astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return nll * mask, correct * mask
+
+
+def _reseed(model, rng_tags, key):
+  if rng_tags:
+    nnx.reseed(model, **{t: jax.random.fold_in(key, i) for i, t in enumerate(rng_tags)})
+
+
+def train_step(state, batch, *, graphdef, rest, tx, accum_steps: int, rng_tags: tuple[str, ...]):
+  """One optimizer update over the global batch. Returns (new_state, metrics)."""
+  step = state["train"]["step"]
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["train"]["rng"]), step)
+  total = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+
+  def micro_loss(params, mb, k):
+    model = nnx.merge(graphdef, params, rest)
+    _reseed(model, rng_tags, k)
+    logits = model(mb["inputs"], deterministic=False)
+    nll, correct = _token_stats(logits, mb["targets"], mb["mask"])
+    return jnp.sum(nll) / total, jnp.sum(correct)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+  if accum_steps == 1:
+    (loss, correct), grads = grad_fn(state["params"], batch, key)
+  else:
+    def split(x):  # Micro-batch a = rows a, a+A, a+2A, ...
+      return jnp.swapaxes(x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]), 0, 1)
+    micro = jax.tree.map(split, batch)
+
+    def body(carry, inputs):
+      g_acc, l_acc, c_acc = carry
+      mb, i = inputs
+      (l, c), g = grad_fn(state["params"], mb, jax.random.fold_in(key, i))
+      return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, c_acc + c), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    (grads, loss, correct), _ = jax.lax.scan(
+        body, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
+        (micro, jnp.arange(accum_steps)))
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = {"params": params, "opt_state": opt_state,
+               "train": {"step": step + 1, "rng": state["train"]["rng"]}}
+  metrics = {"train/loss": loss, "train/accuracy": correct / total,
+             "train/grad_norm": optax.global_norm(grads)}
+  return new_state, metrics
+
+
+def eval_step(params, batch, log_unigram, note_table, *, graphdef, rest):
+  """Sums over one eval batch: nll, targets, correct, notes, unigram-baseline nll."""
+  model = nnx.merge(graphdef, params, rest)
+  logits = model(batch["inputs"], deterministic=True)
+  nll, correct = _token_stats(logits, batch["targets"], batch["mask"])
+  mask = batch["mask"]
+  return {"nll": jnp.sum(nll), "count": jnp.sum(mask), "correct": jnp.sum(correct),
+          "notes": jnp.sum(note_table[batch["targets"]] * mask),
+          "unigram_nll": -jnp.sum(log_unigram[batch["targets"]] * mask)}
+
+
+def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
+  count = max(sums["count"], 1.0)
+  notes = max(sums["notes"], 1.0)
+  loss = sums["nll"] / count
+  return {"eval/loss": loss, "eval/accuracy": sums["correct"] / count,
+          "eval/perplexity": math.exp(min(loss, 50.0)), "eval/nll_per_note": sums["nll"] / notes,
+          "eval/unigram_nll": sums["unigram_nll"] / count,
+          "eval/unigram_nll_per_note": sums["unigram_nll"] / notes,
+          "eval/tokens": sums["count"], "eval/notes": sums["notes"]}
+
+
+def note_marker_table(codec, kind: str) -> np.ndarray:
+  """float32[V]: 1 for the one id field every note has exactly once (pitch; char: newline)."""
+  table = np.zeros(codec.vocab_size, np.float32)
+  if kind == "char":
+    table[codec.newline_id] = 1.0
+    return table
+  ranges = codec.field_ranges
+  ranges = ranges() if callable(ranges) else ranges
+  lo, hi = ranges["pitch"] if "pitch" in ranges else ranges["instrument_pitch"]
+  table[lo:hi] = 1.0
+  return table
+
+
+# ------------------------------------------------------------------ setup
+
+
+class Trainer:
+  """Everything a run needs, built once: mesh, data, model, optimizer, compiled steps."""
+
+  def __init__(self, config, workdir: str, *, codec=None):
+    from virtuoso_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+    from virtuoso_jax import models  # pylint: disable=g-import-not-at-top
+    config_lib.validate(config)
+    self.workdir = workdir
+    self.mesh = sharding_lib.create_mesh(config.parallel)
+    self.rules = sharding_lib.logical_rules(config.parallel)
+    self.batch_sharding = sharding_lib.batch_sharding(self.mesh, self.rules)
+    if codec is None:
+      if not input_pipeline.is_prepared(config):
+        if not config.data.prepare_if_missing:
+          raise input_pipeline.DatasetNotPreparedError(
+              f"dataset {input_pipeline.dataset_name(config)} is not prepared in "
+              f"{input_pipeline.data_dir(config)} and data.prepare_if_missing is False; run: "
+              + " ".join(input_pipeline.prepare_command(config)))
+        if jax.process_index() == 0:
+          input_pipeline.prepare_dataset(config)
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+          multihost_utils.sync_global_devices("dataset_prepared")
+      codec = input_pipeline.load_codec(config)
+    config = config_lib.resolve_vocab_size(config, codec.vocab_size,
+                                           f"dataset {input_pipeline.dataset_name(config)}")
+    self.config = config
+    self.data = input_pipeline.InputPipeline(config, batch_sharding=self.batch_sharding,
+                                             codec=codec)
+    info = self.data.info
+
+    model = sharding_lib.create_sharded(
+        lambda: models.create_model(config.model, nnx.Rngs(config.seed)), self.mesh, self.rules)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    self.graphdef, self.rest = graphdef, rest
+    self.rng_tags = tuple(sorted({v.tag for v in jax.tree.leaves(
+        rest, is_leaf=lambda x: isinstance(x, nnx.Variable)) if isinstance(v, nnx.RngKey)}))
+    self.num_params = int(sum(x.size for x in jax.tree.leaves(params)))
+    self.flops_per_token = float(flops_lib.train_flops_per_token(config.model, config.model.max_len))
+    self.tx = create_optimizer(config)
+    self.schedule = create_learning_rate_schedule(config)
+
+    opt_state = jax.jit(self.tx.init)(params)
+    rng = jax.random.key_data(jax.random.key(config.seed))
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    train = {"step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+             "rng": jax.device_put(rng, replicated)}
+    self.state = {"params": params, "opt_state": opt_state, "train": train}
+    self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+
+    self.log_unigram = jax.device_put(jnp.asarray(info.unigram_log_probs), replicated)
+    self.note_table = jax.device_put(jnp.asarray(note_marker_table(codec, info.kind)), replicated)
+
+    self._train_step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, rest=rest, tx=self.tx,
+                          accum_steps=config.grad_accum_steps, rng_tags=self.rng_tags),
+        in_shardings=(self.state_shardings, self.batch_sharding),
+        out_shardings=(self.state_shardings, replicated),
+        donate_argnums=0)
+    self._eval_step = jax.jit(functools.partial(eval_step, graphdef=graphdef, rest=rest),
+                              out_shardings=replicated)
+    self.compiled_train_step = None
+
+  def batch_abstract(self) -> dict[str, jax.ShapeDtypeStruct]:
+    b, l = self.config.batch_size, self.config.model.max_len
+    return {"inputs": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=self.batch_sharding),
+            "targets": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=self.batch_sharding),
+            "mask": jax.ShapeDtypeStruct((b, l), jnp.float32, sharding=self.batch_sharding)}
+
+  def compile(self):
+    """Lowers and compiles the train step before step 0 (and reports its memory estimate)."""
+    t = time.perf_counter()
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
+    self.compiled_train_step = self._train_step.lower(abstract_state,
+                                                      self.batch_abstract()).compile()
+    logging.info("Compiled the train step in %.1f s", time.perf_counter() - t)
+    try:
+      mem = self.compiled_train_step.memory_analysis()
+    except (NotImplementedError, AttributeError, RuntimeError):
+      mem = None
+    if mem is not None:
+      total = sum(getattr(mem, f, 0) or 0 for f in (
+          "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"))
+      logging.info("Train step memory estimate (per device): %.1f MiB", total / 2**20)
+    return self.compiled_train_step
+
+  def abstract_state(self):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        self.state)
+
+  def step(self, batch):
+    """Runs one update in place; returns the (device) metrics."""
+    fn = self.compiled_train_step or self._train_step
+    self.state, metrics = fn(self.state, batch)
+    return metrics
+
+  def evaluate(self) -> dict[str, float]:
+    sums = None
+    for batch in self.data.eval_batches():
+      out = self._eval_step(self.state["params"], batch, self.log_unigram, self.note_table)
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    if sums is None:
+      raise ValueError(f"eval split {self.config.data.eval_split!r} has no windows")
+    return summarize_eval({k: float(v) for k, v in jax.device_get(sums).items()})
+
+
+# ------------------------------------------------------------------ the loop
+
+
+class _Preemption:
+  """SIGTERM -> save at the next step and exit cleanly (TPU preemption, `kill`)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: no signal handling.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return multihost_utils.reached_preemption_sync_point(step) or self.requested
+      except RuntimeError:
+        return self.requested
+    return self.requested
+
+
+def _perf(trainer: Trainer, steps: int, seconds: float, input_seconds: float,
+          peak: float | None) -> dict[str, float]:
+  cfg = trainer.config
+  tokens = steps * cfg.batch_size * cfg.model.max_len
+  tps = tokens / max(seconds, 1e-9)
+  out = {"perf/step_time_s": seconds / max(steps, 1), "perf/tokens_per_s": tps,
+         "perf/tokens_per_s_per_device": tps / jax.device_count(),
+         "perf/input_wait_frac": input_seconds / max(seconds, 1e-9)}
+  if peak:
+    out["perf/mfu"] = trainer.flops_per_token * tps / peak
+  return out
+
+
+def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
+  """Trains (resuming from `<workdir>/checkpoints` if present) and evaluates.
+
+  Returns the last logged train and eval metrics (and "stopped": "done" | "preempted").
+  """
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer(config, workdir, codec=codec)
+  config = trainer.config
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config_lib.to_json(config))
+  info = trainer.data.info
+  logging.info("Mesh %s over %d devices (%d processes); batch %d x %d tokens",
+               dict(trainer.mesh.shape), jax.device_count(), jax.process_count(),
+               config.batch_size, config.model.max_len)
+  logging.info("Model %s: %s parameters, %.3g training FLOPs per token",
+               config.model.name, f"{trainer.num_params:,}", trainer.flops_per_token)
+  logging.info("Data %s: %d train songs (%d windows, %s tokens), %d eval windows, vocab %d",
+               input_pipeline.dataset_name(config), info.num_train_songs, info.num_train_windows,
+               f"{info.train_tokens:,}", info.num_eval_windows, info.vocab_size)
+
+  ckpt = checkpointing.Checkpointer(workdir, config.ckpt) if config.ckpt.enabled else None
+  train_iter = trainer.data.train_iterator()
+  start_step = 0
+  if ckpt is not None and ckpt.all_steps():
+    restored = ckpt.restore(trainer.abstract_state(), train_iter)
+    if restored is not None:
+      start_step, trainer.state = restored
+      logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+  trainer.compile()
+  peak, peak_how = metrics_lib.peak_flops_per_s()
+  logging.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_how)
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
+  progress = metrics_lib.Progress(config.num_train_steps, start_step)
+  last: dict[str, Any] = {"stopped": "done"}
+  pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet checked for NaN.
+  window_t = time.perf_counter()
+  window_steps, input_s = 0, 0.0
+  accum: dict[str, float] = {}
+
+  def check(upto_all: bool):
+    """Fetches pending losses (all, or all but the newest) and stops on a non-finite one."""
+    keep = 0 if upto_all else 1
+    while len(pending) > keep:
+      s, m = pending.pop(0)
+      host = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not math.isfinite(host["train/loss"]):
+        raise NonFiniteLossError(
+            f"train loss is {host['train/loss']} at step {s}; stopping. The last good checkpoint "
+            f"in {ckpt.directory if ckpt else workdir} is kept (not overwritten).")
+      for k, v in host.items():
+        accum[k] = accum.get(k, 0.0) + v
+      accum["_n"] = accum.get("_n", 0.0) + 1
+
+  step = start_step
+  try:
+    with _Preemption() as preemption:
+      while step < config.num_train_steps:
+        t = time.perf_counter()
+        batch = trainer.data.to_global(next(train_iter))
+        input_s += time.perf_counter() - t
+        metrics = trainer.step(batch)
+        step += 1
+        window_steps += 1
+        pending.append((step, metrics))
+        check(upto_all=False)  # Lag one step: the device stays busy while we look.
+        is_log = step % config.log_every_steps == 0 or step == config.num_train_steps
+        is_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
+        is_ckpt = ckpt is not None and (step % config.ckpt.every_steps == 0
+                                        or step == config.num_train_steps)
+        stop = preemption.should_stop(step)
+        if is_log or is_eval or is_ckpt or stop:
+          check(upto_all=True)
+        scalars: dict[str, Any] = {}
+        if is_log and accum:
+          n = accum.pop("_n")
+          scalars.update({k: v / n for k, v in accum.items()})
+          accum.clear()
+          elapsed = time.perf_counter() - window_t
+          scalars.update(_perf(trainer, window_steps, elapsed, input_s, peak))
+          scalars["train/learning_rate"] = float(trainer.schedule(step - 1))
+          window_t, window_steps, input_s = time.perf_counter(), 0, 0.0
+        eval_metrics = None
+        if is_eval:
+          eval_metrics = trainer.evaluate()
+          scalars.update(eval_metrics)
+          logging.info("eval at step %d: loss %.4f, accuracy %.3f, NLL/note %.3f (unigram "
+                       "baseline %.3f), perplexity %.2f", step, eval_metrics["eval/loss"],
+                       eval_metrics["eval/accuracy"], eval_metrics["eval/nll_per_note"],
+                       eval_metrics["eval/unigram_nll_per_note"], eval_metrics["eval/perplexity"])
+          window_t = time.perf_counter()  # Do not count eval time as step time.
+        if scalars:
+          writer.write(step, scalars)
+          last.update(scalars)
+          if is_log:
+            progress.log(step, scalars)
+        if is_ckpt or (stop and ckpt is not None):
+          ckpt.save(step, trainer.state, train_iter,
+                    metrics={"eval/loss": eval_metrics["eval/loss"]} if eval_metrics else None)
+        if stop:
+          last["stopped"] = "preempted"
+          logging.warning("Stopped at step %d on SIGTERM; checkpoint saved in %s", step,
+                          ckpt.directory if ckpt else "(checkpoints disabled)")
+          break
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+    writer.close()
+  last["step"] = step
+  if is_main:
+    logging.info("Done at step %d. Checkpoints: %s  Metrics: %s  TensorBoard: %s", step,
+                 ckpt.directory if ckpt else "(disabled)", os.path.join(workdir, "metrics.jsonl"),
+                 os.path.join(workdir, "tensorboard"))
+  return last
