@@ -1,0 +1,281 @@
+"""Causal multi-head attention with an optional learned relative term (pure functions, no params).
+
+Shapes: q, k, v are [B, H, L, Dh]; q is already scaled by Dh**-0.5 (the relative term is added
+after scaling, as the original GPT2RGA / Music Transformer). The relative table `rel` is
+[R, Dh] (one per layer, shared across heads) or [H, R, Dh] (per head), R = max_relative.
+
+Relative term: S_rel[i, j] = q_i . rel[R - 1 - min(i - j, R - 1)] for j <= i. Row R-1 is
+distance 0, row R-1-d is the key d steps back; distances >= R are clipped to row 0 (the
+farthest learned distance), so the model runs on sequences longer than its table.
+
+Implementations (`impl`):
+- "naive": the definition, gathering an L x L x Dh tensor (tests only);
+- "skew": Music Transformer's skewing of q . E^T (O(L x Dh) for the table, L x L logits);
+- "blockwise": flash-style online softmax over key blocks with a custom VJP that recomputes the
+  block logits in the backward pass; never builds an L x L matrix, skips key blocks above the
+  diagonal, and its memory is linear in L.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+_MASK = -1e30  # Finite "minus infinity": keeps exp(mask - max) = 0 without inf - inf = nan.
+
+
+def relative_rows(rel: jax.Array, distances: jax.Array) -> jax.Array:
+  """Rows of the relative table for `distances` (clipped to [0, R-1]); [..., n, Dh]."""
+  num = rel.shape[-2]
+  idx = num - 1 - jnp.clip(distances, 0, num - 1)
+  return jnp.take(rel, idx, axis=-2)
+
+
+def _qe(q: jax.Array, rows: jax.Array) -> jax.Array:
+  """q [B, H, Q, Dh] . rows [(H,) M, Dh] -> [B, H, Q, M] (fp32 accumulation)."""
+  if rows.ndim == 2:
+    return jnp.einsum("bhqd,md->bhqm", q, rows, preferred_element_type=jnp.float32)
+  return jnp.einsum("bhqd,hmd->bhqm", q, rows, preferred_element_type=jnp.float32)
+
+
+def rel_logits_naive(q: jax.Array, rel: jax.Array) -> jax.Array:
+  """The definition: gathers rel rows into an [L, L, Dh] tensor. Tests only."""
+  length = q.shape[2]
+  pos = jnp.arange(length)
+  g = relative_rows(rel, pos[:, None] - pos[None, :])  # [(H,) L, L, Dh]
+  if g.ndim == 3:
+    return jnp.einsum("bhid,ijd->bhij", q, g, preferred_element_type=jnp.float32)
+  return jnp.einsum("bhid,hijd->bhij", q, g, preferred_element_type=jnp.float32)
+
+
+def rel_logits_skew(q: jax.Array, rel: jax.Array) -> jax.Array:
+  """Music Transformer skewing: S_rel[i, j] for j <= i (entries above the diagonal: junk)."""
+  length = q.shape[2]
+  rows = relative_rows(rel, length - 1 - jnp.arange(length))  # column m <-> distance L-1-m
+  qe = _qe(q, rows)  # [B, H, L, L]
+  b, h = qe.shape[:2]
+  qe = jnp.pad(qe, ((0, 0), (0, 0), (0, 0), (1, 0)))
+  return qe.reshape(b, h, length + 1, length)[:, :, 1:, :]
+
+
+def _block_rel(q: jax.Array, rel: jax.Array, q0, k0, bk: int) -> jax.Array:
+  """Relative logits of a [Bq] x [Bk] block whose first query/key sit at q0/k0.
+
+  Computes q . rows for the Bq + Bk - 1 distances the block spans, then shifts each row so that
+  out[i, j] = q_i . rel_row(q0 + i - k0 - j) (a rectangular skew; no Bq x Bk x Dh tensor).
+  """
+  bq = q.shape[2]
+  c = jnp.arange(bq + bk - 1)  # c = j - i + Bq - 1
+  rows = relative_rows(rel, q0 - k0 + bq - 1 - c)
+  x = _qe(q, rows)  # [B, H, Bq, Bq+Bk-1]
+  b, h = x.shape[:2]
+  width = bq + bk
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 1))).reshape(b, h, bq * width)
+  x = jax.lax.slice_in_dim(x, bq - 1, bq - 1 + bq * (width - 1), axis=2)
+  return x.reshape(b, h, bq, width - 1)[..., :bk]
+
+
+def _causal_mask(q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
+  return q_pos[:, None] >= k_pos[None, :]
+
+
+def _dropout_mask(key, rate: float, shape) -> jax.Array:
+  keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+  return keep.astype(jnp.float32) / (1.0 - rate)
+
+
+def dense_attention(q, k, v, rel: Optional[jax.Array], *, impl: str = "skew",
+                    dropout_rate: float = 0.0, dropout_key=None) -> jax.Array:
+  """Full-matrix causal attention; `impl` ("naive" | "skew") picks the relative term.
+
+  Returns [B, H, L, Dh] in q.dtype. Softmax in float32.
+  """
+  length = q.shape[2]
+  s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+  if rel is not None:
+    if impl == "naive":
+      s = s + rel_logits_naive(q, rel)
+    elif impl == "skew":
+      s = s + rel_logits_skew(q, rel)
+    else:
+      raise ValueError(f"dense_attention: impl must be 'naive' or 'skew', got {impl!r}")
+  pos = jnp.arange(length)
+  s = jnp.where(_causal_mask(pos, pos), s, _MASK)
+  p = jax.nn.softmax(s, axis=-1)
+  if dropout_rate > 0.0 and dropout_key is not None:
+    p = p * _dropout_mask(dropout_key, dropout_rate, p.shape)
+  return jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v,
+                    preferred_element_type=jnp.float32).astype(q.dtype)
+
+
+# ------------------------------------------------------------------------------ blockwise
+
+
+def _block_logits(qa, kb, rel, q0, k0):
+  """Masked fp32 logits of one (query block, key block) pair."""
+  bq, bk = qa.shape[2], kb.shape[2]
+  s = jnp.einsum("bhqd,bhkd->bhqk", qa, kb, preferred_element_type=jnp.float32)
+  if rel is not None:
+    s = s + _block_rel(qa, rel, q0, k0, bk)
+  mask = _causal_mask(q0 + jnp.arange(bq), k0 + jnp.arange(bk))
+  return jnp.where(mask, s, _MASK)
+
+
+def _split_blocks(x, n, bs):
+  b, h, _, d = x.shape
+  return x.reshape(b, h, n, bs, d).transpose(2, 0, 1, 3, 4)  # [n, B, H, bs, D]
+
+
+def _merge_blocks(x):
+  n, b, h, bs, d = x.shape
+  return x.transpose(1, 2, 0, 3, 4).reshape(b, h, n * bs, d)
+
+
+def _block_key(key, a, b):
+  return jax.random.fold_in(jax.random.fold_in(key, a), b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _flash(q, k, v, rel, key, block: int, rate: float):
+  out, _ = _flash_fwd_impl(q, k, v, rel, key, block, rate)
+  return out
+
+
+def _flash_fwd_impl(q, k, v, rel, key, block, rate):
+  n = q.shape[2] // block
+  qs, ks, vs = (_split_blocks(x, n, block) for x in (q, k, v))
+  b, h, _, dh = q.shape
+
+  def q_step(_, a):
+    qa = qs[a]
+
+    def k_step(bi, carry):
+      m, l, acc = carry
+      s = _block_logits(qa, ks[bi], rel, a * block, bi * block)
+      m_new = jnp.maximum(m, s.max(-1))
+      p = jnp.exp(s - m_new[..., None])
+      corr = jnp.exp(m - m_new)
+      l = l * corr + p.sum(-1)
+      if rate > 0.0:
+        p = p * _dropout_mask(_block_key(key, a, bi), rate, p.shape)
+      acc = acc * corr[..., None] + jnp.einsum(
+          "bhqk,bhkd->bhqd", p.astype(vs.dtype), vs[bi], preferred_element_type=jnp.float32)
+      return m_new, l, acc
+
+    init = (jnp.full((b, h, block), -jnp.inf, jnp.float32), jnp.zeros((b, h, block), jnp.float32),
+            jnp.zeros((b, h, block, dh), jnp.float32))
+    m, l, acc = jax.lax.fori_loop(0, a + 1, k_step, init)
+    return None, ((acc / l[..., None]).astype(q.dtype), m + jnp.log(l))
+
+  _, (outs, lses) = jax.lax.scan(q_step, None, jnp.arange(n))
+  return _merge_blocks(outs), lses  # lses [n, B, H, block]
+
+
+def _flash_fwd(q, k, v, rel, key, block, rate):
+  out, lse = _flash_fwd_impl(q, k, v, rel, key, block, rate)
+  return out, (q, k, v, rel, key, out, lse)
+
+
+def _flash_bwd(block, rate, res, dout):
+  q, k, v, rel, key, out, lse = res
+  n = q.shape[2] // block
+  qs, ks, vs, os_, dos = (_split_blocks(x, n, block) for x in (q, k, v, out, dout))
+  delta = jnp.sum(dos.astype(jnp.float32) * os_.astype(jnp.float32), -1)  # [n, B, H, block]
+
+  def q_step(carry, a):
+    qa, doa, lsea, deltaa = qs[a], dos[a], lse[a], delta[a]
+
+    def k_step(bi, c):
+      dqa, dk, dv, drel = c
+      kb, vb = ks[bi], vs[bi]
+      s, vjp = jax.vjp(lambda q_, k_, r_: _block_logits(q_, k_, r_, a * block, bi * block),
+                       qa, kb, rel)
+      p = jnp.exp(s - lsea[..., None])
+      dp = jnp.einsum("bhqd,bhkd->bhqk", doa, vb, preferred_element_type=jnp.float32)
+      if rate > 0.0:
+        z = _dropout_mask(_block_key(key, a, bi), rate, p.shape)
+        pz, dp = p * z, dp * z
+      else:
+        pz = p
+      dvb = jnp.einsum("bhqk,bhqd->bhkd", pz.astype(doa.dtype), doa,
+                       preferred_element_type=jnp.float32)
+      ds = p * (dp - deltaa[..., None])
+      dq_, dk_, dr_ = vjp(ds)
+      dk = dk.at[bi].add(dk_.astype(jnp.float32))
+      dv = dv.at[bi].add(dvb)
+      if rel is not None:
+        drel = drel + dr_.astype(jnp.float32)
+      return dqa + dq_.astype(jnp.float32), dk, dv, drel
+
+    dk, dv, drel = carry
+    dqa, dk, dv, drel = jax.lax.fori_loop(
+        0, a + 1, k_step, (jnp.zeros(qa.shape, jnp.float32), dk, dv, drel))
+    return (dk, dv, drel), dqa
+
+  zeros = jnp.zeros(ks.shape, jnp.float32)
+  drel0 = None if rel is None else jnp.zeros(rel.shape, jnp.float32)
+  (dk, dv, drel), dq = jax.lax.scan(q_step, (zeros, zeros, drel0), jnp.arange(n))
+  dq, dk, dv = (_merge_blocks(x).astype(q.dtype) for x in (dq, dk, dv))
+  drel = None if rel is None else drel.astype(rel.dtype)
+  return dq, dk, dv, drel, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def blockwise_attention(q, k, v, rel: Optional[jax.Array], *, block_size: int = 512,
+                        dropout_rate: float = 0.0, dropout_key=None) -> jax.Array:
+  """Causal attention over key blocks with an online softmax; memory linear in L.
+
+  Any L works: the sequence is padded to a multiple of the block (padded keys sit after every
+  real query, so the causal mask hides them) and the result is cut back. Returns [B, H, L, Dh].
+  """
+  length = q.shape[2]
+  block = max(1, min(int(block_size), length))
+  padded = -(-length // block) * block
+  if padded != length:
+    pad = ((0, 0), (0, 0), (0, padded - length), (0, 0))
+    q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+  rate = float(dropout_rate) if dropout_key is not None else 0.0
+  out = _flash(q, k, v, rel, dropout_key if rate > 0.0 else None, block, rate)
+  return out[:, :, :length]
+
+
+def attention(q, k, v, rel, *, impl: str, block_size: int = 512, dropout_rate: float = 0.0,
+              dropout_key=None) -> jax.Array:
+  """Dispatches to `dense_attention` ("naive", "skew") or `blockwise_attention`."""
+  if impl == "blockwise":
+    return blockwise_attention(q, k, v, rel, block_size=block_size, dropout_rate=dropout_rate,
+                               dropout_key=dropout_key)
+  return dense_attention(q, k, v, rel, impl=impl, dropout_rate=dropout_rate,
+                         dropout_key=dropout_key)
+
+
+def cached_attention(q, k_cache, v_cache, rel, q_pos) -> jax.Array:
+  """Attention of T new queries over a KV cache (decode / prefill).
+
+  Args:
+    q: [B, H, T, Dh] scaled queries at absolute positions `q_pos` [B, T].
+    k_cache, v_cache: [B, H, S, Dh]; slot s holds the token at absolute position s.
+    rel: relative table or None.
+    q_pos: int32 [B, T].
+
+  Returns:
+    [B, H, T, Dh]. Slot s is visible to query t iff s <= q_pos[t]; the relative term uses the
+    distance q_pos[t] - s with the same table rows and clipping as the full forward pass.
+  """
+  s_len = k_cache.shape[2]
+  s = jnp.einsum("bhtd,bhsd->bhts", q, k_cache, preferred_element_type=jnp.float32)
+  dist = q_pos[:, :, None] - jnp.arange(s_len)[None, None, :]  # [B, T, S]
+  if rel is not None:
+    num = rel.shape[-2]
+    qe = _qe(q, rel)  # [B, H, T, R]; column r <-> distance R-1-r
+    idx = num - 1 - jnp.clip(dist, 0, num - 1)
+    s = s + jnp.take_along_axis(qe, idx[:, None], axis=-1)
+  s = jnp.where((dist >= 0)[:, None], s, _MASK)
+  p = jax.nn.softmax(s, axis=-1)
+  return jnp.einsum("bhts,bhsd->bhtd", p.astype(v_cache.dtype), v_cache,
+                    preferred_element_type=jnp.float32).astype(q.dtype)
