@@ -76,6 +76,7 @@ class _Parsed:
   tempo_ticks: np.ndarray
   tempo_mspq: np.ndarray
   tracks: list[_Track]
+  num_notes: int  # Notes seen (a parser may stop early once over max_notes).
 
 
 # --------------------------------------------------------------------------- reading
@@ -175,7 +176,7 @@ def _parse_symusic(data: bytes, config: EncodingConfig) -> _Parsed:
         pitch=cols["pitch"].astype(np.int64), velocity=cols["velocity"].astype(np.int64),
         instrument=DRUMS if tr.is_drum else int(tr.program), pedal_start=ps, pedal_end=pe))
   return _Parsed(int(score.ticks_per_quarter), tempos["time"].astype(np.int64),
-                 tempos["mspq"].astype(np.int64), tracks)
+                 tempos["mspq"].astype(np.int64), tracks, total)
 
 
 def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
@@ -228,7 +229,7 @@ def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
     if total > config.max_notes:
       break
   return _Parsed(int(mf.ticks_per_beat), np.asarray(tempo_ticks, np.int64),
-                 np.asarray(tempo_mspq, np.int64), tracks)
+                 np.asarray(tempo_mspq, np.int64), tracks, total)
 
 
 def _close_all_ends(tr: _Track) -> np.ndarray:
@@ -368,6 +369,8 @@ def midi_to_notes(src: Source, config: EncodingConfig = _DEFAULT_CONFIG, *,
       raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser: {e2})") from e2
   if parsed.tpq <= 0:
     raise MidiError(name, f"ticks per quarter is {parsed.tpq}")
+  if parsed.num_notes > config.max_notes:
+    raise MidiError(name, f"more than max_notes={config.max_notes} notes")
   notes, extended, short = _to_notes(parsed, config, name)
   if not len(notes) and not config.allow_empty:
     raise MidiError(name, "no notes" + (f" (tolerant parser used: {reason})" if reason else ""))

@@ -1,0 +1,298 @@
+"""MIDI <-> Notes: semantics on hand-made files, bad inputs, property round trips, real corpora."""
+
+import collections
+import concurrent.futures
+import io
+import pathlib
+import random
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+import mido
+import numpy as np
+import pytest
+
+from virtuoso_jax.encoding import (CharCodec, EncodingConfig, MidiError, Notes, TokenCodec,
+                                   midi_to_notes, note_sequence_to_notes, notes_to_midi,
+                                   notes_to_note_sequence)
+
+M = mido.Message
+MM = mido.MetaMessage
+
+
+def make_midi(tracks, tpq=500, fmt=1) -> bytes:
+  """tracks: lists of (absolute tick, message)."""
+  mf = mido.MidiFile(type=fmt, ticks_per_beat=tpq)
+  for events in tracks:
+    tr = mido.MidiTrack()
+    last = 0
+    for t, msg in sorted(events, key=lambda e: e[0]):
+      tr.append(msg.copy(time=t - last))
+      last = t
+    mf.tracks.append(tr)
+  buf = io.BytesIO()
+  mf.save(file=buf)
+  return buf.getvalue()
+
+
+def note(t0, t1, pitch, vel=80, ch=0):
+  return [(t0, M("note_on", note=pitch, velocity=vel, channel=ch)),
+          (t1, M("note_off", note=pitch, velocity=0, channel=ch))]
+
+
+NO_SUSTAIN = EncodingConfig(sustain_pedal=False)
+
+# ----------------------------------------------------------------------------- semantics
+
+
+def test_default_tempo_and_tempo_map():
+  # tpq 480, 500 ms/quarter before the first tempo, then 250 ms/quarter from tick 960.
+  ev = note(480, 960, 60) + note(1440, 1920, 62)
+  ev.append((960, MM("set_tempo", tempo=250_000)))
+  n = midi_to_notes(make_midi([ev], tpq=480))
+  # 480 ticks = 0.5 s -> 50; tick 960 = 1.0 s -> 100; tick 1440 = 1.0 + 0.25 s -> 125.
+  assert n.to_rows() == [(50, 50, 60, 80, 0), (125, 25, 62, 80, 0)]
+
+
+def test_velocity_zero_is_note_off_and_short_note_is_one_unit():
+  ev = [(0, M("note_on", note=60, velocity=90)), (1000, M("note_on", note=60, velocity=0)),
+        (2000, M("note_on", note=61, velocity=70)), (2001, M("note_off", note=61))]
+  n = midi_to_notes(make_midi([ev]))
+  assert n.to_rows() == [(0, 100, 60, 90, 0), (200, 1, 61, 70, 0)]
+
+
+def test_programs_per_channel_over_time_and_drums():
+  ev = [(0, M("program_change", program=40, channel=1)),
+        (0, M("program_change", program=73, channel=2))]
+  ev += note(0, 500, 60, ch=1) + note(0, 500, 72, ch=2) + note(0, 100, 36, ch=9)
+  ev += [(600, M("program_change", program=42, channel=1))] + note(700, 800, 48, ch=1)
+  n = midi_to_notes(make_midi([ev]))
+  assert n.to_rows() == [(0, 50, 60, 80, 40), (0, 50, 72, 80, 73), (0, 10, 36, 80, 128),
+                         (70, 10, 48, 80, 42)]
+  assert n.is_canonical()
+
+
+def test_overlapping_same_pitch_closes_all_like_note_seq():
+  # on@0, on@100, off@300, off@500: one note-off closes both open notes (pretty_midi's rule).
+  ev = [(0, M("note_on", note=60, velocity=80)), (100, M("note_on", note=60, velocity=90)),
+        (300, M("note_off", note=60)), (500, M("note_off", note=60))]
+  n = midi_to_notes(make_midi([ev]))
+  assert n.to_rows() == [(0, 30, 60, 80, 0), (10, 20, 60, 90, 0)]
+  assert midi_to_notes(notes_to_midi(n)) == n
+
+
+def test_sustain_pedal_extends_until_release_or_restrike():
+  ev = [(0, M("control_change", control=64, value=127)), (2000, M("control_change", control=64,
+                                                                  value=0))]
+  ev += note(0, 100, 60) + note(500, 600, 60) + note(0, 300, 64) + note(2500, 2600, 67)
+  n = midi_to_notes(make_midi([ev]))
+  # 60: released at 100 under the pedal, re-struck at 500 -> ends at 500; the second 60 and
+  # the 64 last to the pedal release at 2000; 67 is after the pedal.
+  assert n.to_rows() == [(0, 200, 64, 80, 0), (0, 50, 60, 80, 0), (50, 150, 60, 80, 0),
+                         (250, 10, 67, 80, 0)]
+  plain = midi_to_notes(make_midi([ev]), NO_SUSTAIN)
+  assert plain.to_rows() == [(0, 30, 64, 80, 0), (0, 10, 60, 80, 0), (50, 10, 60, 80, 0),
+                             (250, 10, 67, 80, 0)]
+
+
+def test_out_of_range_data_byte_is_recovered_with_mido():
+  data = bytearray(make_midi([[(0, M("control_change", control=7, value=100))] + note(0, 500, 60)
+                              + note(500, 1000, 64)]))
+  i = data.index(bytes([0xB0, 7, 100]))
+  data[i + 2] = 168  # An illegal data byte: symusic rejects the file.
+  n, info = midi_to_notes(bytes(data), return_info=True)
+  assert info.recovered and info.parser == "mido" and info.recover_reason
+  assert n.to_rows() == [(0, 50, 60, 80, 0), (50, 50, 64, 80, 0)]
+  with pytest.raises(MidiError, match="unreadable"):
+    midi_to_notes(bytes(data), EncodingConfig(tolerant_fallback=False))
+
+
+def test_clean_file_is_not_marked_recovered():
+  _, info = midi_to_notes(make_midi([note(0, 500, 60)]), return_info=True)
+  assert info.parser == "symusic" and not info.recovered
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+GOOD = make_midi([note(0, 500, 60) + note(500, 1000, 62) + note(1000, 1500, 64)])
+
+
+def _format2():
+  data = bytearray(make_midi([note(0, 500, 60)], fmt=1))
+  data[8:10] = (2).to_bytes(2, "big")
+  return bytes(data)
+
+
+def _absurd_delta():
+  # A delta of 0x0FFFFFF ticks (the VLQ maximum is 0x0FFFFFFF) at tpq 96: days of silence.
+  return make_midi([note(0, 10, 60) + note(0x0FFFFFF, 0x0FFFFFF + 10, 62)], tpq=96)
+
+
+BAD = {
+    "empty": (b"", "empty"),
+    "random_bytes": (random.Random(0).randbytes(2000), "MThd"),
+    "truncated": (GOOD[:len(GOOD) // 2], ""),
+    "header_only": (GOOD[:14], "truncated"),
+    "no_notes": (make_midi([[(0, MM("set_tempo", tempo=400_000))]]), "no notes"),
+    "format2": (_format2(), "format 2"),
+    "absurd_delta": (_absurd_delta(), "max_seconds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_raises_midi_error_with_reason(case, tmp_path):
+  data, reason = BAD[case]
+  path = tmp_path / f"{case}.mid"
+  path.write_bytes(data)
+  with pytest.raises(MidiError) as e:
+    midi_to_notes(path)
+  assert str(path) in str(e.value)
+  assert reason in str(e.value)
+  assert e.value.reason
+  with pytest.raises(MidiError):
+    midi_to_notes(data)
+
+
+@pytest.mark.parametrize("limit,value,reason", [
+    ("max_file_bytes", 20, "max_file_bytes"), ("max_notes", 2, "max_notes"),
+    ("max_tracks", 0, "max_tracks"), ("max_seconds", 1.0, "max_seconds")])
+def test_limits_raise_midi_error_naming_the_limit(limit, value, reason, tmp_path):
+  path = tmp_path / "x.mid"
+  path.write_bytes(GOOD)
+  assert len(midi_to_notes(path)) == 3
+  with pytest.raises(MidiError, match=reason):
+    midi_to_notes(path, EncodingConfig(**{limit: value}))
+
+
+def test_missing_file_and_allow_empty(tmp_path):
+  with pytest.raises(MidiError, match="nope.mid"):
+    midi_to_notes(tmp_path / "nope.mid")
+  assert len(midi_to_notes(BAD["no_notes"][0], EncodingConfig(allow_empty=True))) == 0
+
+
+def test_fuzzed_files_raise_only_midi_error():
+  rng = random.Random(1)
+  ok = bad = 0
+  for _ in range(300):
+    data = bytearray(GOOD)
+    for _ in range(rng.randint(1, 6)):
+      data[rng.randrange(len(data))] = rng.randrange(256)
+    if rng.random() < 0.3:
+      data = data[:rng.randrange(len(data))]
+    try:
+      n = midi_to_notes(bytes(data))
+      assert isinstance(n, Notes)
+      ok += 1
+    except MidiError as e:
+      assert e.reason
+      bad += 1
+  assert ok and bad
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@st.composite
+def notes_strategy(draw, max_notes=40, max_onset=3000, max_duration=700):
+  n = draw(st.integers(0, max_notes))
+  inst_pool = draw(st.lists(st.integers(0, 128), min_size=1, max_size=20))
+  rows = []
+  for _ in range(n):
+    rows.append((draw(st.integers(0, max_onset)), draw(st.integers(1, max_duration)),
+                 draw(st.integers(0, 127)), draw(st.integers(1, 127)),
+                 draw(st.sampled_from(inst_pool))))
+  if n and draw(st.booleans()):  # Simultaneous notes and same-pitch overlaps.
+    o, d, p, v, i = rows[0]
+    rows += [(o, d, p - 1 if p else 1, v, i), (o, max(1, d // 2), p, v, i), (o + 1, d, p, v, i)]
+  return Notes.from_rows(rows)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(notes_strategy())
+def test_notes_to_midi_round_trip(notes):
+  data = notes_to_midi(notes)
+  if not len(notes):
+    with pytest.raises(MidiError, match="no notes"):
+      midi_to_notes(data)
+    assert len(midi_to_notes(data, EncodingConfig(allow_empty=True))) == 0
+    return
+  assert midi_to_notes(data) == notes.canonical()
+  assert note_sequence_to_notes(notes_to_note_sequence(notes)) == notes.canonical()
+
+
+def test_more_than_fifteen_instruments_round_trip():
+  notes = Notes.from_rows([(i, 10, 60, 80, i) for i in range(40)] + [(5, 3, 36, 100, 128)])
+  data = notes_to_midi(notes)
+  assert midi_to_notes(data) == notes.canonical()
+  mf = mido.MidiFile(file=io.BytesIO(data))
+  drum_channels = {m.channel for t in mf.tracks for m in t if m.type == "note_on" and m.note == 36}
+  assert drum_channels == {9}
+  assert any(m.type == "set_tempo" for m in mf.tracks[0])
+
+
+def test_grid_ms_other_than_ten_round_trips():
+  cfg = EncodingConfig(grid_ms=8)
+  notes = Notes.from_rows([(0, 1, 60, 80, 0), (3, 7, 61, 81, 5), (1000, 2, 62, 82, 128)])
+  assert midi_to_notes(notes_to_midi(notes, config=cfg), cfg) == notes.canonical()
+
+
+# ----------------------------------------------------------------------------- real corpora
+
+
+def _corpus_files(corpora_dir):
+  files = sorted(p for p in pathlib.Path(corpora_dir).rglob("*")
+                 if p.suffix.lower() in (".mid", ".midi"))
+  assert files, f"no MIDI files under {corpora_dir}"
+  return files
+
+
+def test_corpora_round_trip_exact(corpora_dir):
+  """MIDI -> notes -> ids -> notes -> MIDI -> notes is exact (up to the codecs' quantization)
+  for every file, both token layouts and the char codec."""
+  codecs = [TokenCodec(EncodingConfig(token_layout=lay)) for lay in ("default", "compact")]
+  char = CharCodec(EncodingConfig())
+  failures = []
+  for path in _corpus_files(corpora_dir):
+    try:
+      notes = midi_to_notes(path)
+    except MidiError as e:
+      failures.append(f"{path}: {e}")
+      continue
+    for codec in codecs:
+      ids = codec.encode(notes)
+      back, report = codec.decode(ids, return_report=True)
+      if report["skipped_fragments"] or back != codec.quantize(notes):
+        failures.append(f"{path}: token layout {codec.layout} round trip differs")
+      elif midi_to_notes(notes_to_midi(back)) != back:
+        failures.append(f"{path}: MIDI round trip differs")
+    text = char.encode(notes, name=path.stem)
+    clipped = notes.replace(duration=np.minimum(notes.duration, char.max_value)).canonical()
+    if char.decode(text) != clipped:
+      failures.append(f"{path}: char round trip differs")
+  assert not failures, "\n".join(failures[:20])
+
+
+def _note_seq_agreement(paths):
+  import note_seq  # pylint: disable=g-import-not-at-top
+  out = []
+  for path in paths:
+    ns = note_seq.midi_to_note_sequence(pathlib.Path(path).read_bytes())
+    ns = note_seq.apply_sustain_control_changes(ns)
+    ref = note_sequence_to_notes(ns)
+    ours = midi_to_notes(path)
+    a, b = collections.Counter(ours.to_rows()), collections.Counter(ref.to_rows())
+    out.append((str(path), sum((a & b).values()), max(len(ours), len(ref))))
+  return out
+
+
+def test_corpora_agree_with_note_seq(corpora_dir):
+  """Every file, parsed independently by note-seq (pretty_midi) with its sustain rule and
+  quantized the same way, agrees with midi_to_notes on >= 99% of notes overall. note-seq is slow,
+  so the files are spread over worker processes."""
+  files = [str(p) for p in _corpus_files(corpora_dir)]
+  chunks = [files[i::4] for i in range(4)]
+  with concurrent.futures.ProcessPoolExecutor(2) as pool:
+    results = [r for part in pool.map(_note_seq_agreement, chunks) for r in part]
+  assert len(results) == len(files)
+  agree = sum(r[1] for r in results)
+  total = sum(r[2] for r in results)
+  assert agree / total >= 0.99, (agree / total, sorted(results, key=lambda r: r[1] / r[2])[:5])
