@@ -1,0 +1,1 @@
+"""Benchmarks (one JSON line per figure). Shared helpers: `benchmarks.common`."""

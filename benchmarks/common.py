@@ -1,0 +1,69 @@
+"""Shared benchmark helpers: JSON-line output, timing, this machine's matmul peak, peak RSS.
+
+  from benchmarks import common
+  common.emit("train_step_time", 1.23, "s", model="rga.py:original")
+  peak = common.matmul_peak_flops()          # FLOP/s of the best jitted fp32 GEMM, measured now
+  t = common.time_fn(step, *args, repeats=5) # best wall time of a blocking call
+
+Run this file to print the matmul peak: `python -m benchmarks.common`.
+On a shared machine the peak and the figure it normalises must be measured back to back in the
+same process (as `model_bench.py` does), and best-of-n is the honest least-noisy estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def emit(name: str, value: float, unit: str, **extra: Any) -> dict:
+  """Prints one JSON line {"name", "value", "unit", ...extra} to stdout and returns it."""
+  record = {"name": name, "value": value, "unit": unit, **extra}
+  print(json.dumps(record), flush=True)
+  return record
+
+
+def block(x):
+  """Blocks until every array in the pytree `x` is ready."""
+  return jax.block_until_ready(x)
+
+
+def time_fn(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> list[float]:
+  """Wall times (seconds) of `repeats` calls of `fn(*args)`, after `warmup` untimed calls."""
+  for _ in range(warmup):
+    block(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    block(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def matmul_peak_flops(sizes=(1024, 2048), repeats: int = 5, dtype=jnp.float32) -> float:
+  """This machine's achievable matmul rate (FLOP/s): best over square GEMMs of `sizes`."""
+  best = 0.0
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    t = min(time_fn(f, a, b, repeats=repeats))
+    best = max(best, 2.0 * n ** 3 / t)
+  return best
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident set size of this process so far (bytes; Linux ru_maxrss is in KiB)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss if sys.platform == "darwin" else rss * 1024
+
+
+if __name__ == "__main__":
+  emit("matmul_peak", matmul_peak_flops() / 1e9, "GFLOP/s", dtype="float32",
+       backend=jax.default_backend())
