@@ -44,16 +44,16 @@ except ImportError:  # pragma: no cover - imported as a top-level module.
 
 _HOMEPAGE = "https://github.com/asigalov61/Tegridy-MIDI-Dataset"
 
-# The Tegridy MIDI Dataset zips the original notebooks trained on, pinned to a commit
-# (CC BY-NC-SA 4.0).
-_TEGRIDY_COMMIT = "2f2336eabc89718a2f40902751ac818837de4d0b"
-_TEGRIDY_RAW = f"https://github.com/asigalov61/Tegridy-MIDI-Dataset/raw/{_TEGRIDY_COMMIT}/"
-TEGRIDY_URLS = {
-    "Tegridy-Children-Songs": _TEGRIDY_RAW + "Tegridy-Children-Songs-CC-BY-NC-SA.zip",
-    "Endless-Violin-Carousel": _TEGRIDY_RAW + "Endless-Violin-Carousel-CC-BY-NC-SA.zip",
-    "Endless-Piano-Carousel": _TEGRIDY_RAW + "Endless-Piano-Carousel-CC-BY-NC-SA.zip",
-    "Tegridy-Piano-Violin": _TEGRIDY_RAW + "Tegridy-Piano-Violin-CC-BY-NC-SA.zip",
+# The Tegridy MIDI Dataset zips the original notebooks trained on (CC BY-NC-SA 4.0), each
+# pinned to the commit of asigalov61/Tegridy-MIDI-Dataset that holds the version used.
+_TEGRIDY_RAW = "https://github.com/asigalov61/Tegridy-MIDI-Dataset/raw/{commit}/{name}-CC-BY-NC-SA.zip"
+_TEGRIDY_COMMITS = {
+    "Tegridy-Children-Songs": "26f42f781914fd98a0d02cc2766f4a5f764013c3",
+    "Endless-Violin-Carousel": "2f2336eabc89718a2f40902751ac818837de4d0b",
+    "Endless-Piano-Carousel": "2f2336eabc89718a2f40902751ac818837de4d0b",
+    "Tegridy-Piano-Violin": "0fd1b6a6df5a6e033ab5f99d355f7c7bd6c51dc4",
 }
+TEGRIDY_URLS = {name: _TEGRIDY_RAW.format(commit=c, name=name) for name, c in _TEGRIDY_COMMITS.items()}
 MAESTRO_URLS = {
     "maestro-v3.0.0": "https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip",
 }
