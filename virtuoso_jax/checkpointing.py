@@ -23,6 +23,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
+
 ITEMS = ("params", "opt_state", "train", "data_iter")
 BEST_METRIC = "eval/loss"
 
@@ -95,7 +97,7 @@ class Checkpointer:
       # Orbax/tensorstore raise many types for damaged files (ValueError, OSError, KeyError,
       # json/msgpack errors...): any failure here means "this step is unreadable".
       except Exception as e:  # pylint: disable=broad-exception-caught
-        logging.warning("Checkpoint step %d in %s is unreadable (%s: %s); falling back to the "
+        log.warning("Checkpoint step %d in %s is unreadable (%s: %s); falling back to the "
                         "previous checkpoint.", step, self.directory, type(e).__name__, e)
         self._quarantine(step)
         continue
@@ -110,7 +112,7 @@ class Checkpointer:
       os.makedirs(self.corrupt_dir, exist_ok=True)
       dst = os.path.join(self.corrupt_dir, f"{step}.{int(time.time())}")
       shutil.move(src, dst)
-      logging.warning("Moved unreadable checkpoint %s to %s", src, dst)
+      log.warning("Moved unreadable checkpoint %s to %s", src, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"quarantine_{step}")

@@ -39,6 +39,8 @@ import numpy as np
 
 from virtuoso_jax import config_lib
 
+log = logging.getLogger(__name__)
+
 # The batch each step sees (per process: its own rows).
 #   inputs  int32[b, L]   tokens fed to the model
 #   targets int32[b, L]   next tokens
@@ -98,7 +100,7 @@ def prepare_dataset(config, repo_root: str | os.PathLike | None = None) -> None:
         f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}, and no "
         f"data_pipelines/ folder was found under {root} to prepare it. From a virtuoso_jax "
         f"checkout run: {' '.join(cmd)}")
-  logging.warning("Dataset %s is not prepared in %s; preparing it now (once): %s",
+  log.warning("Dataset %s is not prepared in %s; preparing it now (once): %s",
                   dataset_name(config), data_dir(config), " ".join(cmd))
   result = subprocess.run(cmd, cwd=root, check=False)
   if result.returncode != 0:

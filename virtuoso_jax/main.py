@@ -15,6 +15,7 @@ metrics.jsonl, tensorboard/.
 
 import logging as py_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -55,6 +56,18 @@ def _initialize_distributed() -> None:
     logging.info("Single-process run (jax.distributed not initialised: %s)", e)
 
 
+def _setup_logging() -> None:
+  """Our progress at INFO on stdout; libraries (Orbax, grain, absl) at WARNING."""
+  logging.set_verbosity(logging.WARNING)
+  ours = py_logging.getLogger("virtuoso_jax")
+  if not ours.handlers:
+    handler = py_logging.StreamHandler(sys.stdout)
+    handler.setFormatter(py_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ours.addHandler(handler)
+  ours.setLevel(py_logging.INFO)
+  ours.propagate = False
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -63,13 +76,13 @@ def main(argv):
   from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
 
-  py_logging.getLogger().setLevel(py_logging.INFO)
-  logging.set_verbosity(logging.INFO)
+  _setup_logging()
   config = config_lib.validate(_CONFIG.value)
-  logging.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
+  log = py_logging.getLogger("virtuoso_jax.main")
+  log.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
                jax.process_count(), jax.device_count(), jax.local_device_count(),
                jax.devices()[0].device_kind)
-  logging.info("Workdir %s; config %s", os.path.abspath(_WORKDIR.value), _CONFIG.value.model.name)
+  log.info("Workdir %s; config %s", os.path.abspath(_WORKDIR.value), _CONFIG.value.model.name)
   train.train_and_evaluate(config, _WORKDIR.value)
 
 

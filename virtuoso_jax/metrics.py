@@ -17,6 +17,8 @@ import os
 import time
 from typing import Any, Mapping
 
+log = logging.getLogger(__name__)
+
 # Dense peak FLOP/s per chip at bf16 (vendor figures, without sparsity); matched by substring
 # of `device.device_kind` (lower case), first match wins.
 PEAK_FLOPS_BY_DEVICE_KIND = (
@@ -156,7 +158,7 @@ class Progress:
     return " | ".join(parts)
 
   def log(self, step: int, scalars: Mapping[str, Any]) -> None:
-    logging.info("%s", self.line(step, scalars))
+    log.info("%s", self.line(step, scalars))
 
 
 def _hms(seconds: float) -> str:

@@ -35,6 +35,8 @@ from virtuoso_jax import input_pipeline
 from virtuoso_jax import metrics as metrics_lib
 from virtuoso_jax import sharding as sharding_lib
 
+log = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN/inf; the message names the step."""
@@ -66,20 +68,24 @@ def create_learning_rate_schedule(config) -> optax.Schedule:
       end_value=o.learning_rate * o.min_lr_ratio)
 
 
-def _path_names(path) -> list[str]:
-  names = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        names.append(str(getattr(k, attr)))
-        break
-  return names
+_EMBEDDING_AXES = ("length", "relative")  # Logical axes that only embedding tables have.
 
 
 def weight_decay_mask(params) -> Any:
-  """True for kernels (matrices of linear layers); biases, norms, embeddings are not decayed."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: "kernel" in _path_names(path) and getattr(x, "ndim", 0) >= 2, params)
+  """True for kernels (the matrices of linear maps, output head included); False for biases,
+  norms (by name) and embedding tables (token: first logical axis `vocab`; positions: `length`;
+  relative: `relative`, from the parameters' logical-axis metadata)."""
+  def decay(path, v):
+    value = v.get_value() if isinstance(v, nnx.Variable) else v
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", ""))) if path else ""
+    axes = ()
+    if isinstance(v, nnx.Variable):
+      axes = tuple(v.get_metadata().get("out_sharding") or ())
+    out = (getattr(value, "ndim", 0) >= 2 and "bias" not in name and "scale" not in name
+           and not (axes and (axes[0] == "vocab" or any(a in _EMBEDDING_AXES for a in axes))))
+    return v.replace(out) if isinstance(v, nnx.Variable) else out
+  return jax.tree_util.tree_map_with_path(decay, params,
+                                          is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def create_optimizer(config) -> optax.GradientTransformation:
@@ -107,20 +113,28 @@ def _token_stats(logits, targets, mask):
   return nll * mask, correct * mask
 
 
-def _reseed(model, rng_tags, key):
-  if rng_tags:
-    nnx.reseed(model, **{t: jax.random.fold_in(key, i) for i, t in enumerate(rng_tags)})
+def _seeded(rest, key):
+  """`rest` (the model's non-Param state) with every RNG stream set to a key derived from `key`
+  and its counter at 0: the step's dropout is a pure function of (rng, step)."""
+  counter = iter(range(1 << 30))
+
+  def one(v):
+    if isinstance(v, nnx.RngKey):
+      return v.replace(jax.random.fold_in(key, next(counter)))
+    if isinstance(v, nnx.RngCount):
+      return v.replace(jnp.zeros_like(v.get_value()))
+    return v
+  return jax.tree.map(one, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def train_step(state, batch, *, graphdef, rest, tx, accum_steps: int, rng_tags: tuple[str, ...]):
+def train_step(state, batch, *, graphdef, rest, tx, accum_steps: int):
   """One optimizer update over the global batch. Returns (new_state, metrics)."""
   step = state["train"]["step"]
   key = jax.random.fold_in(jax.random.wrap_key_data(state["train"]["rng"]), step)
   total = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
 
   def micro_loss(params, mb, k):
-    model = nnx.merge(graphdef, params, rest)
-    _reseed(model, rng_tags, k)
+    model = nnx.merge(graphdef, params, _seeded(rest, k))
     logits = model(mb["inputs"], deterministic=False)
     nll, correct = _token_stats(logits, mb["targets"], mb["mask"])
     return jnp.sum(nll) / total, jnp.sum(correct)
@@ -225,8 +239,6 @@ class Trainer:
         lambda: models.create_model(config.model, nnx.Rngs(config.seed)), self.mesh, self.rules)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     self.graphdef, self.rest = graphdef, rest
-    self.rng_tags = tuple(sorted({v.tag for v in jax.tree.leaves(
-        rest, is_leaf=lambda x: isinstance(x, nnx.Variable)) if isinstance(v, nnx.RngKey)}))
     self.num_params = int(sum(x.size for x in jax.tree.leaves(params)))
     self.flops_per_token = float(flops_lib.train_flops_per_token(config.model, config.model.max_len))
     self.tx = create_optimizer(config)
@@ -245,7 +257,7 @@ class Trainer:
 
     self._train_step = jax.jit(
         functools.partial(train_step, graphdef=graphdef, rest=rest, tx=self.tx,
-                          accum_steps=config.grad_accum_steps, rng_tags=self.rng_tags),
+                          accum_steps=config.grad_accum_steps),
         in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, replicated),
         donate_argnums=0)
@@ -266,7 +278,7 @@ class Trainer:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
     self.compiled_train_step = self._train_step.lower(abstract_state,
                                                       self.batch_abstract()).compile()
-    logging.info("Compiled the train step in %.1f s", time.perf_counter() - t)
+    log.info("Compiled the train step in %.1f s", time.perf_counter() - t)
     try:
       mem = self.compiled_train_step.memory_analysis()
     except (NotImplementedError, AttributeError, RuntimeError):
@@ -274,7 +286,7 @@ class Trainer:
     if mem is not None:
       total = sum(getattr(mem, f, 0) or 0 for f in (
           "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"))
-      logging.info("Train step memory estimate (per device): %.1f MiB", total / 2**20)
+      log.info("Train step memory estimate (per device): %.1f MiB", total / 2**20)
     return self.compiled_train_step
 
   def abstract_state(self):
@@ -317,7 +329,7 @@ class _Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
-    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    log.warning("SIGTERM received: saving a checkpoint and stopping.")
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -361,12 +373,12 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
   info = trainer.data.info
-  logging.info("Mesh %s over %d devices (%d processes); batch %d x %d tokens",
+  log.info("Mesh %s over %d devices (%d processes); batch %d x %d tokens",
                dict(trainer.mesh.shape), jax.device_count(), jax.process_count(),
                config.batch_size, config.model.max_len)
-  logging.info("Model %s: %s parameters, %.3g training FLOPs per token",
+  log.info("Model %s: %s parameters, %.3g training FLOPs per token",
                config.model.name, f"{trainer.num_params:,}", trainer.flops_per_token)
-  logging.info("Data %s: %d train songs (%d windows, %s tokens), %d eval windows, vocab %d",
+  log.info("Data %s: %d train songs (%d windows, %s tokens), %d eval windows, vocab %d",
                input_pipeline.dataset_name(config), info.num_train_songs, info.num_train_windows,
                f"{info.train_tokens:,}", info.num_eval_windows, info.vocab_size)
 
@@ -377,10 +389,10 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     restored = ckpt.restore(trainer.abstract_state(), train_iter)
     if restored is not None:
       start_step, trainer.state = restored
-      logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+      log.info("Resumed from %s at step %d", ckpt.directory, start_step)
   trainer.compile()
   peak, peak_how = metrics_lib.peak_flops_per_s()
-  logging.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_how)
+  log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_how)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
   progress = metrics_lib.Progress(config.num_train_steps, start_step)
@@ -436,7 +448,7 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
         if is_eval:
           eval_metrics = trainer.evaluate()
           scalars.update(eval_metrics)
-          logging.info("eval at step %d: loss %.4f, accuracy %.3f, NLL/note %.3f (unigram "
+          log.info("eval at step %d: loss %.4f, accuracy %.3f, NLL/note %.3f (unigram "
                        "baseline %.3f), perplexity %.2f", step, eval_metrics["eval/loss"],
                        eval_metrics["eval/accuracy"], eval_metrics["eval/nll_per_note"],
                        eval_metrics["eval/unigram_nll_per_note"], eval_metrics["eval/perplexity"])
@@ -451,7 +463,7 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
                     metrics={"eval/loss": eval_metrics["eval/loss"]} if eval_metrics else None)
         if stop:
           last["stopped"] = "preempted"
-          logging.warning("Stopped at step %d on SIGTERM; checkpoint saved in %s", step,
+          log.warning("Stopped at step %d on SIGTERM; checkpoint saved in %s", step,
                           ckpt.directory if ckpt else "(checkpoints disabled)")
           break
   finally:
@@ -460,7 +472,7 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     writer.close()
   last["step"] = step
   if is_main:
-    logging.info("Done at step %d. Checkpoints: %s  Metrics: %s  TensorBoard: %s", step,
+    log.info("Done at step %d. Checkpoints: %s  Metrics: %s  TensorBoard: %s", step,
                  ckpt.directory if ckpt else "(disabled)", os.path.join(workdir, "metrics.jsonl"),
                  os.path.join(workdir, "tensorboard"))
   return last
