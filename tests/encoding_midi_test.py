@@ -294,3 +294,14 @@ def test_corpora_agree_with_note_seq(corpora_dir, part):
   total = sum(r[2] for r in results)
   assert total and agree / total >= 0.99, (agree / total,
                                            sorted(results, key=lambda r: r[1] / r[2])[:5])
+
+
+def test_tolerant_parser_reads_the_same_notes_as_symusic(corpora_dir):
+  """The mido fallback implements the same rules (pairing, programs, pedal, tempo map)."""
+  from virtuoso_jax.encoding import midi_io  # pylint: disable=g-import-not-at-top
+  cfg = EncodingConfig()
+  for path in _corpus_files(corpora_dir)[::12]:
+    data = path.read_bytes()
+    fast, _, _ = midi_io._to_notes(midi_io._parse_symusic(data, cfg), cfg, str(path))
+    tolerant, _, _ = midi_io._to_notes(midi_io._parse_mido(data, cfg), cfg, str(path))
+    assert fast == tolerant, path
