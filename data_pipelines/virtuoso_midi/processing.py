@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+import types
 import zipfile
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -391,13 +392,20 @@ def parallel_map(
     # `spawn`: the parent may hold TF/JAX threads; a fresh interpreter imports only this
     # package's TF-free modules. The spawned child must find this package by the name the
     # parent imported it under (`tfds build` adds its folder to sys.path only briefly).
+    # Nor should it re-import the parent's __main__ (spawn does, to resolve pickled
+    # __main__ references; ours never are): under `tfds build` that is the tfds CLI, which
+    # imports TensorFlow (~10 s and ~1 GB per worker). So __main__ is a bare module while the
+    # pool starts its processes.
     root = _module_root(fn.__module__)
     added = root not in sys.path
     if added:
       sys.path.insert(0, root)
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
     try:
       pool = multiprocessing.get_context("spawn").Pool(num_workers)
     finally:
+      sys.modules["__main__"] = main
       if added:
         sys.path.remove(root)
     results = pool.imap(fn, tasks, chunksize=1)
@@ -557,6 +565,22 @@ def bach_chorale_works() -> list[str]:
   return sorted(set(works))
 
 
+def _bach_work_path(corpus, work: str):
+  """The corpus file of `work`: music21's getWork also returns prefix matches
+  (`bach/bwv244.3` -> bwv244.3, bwv244.32, bwv244.37), so keep the exact stem."""
+  found = corpus.getWork(work)
+  found = found if isinstance(found, list) else [found]
+  stem = work.rsplit("/", 1)[-1]
+  exact = [p for p in found if os.path.basename(str(p)).rsplit(".", 1)[0] == stem]
+  if not exact and len(found) == 1:  # The iterator's `bwv18.5-l` is the file bwv18.5-lz.
+    return found[0]
+  if not exact:
+    raise LookupError(f"music21 corpus has no file named {stem!r}: {found}")
+  # A few works exist in two formats (bwv277.krn and bwv277.mxl): MusicXML first.
+  rank = {"mxl": 0, "xml": 1, "musicxml": 2}
+  return min(exact, key=lambda p: (rank.get(str(p).rsplit(".", 1)[-1], 9), str(p)))
+
+
 def convert_bach_chunk(task: tuple[Sequence[str], str]) -> list[tuple[str, str]]:
   """Worker entry point: converts music21 chorales to MIDI files in `out_dir`.
 
@@ -571,7 +595,7 @@ def convert_bach_chunk(task: tuple[Sequence[str], str]) -> list[tuple[str, str]]
     target = os.path.join(out_dir, work.replace("/", "_") + ".mid")
     try:
       if not os.path.exists(target):
-        score = converter.parse(corpus.getWork(work), forceSource=True, storePickle=False)
+        score = converter.parse(_bach_work_path(corpus, work), forceSource=True, storePickle=False)
         tmp = target + ".tmp"
         score.write("midi", fp=tmp)
         os.replace(tmp, target)

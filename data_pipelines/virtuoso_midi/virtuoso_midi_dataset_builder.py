@@ -289,5 +289,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._spill_dir = None
     report = self._report.as_dict(encoding=self.builder_config.encoding)
     self.info.metadata["report"] = report
+    print(flush=True)  # Off the end of TFDS's progress bars.
     processing.log(f"virtuoso_midi/{self.builder_config.name} "
                    + processing.format_report(report))
