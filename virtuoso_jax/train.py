@@ -244,7 +244,9 @@ class Trainer:
     self.tx = create_optimizer(config)
     self.schedule = create_learning_rate_schedule(config)
 
-    opt_state = jax.jit(self.tx.init)(params)
+    opt_shardings = sharding_lib.state_shardings(jax.eval_shape(self.tx.init, params), self.mesh,
+                                                 self.rules)
+    opt_state = jax.jit(self.tx.init, out_shardings=opt_shardings)(params)
     rng = jax.random.key_data(jax.random.key(config.seed))
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     train = {"step": jax.device_put(jnp.zeros((), jnp.int32), replicated),

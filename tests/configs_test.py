@@ -1,0 +1,98 @@
+"""Every config file and variant loads and validates; bad values are named in the error."""
+
+import json
+
+import pytest
+
+from virtuoso_jax import config_lib
+
+VARIANTS = {
+    "default.py": [None],
+    "rga.py": [None, "original", "tiny", "long", "pod"],
+    "gpt.py": [None, "original", "tiny", "long", "pod"],
+    "char_gpt.py": [None, "original", "tiny", "long", "pod"],
+}
+CASES = [(f, v) for f, vs in VARIANTS.items() for v in vs]
+
+
+@pytest.mark.parametrize("file,variant", CASES)
+def test_config_loads_and_validates(file, variant):
+  spec = f"configs/{file}" + (f":{variant}" if variant else "")
+  config = config_lib.validate(config_lib.load_config(spec))
+  assert config.model.name in ("rga", "gpt")
+  # Round trip through config.json (what the sampling binary reads).
+  back = json.loads(config_lib.to_json(config))
+  assert back["model"]["max_len"] == config.model.max_len
+
+
+def test_every_config_file_is_covered():
+  files = {p.name for p in (config_lib.REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py"}
+  assert files == set(VARIANTS)
+
+
+def test_long_variants_have_long_context():
+  for f in ("rga.py", "gpt.py", "char_gpt.py"):
+    assert config_lib.load_config(f"configs/{f}:long").model.max_len >= 4096
+
+
+def test_original_rga_matches_the_original():
+  c = config_lib.load_config("configs/rga.py:original")
+  m = c.model
+  assert (m.num_layers, m.num_heads, m.emb_dim, m.mlp_dim, m.max_len, m.vocab_size) == (
+      6, 8, 512, 512, 1024, 390)
+  assert (c.optim.optimizer, c.optim.schedule, c.batch_size) == ("adam", "noam", 4)
+
+
+def test_overrides_and_unknown_fields():
+  c = config_lib.load_config("configs/rga.py:tiny", ["model.num_layers=3", "optim.learning_rate=1",
+                                                      "parallel.mesh_shape=[2, 2, 2]"])
+  assert c.model.num_layers == 3 and c.optim.learning_rate == 1.0
+  assert c.parallel.mesh_shape == (2, 2, 2)
+  with pytest.raises(config_lib.ConfigError, match="model.num_layerz"):
+    config_lib.load_config("configs/rga.py:tiny", ["model.num_layerz=3"])
+  with pytest.raises(ValueError, match="unknown variant"):
+    config_lib.load_config("configs/rga.py:huge")
+  with pytest.raises(config_lib.ConfigError, match="not found"):
+    config_lib.load_config("configs/nope.py")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model.emb_dim", 130, "divisible by model.num_heads"),
+    ("batch_size", 10, "grad_accum_steps"),
+    ("data.windowing", "glue", "data.windowing"),
+    ("data.tfds_config", "bach_midi", "data.tfds_config"),
+    ("parallel.mesh_shape", (-1, -1, 1), "at most one -1"),
+    ("optim.schedule", "linear", "optim.schedule"),
+    ("model.dropout_rate", 1.0, "model.dropout_rate"),
+])
+def test_bad_values_are_named(field, value, match):
+  c = config_lib.load_config("configs/rga.py:tiny", {"grad_accum_steps": 4} if field == "batch_size"
+                             else {})
+  config_lib.set_field(c, field, value)
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(c)
+
+
+def test_char_config_rejects_transposition():
+  c = config_lib.load_config("configs/char_gpt.py:tiny", {"data.transpose_semitones": 3})
+  with pytest.raises(config_lib.ConfigError, match="token ids only"):
+    config_lib.validate(c)
+
+
+def test_vocab_size_resolution():
+  c = config_lib.load_config("configs/rga.py:tiny")
+  assert config_lib.resolve_vocab_size(c, 1061).model.vocab_size == 1061
+  c = config_lib.load_config("configs/rga.py:original")
+  with pytest.raises(config_lib.ConfigError, match="--config.model.vocab_size=0"):
+    config_lib.resolve_vocab_size(c, 1061)
+  c.model.vocab_size = 2048
+  assert config_lib.resolve_vocab_size(c, 1061).model.vocab_size == 2048
+
+
+def test_config_json_round_trip(tmp_path):
+  c = config_lib.load_config("configs/rga.py:tiny")
+  path = tmp_path / "config.json"
+  path.write_text(config_lib.to_json(c))
+  back = config_lib.from_json_file(path)
+  assert back.parallel.mesh_shape == c.parallel.mesh_shape
+  assert back.model.to_dict() == c.model.to_dict()
