@@ -170,10 +170,6 @@ def test_bad_files_are_skipped_and_counted_by_reason(tmp_path):
   assert report["examples"] == 5 and report["files_read"] == 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "virtuoso_jax.encoding bug: midi_io._parse_symusic/_parse_mido stop at the track that "
-    "crosses max_notes and drop it, so _to_notes never raises and an over-limit file comes back "
-    "silently truncated (here: 150 of 300 notes). Remove this mark when the encoding raises."))
 def test_files_over_max_notes_are_skipped_as_over_limit(tmp_path):
   corpus = tmp_path / "corpus"
   corpus.mkdir()
