@@ -339,11 +339,22 @@ def load_spilled(chunk_file: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- parallel map
 
 
+def env_num_workers() -> int | None:
+  """$VIRTUOSO_BUILD_WORKERS as an int, None when unset."""
+  env = os.environ.get("VIRTUOSO_BUILD_WORKERS", "")
+  if not env:
+    return None
+  try:
+    return max(1, int(env))
+  except ValueError as e:
+    raise ValueError(f"VIRTUOSO_BUILD_WORKERS must be an integer, got {env!r}") from e
+
+
 def default_num_workers() -> int:
   """$VIRTUOSO_BUILD_WORKERS, else every core this process may use."""
-  env = os.environ.get("VIRTUOSO_BUILD_WORKERS", "")
+  env = env_num_workers()
   if env:
-    return max(1, int(env))
+    return env
   try:
     return max(1, len(os.sched_getaffinity(0)))
   except AttributeError:  # Not Linux.
@@ -372,7 +383,7 @@ def parallel_map(
   printing progress lines (files done, files/s, ETA).
 
   `fn` must be a module-level function of this package. With one worker (or one task) it
-  runs in this process.
+  runs in this process. `num_workers` is taken as given; see `auto_workers` for a default.
   """
   start = last = time.monotonic()
   done = 0
@@ -423,6 +434,12 @@ def parallel_map(
       pool.terminate()
       pool.join()
   report(final=True)
+
+
+def auto_workers(num_files: int, files_per_worker: int) -> int:
+  """All cores, but no more workers than `num_files / files_per_worker`: starting a spawned
+  worker costs about half a second, more than parsing a few hundred MIDI files."""
+  return max(1, min(default_num_workers(), num_files // max(1, files_per_worker)))
 
 
 def chunked(items: Sequence[Any], num_workers: int, max_chunk: int = 64) -> list[list[Any]]:

@@ -129,11 +129,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   The other configs (bach_*, tegridy_*, maestro_*, lakh_*) need no manual step.
   """
 
+  # Files per build worker below which fewer workers are started (auto mode only).
+  _FILES_PER_WORKER = {"encode": 500, "bach": 8}
+
   def __init__(self, *, file_format=None, num_workers: int | None = None, **kwargs):
-    """Like any builder; array_record by default, and `num_workers` build processes
-    (default: $VIRTUOSO_BUILD_WORKERS, else all cores)."""
+    """Like any builder; array_record by default. `num_workers`: build processes (default:
+    $VIRTUOSO_BUILD_WORKERS, else all cores, fewer on corpora too small to pay for them)."""
     super().__init__(file_format=file_format or "array_record", **kwargs)
-    self._num_workers = num_workers or processing.default_num_workers()
+    self._num_workers = num_workers or processing.env_num_workers()
     self._report: processing.ReportBuilder | None = None
     self._spill_dir: str | None = None
 
@@ -157,6 +160,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         homepage=_HOMEPAGE,
         metadata=tfds.core.MetadataDict(encoding=config.encoding_config.to_dict()),
     )
+
+  def _workers(self, num_files: int, stage: str) -> int:
+    if self._num_workers:
+      return self._num_workers
+    return processing.auto_workers(num_files, self._FILES_PER_WORKER[stage])
 
   # ------------------------------------------------------------------------- sources
 
@@ -211,10 +219,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     works = processing.bach_chorale_works()
     out_dir = epath.Path(dl_manager.download_dir) / f"music21-{music21.__version__}-bach-chorales"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(chunk, os.fspath(out_dir)) for chunk in processing.chunked(works, self._num_workers, 8)]
+    workers = self._workers(len(works), "bach")
+    tasks = [(chunk, os.fspath(out_dir)) for chunk in processing.chunked(works, workers, 8)]
     failed = {}
     for results in processing.parallel_map(
-        processing.convert_bach_chunk, tasks, num_workers=self._num_workers,
+        processing.convert_bach_chunk, tasks, num_workers=workers,
         total=len(works), desc="converting music21 Bach chorales to MIDI"):
       failed.update({w: err for w, err in results if err})
     for work, err in sorted(failed.items()):
@@ -236,11 +245,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     processing.log(f"config {self.builder_config.name}: {len(items)} MIDI files found")
     settings = self.builder_config.settings()
     self._spill_dir = processing.make_spill_dir()
+    workers = self._workers(len(items), "encode")
     tasks = [(i, chunk, settings, self._spill_dir)
-             for i, chunk in enumerate(processing.chunked(items, self._num_workers))]
+             for i, chunk in enumerate(processing.chunked(items, workers))]
     outcomes: list[processing.Outcome] = []
     for chunk_outcomes in processing.parallel_map(
-        processing.process_chunk, tasks, num_workers=self._num_workers,
+        processing.process_chunk, tasks, num_workers=workers,
         total=len(items), desc=f"encoding ({self.builder_config.encoding})"):
       outcomes.extend(chunk_outcomes)
 

@@ -1,0 +1,88 @@
+r"""Build throughput of the virtuoso_midi dataset: files/s and notes/s, 1 worker vs all cores.
+
+  python benchmarks/build_bench.py                       # ../shared/corpora, token and char
+  python benchmarks/build_bench.py --corpora=/my/midis --configs=token --workers=1,4,16
+  python benchmarks/build_bench.py --copies=8    # 8 copies: enough work to amortize workers
+
+Each run is a fresh TF-free `download_and_prepare(file_format='array_record')` of the
+`--manual_dir` config into a temporary data dir (parse + encode + write + report), timed end
+to end. Prints one JSON line per figure: {"name", "value", "unit", ...context}.
+"""
+
+import argparse
+import json
+import shutil
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import tensorflow_datasets as tfds  # noqa: E402
+
+from data_pipelines.virtuoso_midi import processing  # noqa: E402
+from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # noqa: E402
+
+DEFAULT_CORPORA = os.environ.get("VIRTUOSO_CORPORA", str(REPO_ROOT.parent / "shared" / "corpora"))
+
+
+def replicate(corpora: str, copies: int, tmp: str) -> str:
+  """A folder with `copies` symlinked copies of the corpus (copies > 1 parse and encode the
+  same files again, then collapse as duplicates: a bigger load for the parallel figure)."""
+  if copies == 1:
+    return corpora
+  root = pathlib.Path(tmp) / "replicated"
+  for i in range(copies):
+    (root / f"copy{i:02d}").mkdir(parents=True)
+    for entry in sorted(pathlib.Path(corpora).iterdir()):
+      (root / f"copy{i:02d}" / entry.name).symlink_to(entry.resolve())
+  return str(root)
+
+
+def build_once(corpora: str, config: str, workers: int) -> dict:
+  with tempfile.TemporaryDirectory() as data_dir:
+    builder = vm.Builder(config=config, data_dir=data_dir, num_workers=workers)
+    start = time.perf_counter()
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=corpora))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "report": dict(builder.info.metadata["report"])}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--corpora", default=DEFAULT_CORPORA)
+  parser.add_argument("--configs", default="token,char")
+  parser.add_argument("--workers", default=f"1,{processing.default_num_workers()}",
+                      help="comma-separated worker counts")
+  parser.add_argument("--copies", type=int, default=1,
+                      help="build over this many copies of the corpus (symlinks)")
+  args = parser.parse_args()
+  if not pathlib.Path(args.corpora).is_dir():
+    sys.exit(f"corpora folder not found: {args.corpora} (set --corpora or VIRTUOSO_CORPORA)")
+  cores = processing.default_num_workers()
+  tmp = tempfile.mkdtemp(prefix="build_bench_")
+  corpora = replicate(args.corpora, args.copies, tmp)
+  for config in args.configs.split(","):
+    for workers in [int(w) for w in args.workers.split(",")]:
+      result = build_once(corpora, config, workers)
+      report, seconds = result["report"], result["seconds"]
+      # Every copy is parsed and encoded before duplicates collapse: count its notes too.
+      notes = report["notes"] * args.copies
+      context = {"config": config, "workers": workers, "cores": cores, "copies": args.copies,
+                 "files": report["files_read"], "notes": notes,
+                 "seconds": round(seconds, 3)}
+      for name, value, unit in (
+          ("build_files_per_s", report["files_read"] / seconds, "files/s"),
+          ("build_notes_per_s", notes / seconds, "notes/s")):
+        print(json.dumps({"name": name, "value": round(value, 1), "unit": unit, **context}),
+              flush=True)
+  shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
