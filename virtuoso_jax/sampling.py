@@ -1,0 +1,453 @@
+"""Grammar-constrained, KV-cached sampling in one compiled loop (jittable; no absl, no I/O).
+
+  tables = sampling.grammar_tables(codec)          # TokenCodec or CharCodec
+  result = sampling.generate(model, prompt_ids, tables, SampleOptions(...), seed=0,
+                             num_samples=4, max_new_tokens=1024)
+  result.tokens   # int32 [B, max_new_tokens] generated ids (PAD after a row stops)
+  result.lengths  # int32 [B] generated ids per row (EOS included)
+
+How it works:
+- One `jax.lax.while_loop` per request over a batch of rows. Each iteration samples one id per
+  row from the logits of the previous iteration and feeds it through `model.decode` (one
+  [B, 1] step over the KV cache). No per-token Python dispatch.
+- Grammar: `GrammarTables` holds the codec's automaton (`allowed[S, V]`, `next_state[S, V]`) plus
+  two tables derived from it: `completes_note[S, V]` (emitting the id ends a note) and
+  `advance[S, V]` (grid units the id moves time forward). Every row keeps its state; logits of
+  illegal ids are masked before temperature / top-k / top-p, so only legal ids are ever drawn
+  and every sample decodes. Instrument restriction is one more bool[V] mask.
+- Stops per row: EOS; `max_new_tokens` (the static buffer); `max_notes` notes; `max_units` grid
+  units of generated time (checked at note boundaries; `trim_to_units` cuts the one note that
+  may start past the limit on the host).
+- Beyond the context: the cache holds `context` (= the model's max_len) tokens. When a row's
+  window is full, every row's window is rebuilt from its token history: the most recent
+  `keep` tokens, cut at the first note boundary inside them, are re-prefilled at positions
+  0.. (the layout of a training window), and sampling continues.
+- `cached=False` runs the same loop with a full forward pass over the current window at every
+  step instead of the cache (the reference the tests compare against; same PRNG stream:
+  the key of step i is fold_in(key, i)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_NEG = -1e30  # Finite "minus infinity" for masked logits (exp() = 0, no inf - inf).
+NO_LIMIT = np.iinfo(np.int32).max
+
+
+# ---------------------------------------------------------------------------- grammar tables
+
+
+class GrammarTables(NamedTuple):
+  """The sampler's view of a codec's automaton (numpy; see the module docstring).
+
+  Attributes:
+    allowed: bool[S, V] ids legal in each state.
+    next_state: int32[S, V] state after an id.
+    completes_note: bool[S, V] emitting the id in that state ends a note.
+    advance: int32[S, V] grid units the id advances time in that state.
+    start_state: state at the start of a song body (after BOS / after the header line).
+    boundary_state: the state between notes (cutting before an id emitted here never splits
+      a note).
+    eos_id: stop id (-1: none, e.g. char models).
+    pad_id: what a stopped row emits.
+    header_state: char models only: the state inside a `SONG=` header line (-1: none).
+    bos_id: the id a token prompt may start with (-1: none).
+  """
+
+  allowed: np.ndarray
+  next_state: np.ndarray
+  completes_note: np.ndarray
+  advance: np.ndarray
+  start_state: int
+  boundary_state: int
+  eos_id: int
+  pad_id: int
+  header_state: int = -1
+  bos_id: int = -1
+
+  @property
+  def vocab_size(self) -> int:
+    return self.allowed.shape[1]
+
+  def walk(self, ids: Sequence[int], state: Optional[int] = None) -> tuple[int, np.ndarray]:
+    """(state after `ids`, bool boundary flag per id) starting from `state` (default start).
+
+    Raises ValueError naming the position of an id that is illegal where it stands.
+    """
+    state = self.start_state if state is None else int(state)
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    flags = np.zeros(len(ids), bool)
+    v = self.vocab_size
+    for i, t in enumerate(ids.tolist()):
+      if not 0 <= t < v or not self.allowed[state, t]:
+        raise ValueError(f"prompt id {t} at position {i} is not legal in grammar state {state} "
+                         "(a prompt must follow the codec's grammar)")
+      flags[i] = state == self.boundary_state
+      state = int(self.next_state[state, t])
+    return state, flags
+
+
+def grammar_tables(codec) -> GrammarTables:
+  """GrammarTables for a `TokenCodec` (its `grammar()`) or a `CharCodec` (built here)."""
+  if hasattr(codec, "grammar"):
+    return _token_tables(codec)
+  return char_grammar(codec)
+
+
+def _token_tables(codec) -> GrammarTables:
+  from virtuoso_jax.encoding import token_codec as tc  # pylint: disable=g-import-not-at-top
+  g = codec.grammar()
+  allowed, nxt = g.allowed, g.next_state.astype(np.int32)
+  completes = allowed & (nxt == g.boundary_state) & (
+      np.arange(g.num_states)[:, None] != g.boundary_state)
+  kinds = codec.kinds(np.arange(codec.vocab_size))
+  lo = codec.field_ranges()["time"][0]
+  per_id = np.where(kinds == tc.K_DT, np.arange(codec.vocab_size) - lo, 0)
+  per_id = np.where(kinds == tc.K_WAIT, codec.wait_units, per_id)
+  advance = np.where(allowed, per_id[None, :], 0).astype(np.int32)
+  return GrammarTables(allowed, nxt, completes, advance, int(g.start_state),
+                       int(g.boundary_state), int(codec.eos_id), int(codec.pad_id),
+                       bos_id=int(codec.bos_id))
+
+
+def char_grammar(codec) -> GrammarTables:
+  """The line grammar of the Optimus TXT char codec, as sampler tables.
+
+  States: 0 = line start (boundary), 1..F-1 = after field 0..F-2 of a note line, F = a note line
+  is complete (only newline), F+1 = inside a `SONG=` header line (anything printable, newline
+  ends it). After the STA field a newline is legal too (a wait line). Field values are legal
+  only in their range (STA 0..max, DUR 1..max, PTC 0..127, VEL 1..127, INS 0..128), so every
+  line decodes. Ids: PAD = 0, newline = 1, a value v is the character chr(v + 33) = id v + 3.
+  """
+  from virtuoso_jax.encoding import char_codec as cc  # pylint: disable=g-import-not-at-top
+  v = codec.vocab_size
+  m = codec.max_value
+  ranges = {"STA": (0, m), "DUR": (1, m), "PTC": (0, 127), "VEL": (1, 127), "INS": (0, 128)}
+  f = codec.num_fields
+  header, nl = f + 1, codec.newline_id
+  s = f + 2
+  allowed = np.zeros((s, v), bool)
+  nxt = np.zeros((s, v), np.int32)
+  completes = np.zeros((s, v), bool)
+  advance = np.zeros((s, v), np.int32)
+  value_id = lambda val: val + cc.OFFSET - 30  # chr(val + 33) -> id (code point - 30).
+  for j, name in enumerate(codec.fields):
+    lo, hi = ranges[name]
+    ids = np.arange(value_id(lo), value_id(hi) + 1)
+    ids = ids[ids < v]
+    allowed[j, ids] = True
+    nxt[j, ids] = j + 1
+    if j == 0:
+      advance[0, ids] = ids - value_id(0)
+  allowed[1, nl] = True  # Wait line: one STA character.
+  nxt[1, nl] = 0
+  allowed[f, nl] = True
+  nxt[f, nl] = 0
+  completes[f, nl] = True
+  allowed[header, 2:] = True  # Header: printable characters ...
+  nxt[header, 2:] = header
+  allowed[header, nl] = True  # ... until the newline.
+  nxt[header, nl] = 0
+  return GrammarTables(allowed, nxt, completes, advance, 0, 0, -1, int(codec.pad_id), header)
+
+
+def char_prompt_state(tables: GrammarTables, text: str, codec) -> tuple[int, np.ndarray]:
+  """(grammar state, boundary flags) after a char prompt such as `SONG=` or a whole song.
+
+  `SONG=...` header lines put the state in the header state; other lines must follow the note
+  line grammar. Raises ValueError naming the offending line.
+  """
+  ids = codec.text_to_ids(text)
+  flags = np.zeros(len(ids), bool)
+  pos = 0
+  state = tables.start_state
+  for k, line in enumerate(text.split("\n")):
+    last = k == len(text.split("\n")) - 1
+    n = len(line) + (0 if last else 1)
+    flags[pos:pos + 1] = n > 0
+    if line.startswith("SONG=") or (last and line and "SONG=".startswith(line)):
+      state = 0 if not last else tables.header_state
+    else:
+      try:
+        state, _ = tables.walk(ids[pos:pos + n], 0)
+      except ValueError as e:
+        raise ValueError(f"char prompt line {k + 1} ({line!r}) is not a note line, a wait line "
+                         f"or a SONG= header: {e}") from e
+    pos += n
+  return state, flags
+
+
+# ---------------------------------------------------------------------------- logits -> ids
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+  """Sampling knobs. temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off."""
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if not self.temperature >= 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if not (isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0):
+      raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def filter_logits(logits: jax.Array, allowed: jax.Array, options: SampleOptions) -> jax.Array:
+  """Masks illegal ids, then applies temperature, top-k and top-p. float32 [B, V] -> [B, V].
+
+  Masked entries are -1e30. At least one legal id per row is required (the grammar ensures it).
+  top-k and top-p only ever remove legal ids, never all of them.
+  """
+  x = jnp.where(allowed, logits.astype(jnp.float32), _NEG)
+  if options.temperature > 0:
+    x = jnp.where(allowed, x / options.temperature, _NEG)
+  v = x.shape[-1]
+  if 0 < options.top_k < v:
+    kth = jax.lax.top_k(x, options.top_k)[0][..., -1:]
+    x = jnp.where(x >= kth, x, _NEG)
+  if options.top_p < 1.0:
+    srt = jnp.sort(x, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(srt, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # Mass of the strictly larger ids.
+    keep = before < options.top_p  # The first (largest) is always kept.
+    thr = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+    x = jnp.where(x >= thr, x, _NEG)
+  return x
+
+
+def sample_ids(key, logits: jax.Array, allowed: jax.Array, options: SampleOptions) -> jax.Array:
+  """One id per row: argmax (temperature 0) or a draw from the filtered distribution."""
+  x = filter_logits(logits, allowed, options)
+  if options.temperature == 0:
+    return jnp.argmax(x, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+class SampleResult(NamedTuple):
+  tokens: np.ndarray  # int32 [B, max_new_tokens]
+  lengths: np.ndarray  # int32 [B]
+  notes: np.ndarray  # int32 [B] notes completed
+  units: np.ndarray  # int32 [B] grid units of generated time
+  slides: int  # how many times the window was rebuilt
+
+
+def _window_start(bflag, total, size):
+  """Per row: the first note boundary in [total - size, total) (0 if total <= size; the
+  exact cut total - size if no boundary lies there). bflag [B, N] bool, total scalar."""
+  n = bflag.shape[1]
+  lo = jnp.maximum(total - size, 0)
+  idx = jnp.arange(n)
+  cand = (idx[None, :] >= lo) & (idx[None, :] < total) & (bflag | (idx[None, :] == 0))
+  first = jnp.min(jnp.where(cand, idx[None, :], n), axis=1)
+  return jnp.where(first < n, first, lo).astype(jnp.int32)
+
+
+def _rows_slice(history, starts, size):
+  return jax.vmap(lambda h, s: jax.lax.dynamic_slice(h, (s,), (size,)))(history, starts)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "options", "prompt_len", "max_new",
+                                             "context", "keep", "cached"))
+def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, max_notes,
+                  max_units, *, graphdef, options, prompt_len, max_new, context, keep, cached):
+  model = nnx.merge(graphdef, state)
+  allowed_t, next_t, completes_t, advance_t, boundary, eos, pad = tables
+  b = prompt.shape[0]
+  # History: prompt, generated ids, then `context` spare slots so fixed-size slices never clamp.
+  n_hist = prompt_len + max_new + context
+  history = jnp.zeros((b, n_hist), jnp.int32).at[:, :prompt_len].set(prompt)
+  bflag = jnp.zeros((b, n_hist), bool).at[:, :prompt_len].set(bflag0)
+
+  def window_logits(history, bflag, total, size, cache):
+    """Re-prefills each row's last <= size tokens cut at a note boundary; positions from 0."""
+    start = _window_start(bflag, total, size)
+    wlen = total - start
+    win = _rows_slice(history, start, size)
+    if cached:
+      logits, cache = model.decode(win, cache, jnp.zeros((b,), jnp.int32))
+      cache = dict(cache, pos=wlen)
+    else:
+      logits = model(win[:, :size])
+    last = jnp.take_along_axis(logits, (wlen - 1)[:, None, None], axis=1)[:, 0]
+    return last, cache, start, wlen
+
+  def step_logits(history, start, wlen):
+    """Uncached: full forward over the current window (fixed [B, context]; causal)."""
+    win = _rows_slice(history, start, context)
+    logits = model(win)
+    return jnp.take_along_axis(logits, (wlen - 1)[:, None, None], axis=1)[:, 0]
+
+  cache = model.init_cache(b, context) if cached else None
+  first = min(prompt_len, context)
+  logits, cache, start, wlen = window_logits(history, bflag, prompt_len, first, cache)
+
+  carry = dict(i=jnp.int32(0), logits=logits, cache=cache, history=history, bflag=bflag,
+               g=gstate0, done=jnp.zeros((b,), bool), notes=jnp.zeros((b,), jnp.int32),
+               units=jnp.zeros((b,), jnp.int32), ngen=jnp.zeros((b,), jnp.int32),
+               start=start, wlen=wlen, slides=jnp.int32(0))
+
+  def cond(c):
+    return (c["i"] < max_new) & ~jnp.all(c["done"])
+
+  def body(c):
+    i, g, done = c["i"], c["g"], c["done"]
+    total = prompt_len + i
+    allowed = allowed_t[g] & allowed_extra[None, :]
+    allowed = jnp.where(done[:, None], jnp.arange(allowed.shape[1])[None, :] == pad, allowed)
+    tok = sample_ids(jax.random.fold_in(key, i), c["logits"], allowed, options)
+    tok = jnp.where(done, pad, tok)
+    live = ~done
+    history = c["history"].at[:, total].set(tok)
+    bflag = c["bflag"].at[:, total].set(live & (g == boundary) & (tok != eos))
+    notes = c["notes"] + (completes_t[g, tok] & live)
+    units = c["units"] + jnp.where(live, advance_t[g, tok], 0)
+    new_g = next_t[g, tok]
+    at_boundary = new_g == boundary
+    stop = (tok == eos) | (at_boundary & ((notes >= max_notes) | (units >= max_units)))
+    new_done = done | (live & stop)
+    ngen = c["ngen"] + live
+    total1 = total + 1
+    full = jnp.any(c["wlen"] >= context)
+
+    def slide(_):
+      logits, cache, start, wlen = window_logits(history, bflag, total1, keep, c["cache"])
+      return logits, cache, start, wlen
+
+    def advance_one(_):
+      wlen = c["wlen"] + 1
+      if cached:
+        logits, cache = model.decode(tok[:, None], c["cache"])
+        return logits[:, 0], cache, c["start"], wlen
+      return step_logits(history, c["start"], wlen), c["cache"], c["start"], wlen
+
+    logits, cache, start, wlen = jax.lax.cond(full, slide, advance_one, None)
+    return dict(i=i + 1, logits=logits, cache=cache, history=history, bflag=bflag, g=new_g,
+                done=new_done, notes=notes, units=units, ngen=ngen, start=start, wlen=wlen,
+                slides=c["slides"] + full.astype(jnp.int32))
+
+  out = jax.lax.while_loop(cond, body, carry)
+  gen = jax.lax.dynamic_slice_in_dim(out["history"], prompt_len, max_new, axis=1)
+  return gen, out["ngen"], out["notes"], out["units"], out["slides"]
+
+
+def generate(model, prompt, tables: GrammarTables, options: SampleOptions = SampleOptions(), *,
+             seed: int = 0, num_samples: int = 1, max_new_tokens: int = 1024,
+             max_notes: Optional[int] = None, max_units: Optional[int] = None,
+             allowed_ids: Optional[np.ndarray] = None, prompt_state: Optional[int] = None,
+             prompt_boundaries: Optional[np.ndarray] = None, context: Optional[int] = None,
+             keep: Optional[int] = None, cached: bool = True) -> SampleResult:
+  """Samples `num_samples` continuations of one prompt in one compiled loop.
+
+  Args:
+    model: a `virtuoso_jax.models` decoder (its parameters are used as they are).
+    prompt: int ids [P] (P >= 1), e.g. `[BOS]` or `codec.encode(notes, add_eos=False)`. Every
+      row starts from it. Ids must follow the grammar (else ValueError).
+    tables: `grammar_tables(codec)`.
+    options: temperature / top-k / top-p.
+    seed: PRNG seed (same seed, same prompt, same options: same samples).
+    num_samples: batch size B.
+    max_new_tokens: hard cap on generated ids per row (the static loop length).
+    max_notes: stop a row after this many complete notes.
+    max_units: stop a row at the first note boundary once this many grid units were generated
+      (then `trim_to_units` drops a note that started past the limit).
+    allowed_ids: optional bool[V], ids to allow at all (instrument restriction); combined with
+      the grammar.
+    prompt_state, prompt_boundaries: grammar state after the prompt and its boundary flags
+      (bool[P]); default: walked from `tables.start_state` (a leading BOS is skipped).
+    context: cache / window length (default `model.max_len`).
+    keep: tokens kept when the window slides (default context // 2).
+    cached: False runs the uncached reference (full forward per step).
+
+  Returns:
+    SampleResult (host numpy arrays).
+  """
+  prompt = np.asarray(prompt, np.int64).reshape(-1)
+  if prompt.size < 1:
+    raise ValueError("the prompt must hold at least one id (e.g. BOS)")
+  v = tables.vocab_size
+  if model.vocab_size < v:
+    raise ValueError(f"the model's vocabulary ({model.vocab_size}) is smaller than the codec's "
+                     f"({v})")
+  if prompt_state is None:
+    body = prompt[1:] if prompt[0] == tables.bos_id else prompt
+    prompt_state, flags = tables.walk(body)
+    prompt_boundaries = np.concatenate([[True], flags]) if len(body) < len(prompt) else flags
+  if prompt_boundaries is None:
+    prompt_boundaries = np.zeros(len(prompt), bool)
+  prompt_boundaries = np.asarray(prompt_boundaries, bool).reshape(-1)
+  if len(prompt_boundaries) != len(prompt):
+    raise ValueError(f"prompt_boundaries has {len(prompt_boundaries)} flags for {len(prompt)} ids")
+  if not tables.allowed[prompt_state].any():
+    raise ValueError(f"no id is legal after the prompt (grammar state {prompt_state}: the prompt "
+                     "ended the song)")
+  context = int(context or model.max_len)
+  if context > model.max_len and getattr(model, "learned_pos", True):
+    raise ValueError(f"context {context} > model.max_len {model.max_len}")
+  keep = int(keep or max(1, context // 2))
+  if not 1 <= keep < context:
+    raise ValueError(f"keep must be in 1..context-1, got {keep} (context {context})")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  extra = np.ones(v, bool) if allowed_ids is None else np.asarray(allowed_ids, bool)
+  if extra.shape != (v,):
+    raise ValueError(f"allowed_ids must be bool[{v}], got shape {extra.shape}")
+  if model.vocab_size > v:  # Ids the codec does not know are never sampled.
+    pad_cols = model.vocab_size - v
+    tab = lambda a, fill: np.concatenate([a, np.full((a.shape[0], pad_cols), fill, a.dtype)], 1)
+    allowed, nxt = tab(tables.allowed, False), tab(tables.next_state, 0)
+    completes, adv = tab(tables.completes_note, False), tab(tables.advance, 0)
+    extra = np.concatenate([extra, np.zeros(pad_cols, bool)])
+  else:
+    allowed, nxt, completes, adv = (tables.allowed, tables.next_state, tables.completes_note,
+                                    tables.advance)
+  b = int(num_samples)
+  graphdef, state = nnx.split(model)
+  jt = (jnp.asarray(allowed), jnp.asarray(nxt, jnp.int32), jnp.asarray(completes),
+        jnp.asarray(adv, jnp.int32), jnp.int32(tables.boundary_state), jnp.int32(tables.eos_id),
+        jnp.int32(tables.pad_id))
+  out = _generate_jit(
+      state, jnp.asarray(np.broadcast_to(prompt, (b, len(prompt))), jnp.int32),
+      jnp.asarray(np.broadcast_to(prompt_boundaries, (b, len(prompt)))),
+      jnp.full((b,), prompt_state, jnp.int32), jnp.asarray(extra), jt,
+      jax.random.key(seed), jnp.int32(NO_LIMIT if max_notes is None else max_notes),
+      jnp.int32(NO_LIMIT if max_units is None else max_units),
+      graphdef=graphdef, options=options, prompt_len=len(prompt), max_new=int(max_new_tokens),
+      context=context, keep=keep, cached=cached)
+  gen, ngen, notes, units, slides = jax.device_get(out)
+  return SampleResult(np.asarray(gen), np.asarray(ngen), np.asarray(notes), np.asarray(units),
+                      int(slides))
+
+
+def trim_to_units(ids: np.ndarray, tables: GrammarTables, max_units: int,
+                  state: Optional[int] = None) -> np.ndarray:
+  """Cuts generated `ids` before the first note whose onset is >= max_units grid units after
+  the start of `ids` (`state`: the grammar state before them; default the start state)."""
+  ids = np.asarray(ids)
+  state = tables.start_state if state is None else int(state)
+  t, group_start = 0, 0
+  for i, tok in enumerate(ids.tolist()):
+    if state == tables.boundary_state:
+      group_start = i
+    t += int(tables.advance[state, tok])
+    if tables.completes_note[state, tok] and t >= max_units:
+      return ids[:group_start]
+    state = int(tables.next_state[state, tok])
+  return ids
