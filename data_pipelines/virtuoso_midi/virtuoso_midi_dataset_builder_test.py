@@ -9,6 +9,11 @@ good songs split by content hash 10/1/1; the 2 songs of `archives/more_songs.zip
 download tests hand out for every archive) all land in `train` (fewer than 3 files).
 """
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 pytest.importorskip("tensorflow", reason="DatasetBuilderTestCase needs TensorFlow ([tfds] extra)")
@@ -64,3 +69,21 @@ class LakhTokenTest(_Base, tfds.testing.DatasetBuilderTestCase):
 
 if __name__ == "__main__":
   tfds.testing.test_main()
+
+
+def test_tfds_cli_builds_from_the_repo_root(tmp_path):
+  """The documented command, run as the user runs it (what CI checks for the [tfds] extra)."""
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  dummy = repo / "data_pipelines" / "virtuoso_midi" / "dummy_data"
+  cmd = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build",
+         "data_pipelines/virtuoso_midi", "--config=token", f"--manual_dir={dummy}",
+         f"--data_dir={tmp_path}"]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIRTUOSO_BUILD_WORKERS": "1"}
+  out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "skipped:           corrupt=1, empty=2, over_limit=0, duplicate=1" in out.stdout
+  prepared = tmp_path / "virtuoso_midi" / "token" / "1.0.0"
+  assert sorted(p.name for p in prepared.glob("*.array_record-*")) == [
+      f"virtuoso_midi-{s}.array_record-00000-of-00001" for s in ("test", "train", "validation")]
+  source = tfds.data_source("virtuoso_midi/token", data_dir=os.fspath(tmp_path), split="train")
+  assert len(source) == 10
