@@ -219,22 +219,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     works = processing.bach_chorale_works()
     out_dir = epath.Path(dl_manager.download_dir) / f"music21-{music21.__version__}-bach-chorales"
     out_dir.mkdir(parents=True, exist_ok=True)
-    workers = self._workers(len(works), "bach")
-    tasks = [(chunk, os.fspath(out_dir)) for chunk in processing.chunked(works, workers, 8)]
+    path_of = {w: out_dir / (w.replace("/", "_") + ".mid") for w in works}
+    todo = [w for w in works if not path_of[w].exists()]
+    processing.log(f"music21 Bach chorales: {len(works) - len(todo)} of {len(works)} already "
+                   f"converted in {out_dir}")
+    workers = self._workers(len(todo), "bach")
+    tasks = [(chunk, os.fspath(out_dir)) for chunk in processing.chunked(todo, workers, 8)]
     failed = {}
     for results in processing.parallel_map(
         processing.convert_bach_chunk, tasks, num_workers=workers,
-        total=len(works), desc="converting music21 Bach chorales to MIDI"):
+        total=len(todo), desc="converting music21 Bach chorales to MIDI"):
       failed.update({w: err for w, err in results if err})
     for work, err in sorted(failed.items()):
       self._report.skip(work, "corrupt", f"music21 conversion failed: {err}")
     self._report.source_notes.append(
         f"music21 {music21.__version__}: {len(works)} Bach chorales (Riemenschneider), "
         f"{len(works) - len(failed)} converted to MIDI")
-    return [
-        processing.Item(name=f"{w}.mid", path=os.fspath(out_dir / (w.replace('/', '_') + ".mid")))
-        for w in works if w not in failed
-    ]
+    return [processing.Item(name=f"{w}.mid", path=os.fspath(path_of[w]))
+            for w in works if w not in failed]
 
   # ------------------------------------------------------------------------- generation
 
