@@ -32,12 +32,12 @@ def get_config(arg=None):
     m.num_layers, m.num_heads, m.emb_dim, m.mlp_dim, m.max_len = 2, 4, 128, 512, 256
     m.dropout_rate = m.attention_dropout_rate = 0.0
     config.batch_size = 16
-    config.num_train_steps = 1500
-    config.eval_every_steps = 500
+    config.num_train_steps = 600
+    config.eval_every_steps = 200
     config.num_eval_batches = 20
     config.optim.learning_rate = 2e-3
     config.optim.warmup_steps = 100
-    config.ckpt.every_steps = 500
+    config.ckpt.every_steps = 200
     config.sample.max_new_tokens = 512
   elif variant == "long":
     m = config.model

@@ -95,6 +95,10 @@ def prepare_dataset(config, repo_root: str | os.PathLike | None = None) -> None:
   """
   root = pathlib.Path(repo_root or config_lib.REPO_ROOT)
   cmd = prepare_command(config)
+  if config.data.tfds_name != "virtuoso_midi":
+    raise DatasetNotPreparedError(
+        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}; only "
+        "virtuoso_midi can be prepared automatically (check data.tfds_name / data.data_dir)")
   if not (root / "data_pipelines" / "virtuoso_midi").is_dir():
     raise DatasetNotPreparedError(
         f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}, and no "
