@@ -276,15 +276,27 @@ class Decoder(nnx.Module):
 
   # ---------------------------------------------------------------- training / scoring
 
-  def __call__(self, tokens: Array, *, deterministic: bool = True) -> Array:
-    """tokens int [B, L] -> float32 logits [B, L, V]. Dropout is on iff not deterministic."""
+  def __call__(self, tokens: Array, *, deterministic: bool = True,
+               dropout_key: Optional[Array] = None) -> Array:
+    """tokens int [B, L] -> float32 logits [B, L, V]. Dropout is on iff not deterministic.
+
+    Dropout keys come from `dropout_key` when given (pure: nothing in the model changes, the
+    form to use under plain `jax.grad` over `nnx.merge`), else from the model's own
+    `dropout_rngs` stream (stateful: the stream's count advances, so the caller must return the
+    model's updated state from its jitted step).
+    """
     self._check_tokens(tokens)
     length = tokens.shape[1]
     if self.learned_pos and length > self.max_len:
       raise ValueError(f"sequence length {length} > model.max_len {self.max_len} (learned "
                        "absolute positions)")
     impl = self.impl_for(length)
-    key = None if deterministic else self.dropout_rngs.dropout()
+    if deterministic:
+      key = None
+    elif dropout_key is not None:
+      key = dropout_key
+    else:
+      key = self.dropout_rngs.dropout()
     x = self._embed(tokens, jnp.arange(length))
     if key is not None:
       key, sub = jax.random.split(key)
