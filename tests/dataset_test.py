@@ -254,6 +254,19 @@ def test_bach_chorales_convert_to_midi(tmp_path):
     assert len(notes) > 20 and len(set(notes.instrument.tolist())) >= 1
 
 
+def exit_on_negative(task):
+  """A worker task that kills its process (as a segfaulting parser would) on a negative item."""
+  return [x if x >= 0 else os._exit(7) for x in task]
+
+
+def test_a_dying_worker_does_not_stop_the_map():
+  results = list(processing.parallel_map(
+      exit_on_negative, [[1], [2, -1, 3]], num_workers=2, total=4, desc="crash test",
+      isolate=lambda task: [[x] for x in task],
+      crashed=lambda part, reason: [("crashed", part[0], "died" in reason)]))
+  assert results == [[1], [2, ("crashed", -1, True), 3]]
+
+
 def test_build_workers_import_neither_jax_nor_tensorflow():
   code = ("import sys; from data_pipelines.virtuoso_midi import processing as p; "
           "from virtuoso_jax.encoding import EncodingConfig; "

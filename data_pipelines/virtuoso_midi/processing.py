@@ -19,6 +19,7 @@ The build is two passes over the unique files:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import importlib
@@ -31,7 +32,7 @@ import tempfile
 import time
 import types
 import zipfile
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from etils import epath
 import numpy as np
@@ -296,18 +297,18 @@ def clipped_counts(encode_report: dict[str, Any]) -> dict[str, np.int32]:
   return {f: np.int32(encode_report.get(f"{f}_clipped", 0)) for f in CLIPPED_FIELDS}
 
 
-def process_chunk(task: tuple[int, Sequence[Item], Settings, str]) -> list[Outcome]:
+def process_chunk(task: tuple[str, Sequence[Item], Settings, str]) -> list[Outcome]:
   """Worker entry point: processes a chunk of items and spills the good examples.
 
   Args:
-    task: (chunk index, items, settings, spill folder).
+    task: (chunk id, items, settings, spill folder); the id names the spill file.
 
   Returns:
     One `Outcome` per item, in order.
   """
   index, items, settings, spill_dir = task
   outcomes, examples = [], []
-  chunk_file = os.path.join(spill_dir, f"chunk-{index:07d}.pkl")
+  chunk_file = os.path.join(spill_dir, f"chunk-{index}.pkl")
   for item in items:
     outcome, example = process_item(item, settings)
     if example is not None:
@@ -318,6 +319,17 @@ def process_chunk(task: tuple[int, Sequence[Item], Settings, str]) -> list[Outco
     with open(chunk_file, "wb") as f:
       pickle.dump(examples, f, protocol=pickle.HIGHEST_PROTOCOL)
   return outcomes
+
+
+def isolate_chunk(task: tuple[str, Sequence[Item], Settings, str]) -> list[tuple]:
+  """Splits a `process_chunk` task into one task per item (after a worker crash)."""
+  index, items, settings, spill_dir = task
+  return [(f"{index}-{j:05d}", [item], settings, spill_dir) for j, item in enumerate(items)]
+
+
+def crashed_chunk(task: tuple[str, Sequence[Item], Settings, str], reason: str) -> list[Outcome]:
+  """The outcome of an item that killed its worker process: corrupt."""
+  return [Outcome(name=item.name, status="corrupt", detail=reason) for item in task[1]]
 
 
 def make_spill_dir() -> str:
@@ -362,12 +374,75 @@ def default_num_workers() -> int:
 
 
 def _module_root(module_name: str) -> str:
-  """The sys.path entry from which `module_name` (this file's package) is importable."""
-  depth = module_name.count(".")
-  root = os.path.dirname(os.path.abspath(__file__))
-  for _ in range(depth):
+  """The sys.path entry from which `module_name` is importable."""
+  root = os.path.dirname(os.path.abspath(sys.modules[module_name].__file__))
+  if os.path.basename(sys.modules[module_name].__file__).startswith("__init__."):
+    root = os.path.dirname(root)
+  for _ in range(module_name.count(".")):
     root = os.path.dirname(root)
   return root
+
+
+class _Workers:
+  """A `spawn` process pool whose broken state (a worker died) is reported, not hung on.
+
+  `spawn`: the parent may hold TF/JAX threads; a fresh interpreter imports only the TF-free
+  module of the mapped function. The child must find that module by the name the parent
+  imported it under (`tfds build` puts the dataset folder on sys.path only briefly), and must
+  not re-import the parent's __main__ (spawn does, to resolve pickled __main__ references;
+  ours never are): under `tfds build` that is the tfds CLI, which imports TensorFlow (~10 s and
+  ~1 GB per worker). So while tasks are submitted (when workers start), the module's root is
+  on sys.path and __main__ is a bare module.
+  """
+
+  def __init__(self, fn: Callable[[Any], list[Any]], num_workers: int):
+    self.fn = fn
+    self.executor = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn"))
+
+  def submit(self, tasks: Sequence[Any]) -> list[concurrent.futures.Future]:
+    root = _module_root(self.fn.__module__)
+    added = root not in sys.path
+    if added:
+      sys.path.insert(0, root)
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+      return [self.executor.submit(self.fn, t) for t in tasks]
+    finally:
+      sys.modules["__main__"] = main
+      if added:
+        sys.path.remove(root)
+
+  def close(self) -> None:
+    self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_alone(fn: Callable[[Any], list[Any]], task: Any) -> list[Any]:
+  """Runs one task in a fresh one-process pool (raises BrokenProcessPool if it kills it)."""
+  workers = _Workers(fn, 1)
+  try:
+    return workers.submit([task])[0].result()
+  finally:
+    workers.close()
+
+
+def _rerun_crashed(fn, task, isolate, crashed) -> list[Any]:
+  """A task whose pool broke: rerun it alone; if it breaks again, rerun each of its parts
+  (`isolate(task)`) alone, replacing a part that still kills its process by `crashed(part,
+  reason)`. Without `isolate`, a task that kills its process twice is an error."""
+  try:
+    return _run_alone(fn, task)
+  except concurrent.futures.process.BrokenProcessPool as e:
+    if isolate is None:
+      raise RuntimeError(f"a build worker died twice on the same task: {task!r}") from e
+  results = []
+  for part in isolate(task):
+    try:
+      results.extend(_run_alone(fn, part))
+    except concurrent.futures.process.BrokenProcessPool as e:
+      results.extend(crashed(part, f"the parser process died on it ({e})"))
+  return results
 
 
 def parallel_map(
@@ -377,13 +452,18 @@ def parallel_map(
     num_workers: int,
     total: int,
     desc: str,
-    count: Callable[[list[Any]], int] = len,
+    isolate: Callable[[Any], list[Any]] | None = None,
+    crashed: Callable[[Any, str], list[Any]] | None = None,
 ) -> Iterator[list[Any]]:
-  """Maps `fn` over `tasks` (chunks of files) in order, on `num_workers` spawned processes,
-  printing progress lines (files done, files/s, ETA).
+  """Maps `fn` over `tasks` (chunks of files; `fn` returns one result per file) in order, on
+  `num_workers` spawned processes, printing progress lines (files done, files/s, ETA).
 
-  `fn` must be a module-level function of this package. With one worker (or one task) it
-  runs in this process. `num_workers` is taken as given; see `auto_workers` for a default.
+  `fn` must be a module-level function of a module importable by name. With one worker (or one
+  task) it runs in this process. `num_workers` is taken as given; see `auto_workers`.
+
+  A worker that dies (a segfault in a C++ parser, the OOM killer) does not stop the map: the
+  tasks in flight are rerun, the culprit alone, then split by `isolate(task)` into parts run
+  one by one; a part that still kills its process becomes `crashed(part, reason)`.
   """
   start = last = time.monotonic()
   done = 0
@@ -396,43 +476,37 @@ def parallel_map(
     log(f"{desc}: {done}/{total} files, {rate:.1f} files/s, {tail}")
 
   num_workers = max(1, min(num_workers, len(tasks)))
-  if num_workers == 1:
-    results: Iterable[list[Any]] = map(fn, tasks)
-    pool = None
-  else:
-    # `spawn`: the parent may hold TF/JAX threads; a fresh interpreter imports only this
-    # package's TF-free modules. The spawned child must find this package by the name the
-    # parent imported it under (`tfds build` adds its folder to sys.path only briefly).
-    # Nor should it re-import the parent's __main__ (spawn does, to resolve pickled
-    # __main__ references; ours never are): under `tfds build` that is the tfds CLI, which
-    # imports TensorFlow (~10 s and ~1 GB per worker). So __main__ is a bare module while the
-    # pool starts its processes.
-    root = _module_root(fn.__module__)
-    added = root not in sys.path
-    if added:
-      sys.path.insert(0, root)
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-      pool = multiprocessing.get_context("spawn").Pool(num_workers)
-    finally:
-      sys.modules["__main__"] = main
-      if added:
-        sys.path.remove(root)
-    results = pool.imap(fn, tasks, chunksize=1)
   log(f"{desc}: {total} files on {num_workers} worker process(es)")
-  try:
-    for result in results:
-      done += count(result)
-      now = time.monotonic()
-      if now - last >= 5.0:
-        last = now
-        report()
-      yield result
-  finally:
-    if pool is not None:
-      pool.terminate()
-      pool.join()
+
+  def results() -> Iterator[list[Any]]:
+    if num_workers == 1:
+      yield from map(fn, tasks)
+      return
+    workers = _Workers(fn, num_workers)
+    futures = workers.submit(tasks)
+    try:
+      i = 0
+      while i < len(tasks):
+        try:
+          result = futures[i].result()
+        except concurrent.futures.process.BrokenProcessPool:
+          workers.close()
+          log(f"{desc}: a worker process died; rerunning task {i} alone")
+          result = _rerun_crashed(fn, tasks[i], isolate, crashed)
+          workers = _Workers(fn, num_workers)
+          futures[i + 1:] = workers.submit(tasks[i + 1:])
+        yield result
+        i += 1
+    finally:
+      workers.close()
+
+  for result in results():
+    done += len(result)
+    now = time.monotonic()
+    if now - last >= 5.0:
+      last = now
+      report()
+    yield result
   report(final=True)
 
 
@@ -580,6 +654,17 @@ def bach_chorale_works() -> list[str]:
 
   works = chorales.Iterator(numberingSystem="riemenschneider", returnType="filename")
   return sorted(set(works))
+
+
+def isolate_bach(task: tuple[Sequence[str], str]) -> list[tuple[list[str], str]]:
+  """Splits a `convert_bach_chunk` task into one task per work (after a worker crash)."""
+  works, out_dir = task
+  return [([w], out_dir) for w in works]
+
+
+def crashed_bach(task: tuple[Sequence[str], str], reason: str) -> list[tuple[str, str]]:
+  """The result of a work whose conversion killed its worker process."""
+  return [(w, reason) for w in task[0]]
 
 
 def _bach_work_path(corpus, work: str):

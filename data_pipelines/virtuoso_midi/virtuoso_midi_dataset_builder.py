@@ -228,6 +228,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     failed = {}
     for results in processing.parallel_map(
         processing.convert_bach_chunk, tasks, num_workers=workers,
+        isolate=processing.isolate_bach, crashed=processing.crashed_bach,
         total=len(todo), desc="converting music21 Bach chorales to MIDI"):
       failed.update({w: err for w, err in results if err})
     for work, err in sorted(failed.items()):
@@ -248,11 +249,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     settings = self.builder_config.settings()
     self._spill_dir = processing.make_spill_dir()
     workers = self._workers(len(items), "encode")
-    tasks = [(i, chunk, settings, self._spill_dir)
+    tasks = [(f"{i:07d}", chunk, settings, self._spill_dir)
              for i, chunk in enumerate(processing.chunked(items, workers))]
     outcomes: list[processing.Outcome] = []
     for chunk_outcomes in processing.parallel_map(
         processing.process_chunk, tasks, num_workers=workers,
+        isolate=processing.isolate_chunk, crashed=processing.crashed_chunk,
         total=len(items), desc=f"encoding ({self.builder_config.encoding})"):
       outcomes.extend(chunk_outcomes)
 
