@@ -279,7 +279,7 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
   tps = float(res.lengths.sum()) / max(seconds, 1e-9)
   out = []
   for b in range(request.num_samples):
-    gen = res.tokens[b, :res.lengths[b]]
+    gen = sampling.drop_partial_note(res.tokens[b, :res.lengths[b]], run.tables, state)
     if max_units is not None:
       gen = sampling.trim_to_units(gen, run.tables, max_units, state)
     full = np.concatenate([ids, gen]).astype(np.int32)

@@ -451,3 +451,20 @@ def trim_to_units(ids: np.ndarray, tables: GrammarTables, max_units: int,
       return ids[:group_start]
     state = int(tables.next_state[state, tok])
   return ids
+
+
+def drop_partial_note(ids: np.ndarray, tables: GrammarTables,
+                      state: Optional[int] = None) -> np.ndarray:
+  """Cuts generated `ids` after the last complete note (or EOS): a row stopped by the token
+  limit may end inside a note, which the decoder would skip. `state`: the grammar state before
+  `ids` (default the start state)."""
+  ids = np.asarray(ids)
+  state = tables.start_state if state is None else int(state)
+  end = 0
+  for i, tok in enumerate(ids.tolist()):
+    if tok == tables.eos_id:
+      return ids[:i + 1]
+    state = int(tables.next_state[state, tok])
+    if state == tables.boundary_state:
+      end = i + 1
+  return ids[:end]
