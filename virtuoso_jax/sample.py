@@ -188,7 +188,8 @@ def read_prompt_midi(path: str, enc_config: encoding.EncodingConfig, *, last_not
 
 
 def length_hint(notes: int) -> str:
-  """The original char models' header convention: `SONG=<name>_with_<N>_notes`."""
+  """The original char models' header convention, `SONG=<name>_with_<N>_notes` (a length hint
+  the model learnt from the training headers)."""
   return f"SONG=Composition_with_{int(notes)}_notes\n"
 
 
@@ -243,7 +244,9 @@ def build_prompt(run: Run, request: SampleRequest) -> tuple[np.ndarray, int, np.
   if request.prompt_notes is not None and len(request.prompt_notes):
     text = run.codec.encode(request.prompt_notes, name="Self-Continuation")
   if text is None:
-    text = length_hint(request.max_notes) if request.max_notes else "SONG="
+    text = length_hint(request.max_notes) if request.max_notes else "SONG=Composition\n"
+  if text.split("\n")[-1].startswith("SONG="):
+    text += "\n"  # A title line the user wrote is complete; the model starts with notes.
   try:
     state, flags = sampling.char_prompt_state(run.tables, text, run.codec)
   except (ValueError, KeyError) as e:
