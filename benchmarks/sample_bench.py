@@ -1,0 +1,92 @@
+"""Sampling throughput: tokens/s and notes/s, cached vs uncached, batch 1 and 32.
+
+  python benchmarks/sample_bench.py                       # rga.py:original and gpt.py:original
+  python benchmarks/sample_bench.py --configs=rga.py:original --batches=1 --new_tokens=256
+
+Random-init parameters (speed does not depend on the weights); vocabulary from the token
+codec (`--vocab=codec`, the default) or 390 (the original's). A 256-token prompt (a real
+encoded song when the corpora are available, else random legal notes), 1024 new tokens
+(past the 1024 context: the window slides once, cut on a note boundary). The uncached
+reference (full forward over the window per token, as the original) runs on fewer tokens
+(`--uncached_tokens`) and is reported per token. Prints one JSON line per figure.
+Timings exclude compilation (each configuration is run once to compile, then timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+
+def _prompt(codec, length: int, seed: int = 0) -> np.ndarray:
+  """[BOS] + `length - 1` ids of random legal notes, cut on a note boundary."""
+  from virtuoso_jax.encoding import Notes  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  n = length  # more notes than needed; cut below
+  onset = np.cumsum(rng.integers(0, 30, n))
+  notes = Notes(onset, rng.integers(1, 100, n), rng.integers(30, 90, n), rng.integers(40, 110, n),
+                rng.choice([0, 40, 128], n))
+  ids = codec.encode(notes, add_eos=False)
+  bounds = codec.note_boundaries(ids)
+  cut = int(bounds[bounds <= length].max())
+  return ids[:cut]
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--configs", default="rga.py:original,gpt.py:original")
+  ap.add_argument("--batches", default="1,32")
+  ap.add_argument("--prompt_tokens", type=int, default=256)
+  ap.add_argument("--new_tokens", type=int, default=1024)
+  ap.add_argument("--uncached_tokens", type=int, default=16,
+                  help="uncached new tokens at batch 1 (divided by the batch, at least 2)")
+  ap.add_argument("--vocab", default="codec", help="'codec' (the token codec's size) or an int")
+  ap.add_argument("--repeats", type=int, default=1)
+  args = ap.parse_args(argv)
+
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import config_lib, models, sampling  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax.encoding import TokenCodec  # pylint: disable=g-import-not-at-top
+
+  codec = TokenCodec()
+  tables = sampling.grammar_tables(codec)
+  vocab = codec.vocab_size if args.vocab == "codec" else int(args.vocab)
+  prompt = _prompt(codec, args.prompt_tokens)
+  opts = sampling.SampleOptions(temperature=1.0, top_k=0, top_p=1.0)
+  # This machine's matmul rate now (the figures below are only comparable next to it).
+  common.emit("sample/matmul_peak", common.matmul_peak_flops() / 1e9, "GFLOP/s")
+  for spec in args.configs.split(","):
+    config = config_lib.load_config(f"configs/{spec}")
+    config.model.vocab_size = max(vocab, codec.vocab_size)
+    model = models.create_model(config.model, nnx.Rngs(0))
+    for batch in [int(b) for b in args.batches.split(",")]:
+      uncached_new = max(2, args.uncached_tokens // batch)
+      for cached, new in ((True, args.new_tokens), (False, uncached_new)):
+        kw = dict(seed=0, num_samples=batch, max_new_tokens=new, cached=cached)
+        sampling.generate(model, prompt, tables, opts, **kw)  # compile
+        best = None
+        for _ in range(args.repeats):
+          t = time.perf_counter()
+          res = sampling.generate(model, prompt, tables, opts, **kw)
+          dt = time.perf_counter() - t
+          best = dt if best is None else min(best, dt)
+        toks = int(res.lengths.sum())
+        notes = int(res.notes.sum())
+        tag = f"{spec}/b{batch}/{'cached' if cached else 'uncached'}"
+        extra = dict(config=spec, batch=batch, cached=cached, prompt_tokens=len(prompt),
+                     new_tokens=new, vocab=config.model.vocab_size, seconds=round(best, 3),
+                     slides=res.slides)
+        common.emit(f"sample/{tag}/tokens_per_s", toks / best, "tokens/s", **extra)
+        common.emit(f"sample/{tag}/notes_per_s", notes / best, "notes/s", **extra)
+
+
+if __name__ == "__main__":
+  main()
