@@ -98,3 +98,13 @@ def test_cached_attention_equals_full():
   pad = ((0, 0), (0, 0), (0, 3), (0, 0))
   got = A.cached_attention(q, jnp.pad(k, pad), jnp.pad(v, pad), rel, pos)
   np.testing.assert_allclose(got, full, atol=1e-5)
+
+
+def test_dropout_keep_rate_and_key_dependence():
+  k1, k2 = jax.random.key(1), jax.random.key(2)
+  m1 = A.dropout_keep(k1, 0.1, (64, 1000))
+  assert abs(float(m1.mean()) - 0.9) < 0.005
+  assert bool(jnp.all(m1 == A.dropout_keep(k1, 0.1, (64, 1000))))  # pure in the key
+  m2 = A.dropout_keep(k2, 0.1, (64, 1000))
+  assert abs(float(jnp.mean(m1 & m2)) - 0.81) < 0.005  # independent across keys
+  assert abs(float(jnp.mean(m1[:, :-1] & m1[:, 1:])) - 0.81) < 0.005  # and across neighbours

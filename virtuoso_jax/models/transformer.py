@@ -80,7 +80,7 @@ class LayerNorm(nnx.Module):
 def _dropout(x: Array, rate: float, key) -> Array:
   if rate <= 0.0 or key is None:
     return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  keep = attn_lib.dropout_keep(key, rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
