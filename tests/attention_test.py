@@ -21,10 +21,14 @@ def _inputs(b, h, length, dh, num_rel, per_head, seed=0):
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _value_and_grads(impl, q, k, v, rel, do, block):
+  def run(q, k, v, rel):
+    if impl == "skew_query_blocks":  # the causal query-block path of "skew" at long L
+      return A.dense_attention(q, k, v, rel, impl="skew", query_block=block)
+    return A.attention(q, k, v, rel, impl=impl, block_size=block)
+
   def f(q, k, v, rel):
-    return jnp.sum(A.attention(q, k, v, rel, impl=impl, block_size=block) * do)
-  out = A.attention(q, k, v, rel, impl=impl, block_size=block)
-  return (out,) + jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, rel)
+    return jnp.sum(run(q, k, v, rel) * do)
+  return (run(q, k, v, rel),) + jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, rel)
 
 
 @pytest.mark.parametrize("b,h,length,dh,num_rel,per_head,block", [
@@ -35,7 +39,7 @@ def _value_and_grads(impl, q, k, v, rel, do, block):
 def test_implementations_agree(b, h, length, dh, num_rel, per_head, block):
   q, k, v, rel, do = _inputs(b, h, length, dh, num_rel, per_head)
   ref = _value_and_grads("naive", q, k, v, rel, do, block)
-  for impl in ("skew", "blockwise"):
+  for impl in ("skew", "skew_query_blocks", "blockwise"):
     got = _value_and_grads(impl, q, k, v, rel, do, block)
     for name, r, g in zip(("out", "dq", "dk", "dv", "drel"), ref, got):
       np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5, err_msg=f"{impl} {name}")

@@ -68,12 +68,17 @@ def _block_rel(q: jax.Array, rel: jax.Array, q0, k0, bk: int) -> jax.Array:
   out[i, j] = q_i . rel_row(q0 + i - k0 - j) (a rectangular skew; no Bq x Bk x Dh tensor).
   """
   bq = q.shape[2]
-  c = jnp.arange(bq + bk - 1)  # c = j - i + Bq - 1
+  ncol = bq + bk - 1
+  if isinstance(q0, int) and isinstance(k0, int):
+    # Static offsets: columns c > q0 - k0 + Bq - 1 (negative distances) only feed entries above
+    # the causal diagonal, which the caller masks: skip them (they are zero-padded instead).
+    ncol = max(1, min(ncol, q0 - k0 + bq))
+  c = jnp.arange(ncol)  # c = j - i + Bq - 1
   rows = relative_rows(rel, q0 - k0 + bq - 1 - c)
-  x = _qe(q, rows)  # [B, H, Bq, Bq+Bk-1]
+  x = _qe(q, rows)  # [B, H, Bq, ncol]
   b, h = x.shape[:2]
   width = bq + bk
-  x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 1))).reshape(b, h, bq * width)
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - ncol))).reshape(b, h, bq * width)
   x = jax.lax.slice_in_dim(x, bq - 1, bq - 1 + bq * (width - 1), axis=2)
   return x.reshape(b, h, bq, width - 1)[..., :bk]
 
@@ -116,13 +121,46 @@ def _dropout_mask(key, rate: float, shape) -> jax.Array:
   return dropout_keep(key, rate, shape).astype(jnp.float32) / (1.0 - rate)
 
 
-def dense_attention(q, k, v, rel: Optional[jax.Array], *, impl: str = "skew",
-                    dropout_rate: float = 0.0, dropout_key=None) -> jax.Array:
-  """Full-matrix causal attention; `impl` ("naive" | "skew") picks the relative term.
+# Query block of the "skew" path: query block a only meets keys [0, (a + 1) * block), which
+# skips ~(1 - 1/n) / 2 of the L x L work above the causal diagonal (n = L / block blocks).
+SKEW_QUERY_BLOCK = 256
 
-  Returns [B, H, L, Dh] in q.dtype. Softmax in float32.
+
+def _skew_query_blocks(q, k, v, rel, *, block: int, dropout_rate: float, dropout_key):
+  """Dense causal attention, one query block at a time over its visible key prefix.
+
+  Same values as `dense_attention` (the relative term is the skew of a rectangular block,
+  `_block_rel`, with static offsets); the dropout mask of query block a uses fold_in(key, a).
   """
   length = q.shape[2]
+  outs = []
+  for a, q0 in enumerate(range(0, length, block)):
+    q1 = min(q0 + block, length)
+    qa, kb, vb = q[:, :, q0:q1], k[:, :, :q1], v[:, :, :q1]
+    s = jnp.einsum("bhqd,bhkd->bhqk", qa, kb, preferred_element_type=jnp.float32)
+    if rel is not None:
+      s = s + _block_rel(qa, rel, q0, 0, q1)
+    s = jnp.where(_causal_mask(jnp.arange(q0, q1), jnp.arange(q1)), s, _MASK)
+    p = jax.nn.softmax(s, axis=-1)
+    if dropout_rate > 0.0 and dropout_key is not None:
+      p = p * _dropout_mask(jax.random.fold_in(dropout_key, a), dropout_rate, p.shape)
+    outs.append(jnp.einsum("bhqk,bhkd->bhqd", p.astype(vb.dtype), vb,
+                           preferred_element_type=jnp.float32).astype(q.dtype))
+  return jnp.concatenate(outs, axis=2)
+
+
+def dense_attention(q, k, v, rel: Optional[jax.Array], *, impl: str = "skew",
+                    dropout_rate: float = 0.0, dropout_key=None,
+                    query_block: int = SKEW_QUERY_BLOCK) -> jax.Array:
+  """Full-matrix causal attention; `impl` ("naive" | "skew") picks the relative term.
+
+  "skew" with L > `query_block` runs query blocks over their causal key prefixes
+  (`_skew_query_blocks`). Returns [B, H, L, Dh] in q.dtype. Softmax in float32.
+  """
+  length = q.shape[2]
+  if impl == "skew" and length > query_block:
+    return _skew_query_blocks(q, k, v, rel, block=query_block, dropout_rate=dropout_rate,
+                              dropout_key=dropout_key)
   s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
   if rel is not None:
     if impl == "naive":
