@@ -42,7 +42,8 @@ def small(data_dir, kind="token", **extra):
        "data.tfds_config": kind, "data.prefetch": 2, "model.max_len": 64, "model.max_relative": 64,
        "model.num_layers": 1, "model.emb_dim": 64, "model.mlp_dim": 128, "model.num_heads": 2,
        "batch_size": 8, "num_train_steps": 2, "log_every_steps": 1, "eval_every_steps": 1000,
-       "num_eval_batches": 2, "ckpt.every_steps": 1000, "tensorboard": False}
+       "num_eval_batches": 2, "ckpt.every_steps": 1000, "tensorboard": False,
+       "sample.write_at_end": False}
   o.update(extra)
   return o
 
@@ -79,7 +80,9 @@ def test_two_step_smoke_of_tiny_variants(name, data_dir, tmp_path):
   jax.config.update("jax_disable_most_optimizations", True)
   try:
     kind = "char" if name == "char" else "token"
-    cfg = load(SPECS[name], small(data_dir, kind, eval_every_steps=2, **{"ckpt.every_steps": 2}))
+    # The RGA run also writes its end-of-training sample (config.sample.write_at_end).
+    cfg = load(SPECS[name], small(data_dir, kind, eval_every_steps=2, **{
+        "ckpt.every_steps": 2, "sample.write_at_end": name == "rga", "sample.max_new_tokens": 8}))
     last = train.train_and_evaluate(cfg, str(tmp_path))
   finally:
     jax.config.update("jax_disable_most_optimizations", False)
@@ -93,6 +96,9 @@ def test_two_step_smoke_of_tiny_variants(name, data_dir, tmp_path):
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model"]["vocab_size"] > 0  # Resolved from the codec.
   assert checkpointing.Checkpointer(str(tmp_path), cfg.ckpt).all_steps() == [2]
+  encoding = json.loads((tmp_path / train.ENCODING_FILE).read_text())
+  assert encoding["kind"] == kind and encoding["encoding"]["grid_ms"] > 0
+  assert (tmp_path / "samples" / "sample_00.mid").is_file() == (name == "rga")
 
 
 def test_loss_goes_down_on_real_midi(data_dir, tmp_path):

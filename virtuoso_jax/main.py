@@ -71,18 +71,19 @@ def _setup_logging() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _setup_logging()
   _initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
 
-  _setup_logging()
   config = config_lib.validate(_CONFIG.value)
   log = py_logging.getLogger("virtuoso_jax.main")
   log.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
                jax.process_count(), jax.device_count(), jax.local_device_count(),
                jax.devices()[0].device_kind)
-  log.info("Workdir %s; config %s", os.path.abspath(_WORKDIR.value), _CONFIG.value.model.name)
+  log.info("Workdir %s; model %s; data %s/%s", os.path.abspath(_WORKDIR.value), config.model.name,
+           config.data.tfds_name, config.data.tfds_config)
   train.train_and_evaluate(config, _WORKDIR.value)
 
 

@@ -16,6 +16,7 @@ accumulation and sharding do not change it.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -36,6 +37,10 @@ from virtuoso_jax import metrics as metrics_lib
 from virtuoso_jax import sharding as sharding_lib
 
 log = logging.getLogger(__name__)
+
+
+# Written next to config.json; read by the sampling binary (virtuoso_jax.sample).
+ENCODING_FILE = "encoding.json"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -366,14 +371,14 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
 
   Returns the last logged train and eval metrics (and "stopped": "done" | "preempted").
   """
+  shown_workdir = workdir  # As the user wrote it, for the commands printed at the end.
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   trainer = Trainer(config, workdir, codec=codec)
   config = trainer.config
   is_main = jax.process_index() == 0
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config_lib.to_json(config))
+    write_run_files(workdir, config, trainer.data.info.codec)
   info = trainer.data.info
   log.info("Mesh %s over %d devices (%d processes); batch %d x %d tokens",
                dict(trainer.mesh.shape), jax.device_count(), jax.process_count(),
@@ -474,7 +479,57 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     writer.close()
   last["step"] = step
   if is_main:
-    log.info("Done at step %d. Checkpoints: %s  Metrics: %s  TensorBoard: %s", step,
-                 ckpt.directory if ckpt else "(disabled)", os.path.join(workdir, "metrics.jsonl"),
-                 os.path.join(workdir, "tensorboard"))
+    samples = os.path.join(shown_workdir, "samples")
+    # Multi-process runs skip it: restoring is collective there, and the other processes exit.
+    if (config.sample.write_at_end and last["stopped"] == "done" and ckpt is not None
+        and step >= config.num_train_steps and jax.process_count() == 1):
+      _write_sample(workdir, samples)
+    lines = [f"Done at step {step}."]
+    if "eval/loss" in last:
+      lines[0] += (f" Eval NLL {last['eval/loss']:.3f} nats/token (unigram baseline "
+                   f"{last['eval/unigram_nll']:.3f}), {last['eval/nll_per_note']:.2f} per note "
+                   f"(baseline {last['eval/unigram_nll_per_note']:.2f}).")
+    lines += [f"  checkpoints: {ckpt.directory if ckpt else '(disabled: ckpt.enabled=False)'}",
+              f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}"]
+    if config.tensorboard:
+      lines.append(f"  TensorBoard: tensorboard --logdir {os.path.join(shown_workdir, 'tensorboard')}")
+    if ckpt is not None:
+      lines.append(f"  sample:      python -m virtuoso_jax.sample --workdir={shown_workdir} "
+                   f"--out={samples}")
+    log.info("%s", "\n".join(lines))
   return last
+
+
+def write_run_files(workdir: str, config, codec) -> None:
+  """`<workdir>/config.json` (the resolved config) and `<workdir>/encoding.json` (the codec's
+  `EncodingConfig`, so the sampling binary never needs the dataset)."""
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config_lib.to_json(config))
+  kind = config_lib.encoding_kind(config)
+  with open(os.path.join(workdir, ENCODING_FILE), "w", encoding="utf-8") as f:
+    json.dump({"kind": kind, "encoding": codec.config.to_dict(),
+               "dataset": input_pipeline.dataset_name(config)}, f, indent=2, sort_keys=True)
+
+
+def _write_sample(workdir: str, out_dir: str) -> None:
+  """config.sample.write_at_end: one sample of the final model (in this process: on a TPU host
+  a subprocess could not open the chips this process holds). A failure is reported, not raised:
+  the trained checkpoints are what matters."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's read-only-manager warnings.
+  try:
+    run = sample.load_run(workdir)
+    s = run.config.sample
+    request = sample.SampleRequest(num_samples=s.num_samples, seed=0, temperature=s.temperature,
+                                   top_k=s.top_k, top_p=s.top_p, max_tokens=s.max_new_tokens)
+    log.info("Writing %d sample(s) of up to %d tokens to %s (config.sample.write_at_end)",
+             s.num_samples, s.max_new_tokens, out_dir)
+    sample.write_outputs(run, sample.generate(run, request), out_dir, audio=False)
+  except (sample.SampleError, OSError, ValueError) as e:
+    log.warning("Could not write the end-of-training sample (%s: %s); run the sample command "
+                "below.", type(e).__name__, e)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
