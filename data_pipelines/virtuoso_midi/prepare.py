@@ -18,6 +18,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _CONFIG = flags.DEFINE_string("config", "bach_token", "Builder config, e.g. bach_token, token, char.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).")
@@ -67,9 +68,19 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
   return builder
 
 
+class _QuietTfdsFilter:
+  """Drops TFDS's warning about the (still empty) folder of a dataset not built yet."""
+
+  def filter(self, record) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Our own lines are printed; TFDS/absl INFO chatter (per-shard "Done writing ...") is not.
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_logger().addFilter(_QuietTfdsFilter())
   try:
     prepare(_CONFIG.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
             download_dir=_DOWNLOAD_DIR.value, num_workers=_NUM_WORKERS.value,
