@@ -1,11 +1,21 @@
 """Analytic training FLOPs per token (MaxText convention) and MFU.
 
-Convention (MaxText `calculate_tflops_training_per_device`): every weight matmul costs
-2 FLOPs per multiply-add forward and twice that backward, so weights count 6 x params-in-matmuls
-per token (embedding lookups are free; the output head is a matmul). Causal attention
-(q.k and p.v, 4 L D per token per layer forward) and the causal relative term
-(q . Er^T, 2 L D per token per layer forward) are counted half, times 3 for fwd + bwd.
-The original RGA (rga.py:original, L = 1024) comes to 86.1 MFLOP per token.
+Convention (MaxText `calculate_tflops_training_per_device`), per token of a sequence of length L,
+D = emb_dim, F = mlp_dim, V = vocab_size, n = num_layers:
+
+  train_flops_per_token = 6 * N_matmul                   (weights: 2 fwd + 4 bwd per MAC)
+                        + n * 6 * L * D                   (attention, causal: half counted)
+                        + n * 3 * L * D   (rga only)      (relative term, causal: half counted)
+
+  N_matmul = n * (4 D^2 + 2 D F) + D V   (fused qkv 3D^2, output projection D^2, MLP 2DF, the
+             output head DV whether tied or not; embedding lookups, LayerNorms, biases, softmax
+             and the optimizer are free).
+  Attention: q.k^T and p.v are 2 x 2 L D FLOPs per token per layer forward, halved for the causal
+  mask (2 L D), x3 for forward + backward. Relative term q.Er^T: 2 L D forward, halved, x3.
+
+rga.py:original (n=6, D=512, F=512, V=390, L=1024): 57,821,184 + 18,874,368 + 9,437,184
+= 86,132,736 FLOPs per token (the "86 MFLOP/token" of the issue). Implementations may execute more
+(dense attention computes the full L x L square) or less; MFU counts only these model FLOPs.
 """
 
 from __future__ import annotations
