@@ -1,0 +1,88 @@
+r"""Training throughput and MFU of the real train step, input pipeline included.
+
+  python -m benchmarks.train_bench [--steps=20] [--data_dir=/tmp/tfds] [--configs=rga,gpt,char]
+
+For `rga.py:original`, `gpt.py:original` and `char_gpt.py:original` at their original batch
+sizes (token originals with `model.vocab_size=0`: our codec's vocabulary is larger than 390), it
+builds the real `train.Trainer` (grain pipeline over the prepared Bach dataset, sharded jitted
+step with donation), then times `steps` steps exactly as the training loop runs them
+(next batch -> global array -> step), after warm-up. The matmul peak (benchmarks.common) is
+measured in the same process right before, and MFU = train FLOPs/token (MaxText convention,
+virtuoso_jax.flops) x tokens/s / peak. It also reports the share of wall time the step waited
+for input (`input_wait_frac`: time in `next()` + device put, which must stay near 0).
+
+One JSON line per figure, e.g.
+  {"name": "train_mfu", "value": 0.43, "unit": "fraction", "config": "rga.py:original", ...}
+The datasets are prepared if missing (bach_token, bach_char; no network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+
+from benchmarks import common
+from virtuoso_jax import config_lib
+from virtuoso_jax import train
+
+CONFIGS = {
+    "rga": ("configs/rga.py:original", {"model.vocab_size": 0}),
+    "gpt": ("configs/gpt.py:original", {"model.vocab_size": 0}),
+    "char": ("configs/char_gpt.py:original", {}),
+}
+
+
+def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, workdir: str):
+  config = config_lib.load_config(spec, dict(overrides, **{
+      "data.data_dir": data_dir, "num_train_steps": warmup + steps + 1,
+      "ckpt.enabled": False, "tensorboard": False}))
+  config_lib.validate(config)
+  trainer = train.Trainer(config, workdir)
+  trainer.compile()
+  it = trainer.data.train_iterator(warmup + steps + 1)
+  for _ in range(warmup):
+    jax.block_until_ready(trainer.step(trainer.data.to_global(next(it))))
+  peak = common.matmul_peak_flops()
+  wait = 0.0
+  t0 = time.perf_counter()
+  m = None
+  for _ in range(steps):
+    t = time.perf_counter()
+    batch = trainer.data.to_global(next(it))
+    wait += time.perf_counter() - t
+    m = trainer.step(batch)
+  jax.block_until_ready((m, trainer.state))
+  elapsed = time.perf_counter() - t0
+  cfg = trainer.config
+  tokens = steps * cfg.batch_size * cfg.model.max_len
+  tps = tokens / elapsed
+  mfu = trainer.flops_per_token * tps / peak
+  extra = dict(config=spec, params=trainer.num_params, batch=cfg.batch_size,
+               seq_len=cfg.model.max_len, vocab=cfg.model.vocab_size, steps=steps,
+               backend=jax.default_backend(), devices=jax.device_count())
+  common.emit("train_tokens_per_s", round(tps, 1), "tokens/s", **extra)
+  common.emit("train_step_time", round(elapsed / steps, 4), "s", **extra)
+  common.emit("train_mfu", round(mfu, 4), "fraction", peak_gflops=round(peak / 1e9, 1),
+              flops_per_token=trainer.flops_per_token, **extra)
+  common.emit("train_input_wait_frac", round(wait / elapsed, 4), "fraction", **extra)
+  common.emit("train_params", trainer.num_params, "parameters", **extra)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", ""))
+  parser.add_argument("--configs", default="rga,gpt,char")
+  parser.add_argument("--workdir", default="/tmp/virtuoso_train_bench")
+  args = parser.parse_args()
+  for name in args.configs.split(","):
+    spec, overrides = CONFIGS[name]
+    bench(spec, overrides, args.steps, args.warmup, args.data_dir, args.workdir)
+
+
+if __name__ == "__main__":
+  main()
