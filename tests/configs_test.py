@@ -64,6 +64,7 @@ def test_overrides_and_unknown_fields():
     ("parallel.mesh_shape", (-1, -1, 1), "at most one -1"),
     ("optim.schedule", "linear", "optim.schedule"),
     ("model.dropout_rate", 1.0, "model.dropout_rate"),
+    ("data.manual_dir", "/my/midis", "tfds_config=token"),  # bach_token has its own source.
 ])
 def test_bad_values_are_named(field, value, match):
   c = config_lib.load_config("configs/rga.py:tiny", {"grad_accum_steps": 4} if field == "batch_size"

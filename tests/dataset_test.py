@@ -107,6 +107,7 @@ def test_metadata_holds_encoding_and_report(dummy_token_build):
   assert report["examples"] == 12
   assert report["notes"] == sum(int(ex["num_notes"]) for v in records.values() for ex in v)
   assert report["tokens"] == sum(len(ex["ids"]) for v in records.values() for ex in v)
+  assert report["manual_dir"] == os.fspath(DUMMY)  # Training checks it against data.manual_dir.
 
 
 def split_hashes(records):

@@ -242,3 +242,14 @@ def test_missing_dataset_is_reported(tmp_path):
   assert not input_pipeline.is_prepared(config)
   cmd = " ".join(input_pipeline.prepare_command(config))
   assert "data_pipelines.virtuoso_midi.prepare" in cmd and str(tmp_path) in cmd
+
+
+def test_own_midi_folder_needs_manual_dir_and_must_match_the_build(tmp_path):
+  config = _config(str(tmp_path), **{"data.tfds_name": "virtuoso_midi", "data.tfds_config": "token"})
+  with pytest.raises(input_pipeline.DatasetNotPreparedError, match="manual_dir=/path/to/midis"):
+    input_pipeline.prepare_dataset(config)  # Refused before any subprocess starts.
+  config.data.manual_dir = str(tmp_path / "mine")
+  input_pipeline.check_manual_dir(config, {"manual_dir": str(tmp_path / "mine")})
+  input_pipeline.check_manual_dir(config, {})  # Built by an older builder: nothing to compare.
+  with pytest.raises(input_pipeline.DatasetNotPreparedError, match="was built from .*other"):
+    input_pipeline.check_manual_dir(config, {"manual_dir": str(tmp_path / "other")})

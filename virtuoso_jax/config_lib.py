@@ -25,6 +25,8 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _REMAT = ("none", "block")
 _REL_IMPL = ("auto", "naive", "skew", "blockwise")
 _POS_EMB = ("learned", "none")
+# virtuoso_midi configs built from a user's folder (`data.manual_dir`); the others have a source.
+MANUAL_CONFIGS = ("token", "char")
 
 
 class ConfigError(ValueError):
@@ -129,6 +131,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   _check(bool(d.tfds_name), "data.tfds_name", d.tfds_name, "must not be empty")
   kind = encoding_kind(config)
+  _check(not d.manual_dir or d.tfds_name != "virtuoso_midi" or d.tfds_config in MANUAL_CONFIGS,
+         "data.manual_dir", d.manual_dir,
+         f"only the {MANUAL_CONFIGS} configs read a MIDI folder; data.tfds_config="
+         f"{d.tfds_config!r} has its own source (set --config.data.tfds_config=token)")
   _check(d.windowing in _WINDOWING, "data.windowing", d.windowing, f"expected one of {_WINDOWING}")
   _check(isinstance(d.transpose_semitones, int) and 0 <= d.transpose_semitones <= 12,
          "data.transpose_semitones", d.transpose_semitones, "must be an int in 0..12")

@@ -99,6 +99,12 @@ def prepare_dataset(config, repo_root: str | os.PathLike | None = None) -> None:
     raise DatasetNotPreparedError(
         f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}; only "
         "virtuoso_midi can be prepared automatically (check data.tfds_name / data.data_dir)")
+  if config.data.tfds_config in config_lib.MANUAL_CONFIGS and not config.data.manual_dir:
+    raise DatasetNotPreparedError(
+        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}, and it is built "
+        f"from your own MIDI folder: pass --config.data.manual_dir=/path/to/midis (or build it "
+        f"first: tfds build data_pipelines/virtuoso_midi --config={config.data.tfds_config} "
+        f"--manual_dir=/path/to/midis --data_dir={data_dir(config)})")
   if not (root / "data_pipelines" / "virtuoso_midi").is_dir():
     raise DatasetNotPreparedError(
         f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}, and no "
@@ -125,10 +131,27 @@ def load_codec(config):
   if "encoding" not in metadata:
     raise ValueError(f"dataset {dataset_name(config)} in {data_dir(config)} has no "
                      "metadata['encoding']; rebuild it with the current data_pipelines")
+  check_manual_dir(config, metadata.get("report") or {})
   enc_config = encoding.EncodingConfig.from_dict(metadata["encoding"])
   if config_lib.encoding_kind(config) == "char":
     return encoding.CharCodec(enc_config)
   return encoding.TokenCodec(enc_config)
+
+
+def check_manual_dir(config, report) -> None:
+  """A `token`/`char` dataset built from another folder than `data.manual_dir` is an error
+  (they share one name per data_dir; training on the wrong corpus would be silent)."""
+  wanted = config.data.manual_dir
+  built_from = report.get("manual_dir")
+  if not wanted or not built_from:
+    return
+  if os.path.realpath(os.path.expanduser(wanted)) != os.path.realpath(built_from):
+    raise DatasetNotPreparedError(
+        f"dataset {dataset_name(config)} in {data_dir(config)} was built from {built_from}, but "
+        f"config.data.manual_dir is {wanted}. Use one data_dir per corpus "
+        f"(--config.data.data_dir=...), or rebuild it: python -m "
+        f"data_pipelines.virtuoso_midi.prepare --config={config.data.tfds_config} "
+        f"--manual_dir={wanted} --data_dir={data_dir(config)} --overwrite")
 
 
 class SongSource:

@@ -302,6 +302,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         processing.remove_spill_dir(self._spill_dir)
         self._spill_dir = None
     report = self._report.as_dict(encoding=self.builder_config.encoding)
+    if self.builder_config.source == "manual":
+      # Which folder this build read: training checks it against its data.manual_dir.
+      report["manual_dir"] = os.path.abspath(os.fspath(dl_manager.manual_dir))
     self.info.metadata["report"] = report
     print(flush=True)  # Off the end of TFDS's progress bars.
     processing.log(f"virtuoso_midi/{self.builder_config.name} "
