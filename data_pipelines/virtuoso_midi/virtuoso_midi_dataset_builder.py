@@ -29,13 +29,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
+import sys
 from typing import Any
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from virtuoso_jax import encoding as enc
+try:
+  from virtuoso_jax import encoding as enc
+except ModuleNotFoundError as _e:  # pragma: no cover - depends on how the package is installed.
+  # `tfds build data_pipelines/virtuoso_midi` from a checkout that was not `pip install`ed: the
+  # tfds console script does not put the working directory on sys.path. Use this checkout's
+  # virtuoso_jax (spawned build workers inherit sys.path).
+  _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+  if _e.name != "virtuoso_jax" or not (_REPO_ROOT / "virtuoso_jax" / "__init__.py").is_file():
+    raise ModuleNotFoundError(
+        f"{_e}; install virtuoso_jax first: pip install -e '.[tfds]' (from the repository "
+        "root)") from _e
+  sys.path.insert(0, os.fspath(_REPO_ROOT))
+  from virtuoso_jax import encoding as enc
 
 try:  # `tfds build` imports this module as `virtuoso_midi.virtuoso_midi_dataset_builder`.
   from . import processing

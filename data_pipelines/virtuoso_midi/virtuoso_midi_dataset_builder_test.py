@@ -75,7 +75,8 @@ def test_tfds_cli_builds_from_the_repo_root(tmp_path):
   """The documented command, run as the user runs it (what CI checks for the [tfds] extra)."""
   repo = pathlib.Path(__file__).resolve().parents[2]
   dummy = repo / "data_pipelines" / "virtuoso_midi" / "dummy_data"
-  cmd = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build",
+  # -P: the working directory is not put on sys.path, as with the `tfds` console script.
+  cmd = [sys.executable, "-P", "-m", "tensorflow_datasets.scripts.cli.main", "build",
          "data_pipelines/virtuoso_midi", "--config=token", f"--manual_dir={dummy}",
          f"--data_dir={tmp_path}"]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIRTUOSO_BUILD_WORKERS": "1"}
