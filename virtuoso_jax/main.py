@@ -77,14 +77,21 @@ def main(argv):
   from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
 
-  config = config_lib.validate(_CONFIG.value)
+  from virtuoso_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
   log = py_logging.getLogger("virtuoso_jax.main")
-  log.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
-               jax.process_count(), jax.device_count(), jax.local_device_count(),
-               jax.devices()[0].device_kind)
-  log.info("Workdir %s; model %s; data %s/%s", os.path.abspath(_WORKDIR.value), config.model.name,
-           config.data.tfds_name, config.data.tfds_config)
-  train.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    config = config_lib.validate(_CONFIG.value)
+    log.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
+             jax.process_count(), jax.device_count(), jax.local_device_count(),
+             jax.devices()[0].device_kind)
+    log.info("Workdir %s; model %s; data %s/%s", os.path.abspath(_WORKDIR.value),
+             config.model.name, config.data.tfds_name, config.data.tfds_config)
+    train.train_and_evaluate(config, _WORKDIR.value)
+  # What the user can fix (a config value, the data, a diverged run) ends with its message only.
+  except (config_lib.ConfigError, input_pipeline.DatasetNotPreparedError,
+          train.NonFiniteLossError) as e:
+    raise SystemExit(f"error: {e}") from None
 
 
 def run():
