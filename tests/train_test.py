@@ -131,6 +131,11 @@ def test_sharded_2x2x2_matches_one_device(data_dir, tmp_path):
   a, b = losses(tmp_path / "sharded"), losses(tmp_path / "one")
   assert sorted(a) == sorted(b) == [1, 2, 3]
   np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=2e-5)
+  # The (2, 2, 2) run's final checkpoint resumes on one device (a different mesh shape).
+  out = run_main(SPECS["rga"], dict(o, num_train_steps=4, **{"parallel.mesh_shape": "(1,1,1)"}),
+                 tmp_path / "sharded", devices=1)
+  assert "Resumed from" in out and "at step 3" in out
+  assert math.isfinite(losses(tmp_path / "sharded")[4])
 
 
 def _wait_for(pred, proc, timeout=180):
