@@ -397,6 +397,9 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     if restored is not None:
       start_step, trainer.state = restored
       log.info("Resumed from %s at step %d", ckpt.directory, start_step)
+  if start_step >= config.num_train_steps:
+    log.info("Already trained to step %d (num_train_steps=%d): nothing to do. Train further with "
+             "a larger --config.num_train_steps.", start_step, config.num_train_steps)
   trainer.compile()
   peak, peak_how = metrics_lib.peak_flops_per_s()
   log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_how)
@@ -482,7 +485,7 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     samples = os.path.join(shown_workdir, "samples")
     # Multi-process runs skip it: restoring is collective there, and the other processes exit.
     if (config.sample.write_at_end and last["stopped"] == "done" and ckpt is not None
-        and step >= config.num_train_steps and jax.process_count() == 1):
+        and step >= config.num_train_steps > start_step and jax.process_count() == 1):
       _write_sample(workdir, samples)
     lines = [f"Done at step {step}."]
     if "eval/loss" in last:
