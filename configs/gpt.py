@@ -10,6 +10,7 @@ Variants (`--config=configs/gpt.py:VARIANT`):
 """
 
 from configs import default
+from configs import variants
 
 
 def get_config(arg=None):
@@ -19,41 +20,13 @@ def get_config(arg=None):
   if variant == "base":
     pass
   elif variant == "original":
-    m = config.model
-    m.vocab_size = 390
-    m.num_layers, m.num_heads, m.emb_dim, m.mlp_dim, m.max_len = 6, 8, 512, 512, 1024
-    m.residual_attention_dropout = False
-    config.batch_size = 4
-    o = config.optim
-    o.optimizer, o.schedule, o.warmup_steps = "adam", "noam", 4000
-    o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip_norm = 0.9, 0.98, 1e-8, 0.0, 0.0
+    variants.original_rga_size(config)
   elif variant == "tiny":
-    m = config.model
-    m.num_layers, m.num_heads, m.emb_dim, m.mlp_dim, m.max_len = 2, 4, 128, 512, 256
-    m.dropout_rate = m.attention_dropout_rate = 0.0
-    config.batch_size = 16
-    config.num_train_steps = 600
-    config.eval_every_steps = 200
-    config.num_eval_batches = 20
-    config.optim.learning_rate = 2e-3
-    config.optim.warmup_steps = 100
-    config.ckpt.every_steps = 200
-    config.sample.max_new_tokens = 512
+    variants.tiny(config, sample_tokens=512)
   elif variant == "long":
-    m = config.model
-    m.max_len = 4096
-    m.remat = "block"
-    config.batch_size = 8
+    variants.long(config, 4096)
   elif variant == "pod":
-    m = config.model
-    m.num_layers, m.num_heads, m.emb_dim, m.mlp_dim, m.max_len = 16, 16, 1024, 4096, 4096
-    m.dtype = "bfloat16"
-    m.remat = "block"
-    config.data.tfds_config = "lakh_token"
-    config.batch_size = 256
-    config.num_train_steps = 200_000
-    config.data.worker_count = 8
+    variants.pod(config, "lakh_token")
   else:
-    raise ValueError(f"configs/gpt.py: unknown variant {variant!r}; "
-                     "expected one of: original, tiny, long, pod (or none)")
+    raise variants.unknown("configs/gpt.py", variant)
   return config

@@ -1,0 +1,65 @@
+"""Variant settings shared by rga.py, gpt.py and char_gpt.py (one place for each).
+
+Each function changes values of a `default.get_config()` config in place; none adds a field.
+"""
+
+
+def set_shape(config, num_layers, num_heads, emb_dim, mlp_dim, max_len):
+  m = config.model
+  m.num_layers, m.num_heads, m.emb_dim, m.mlp_dim, m.max_len = (
+      num_layers, num_heads, emb_dim, mlp_dim, max_len)
+
+
+def original_rga_size(config):
+  """GPT2RGA's size: 6 x 512, 8 heads, MLP 512, 1024 context, vocab 390; Adam + Noam, batch 4."""
+  config.model.vocab_size = 390
+  set_shape(config, 6, 8, 512, 512, 1024)
+  config.model.residual_attention_dropout = False
+  config.batch_size = 4
+  o = config.optim
+  o.optimizer, o.schedule, o.warmup_steps = "adam", "noam", 4000
+  o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip_norm = 0.9, 0.98, 1e-8, 0.0, 0.0
+
+
+def tiny(config, sample_tokens: int):
+  """CPU smoke tests and the quickstart: 2 x 128, 256 context, 600 steps."""
+  set_shape(config, 2, 4, 128, 512, 256)
+  m = config.model
+  m.max_relative = 256
+  m.dropout_rate = m.attention_dropout_rate = 0.0
+  config.batch_size = 16
+  config.num_train_steps = 600
+  config.log_every_steps = 50
+  config.eval_every_steps = 200
+  config.num_eval_batches = 20
+  config.optim.learning_rate = 2e-3
+  config.optim.warmup_steps = 100
+  config.ckpt.every_steps = 200
+  config.sample.max_new_tokens = sample_tokens
+
+
+def long(config, max_len: int):
+  """Long context with per-block rematerialisation."""
+  config.model.max_len = max_len
+  config.model.remat = "block"
+  config.batch_size = 8
+
+
+def pod(config, tfds_config: str):
+  """A TPU-pod example (e.g. v4-64: 32 chips, 8 hosts): 16 x 1024 in bfloat16, FSDP."""
+  set_shape(config, 16, 16, 1024, 4096, 4096)
+  m = config.model
+  m.max_relative = 4096
+  m.dtype = "bfloat16"
+  m.remat = "block"
+  config.data.tfds_config = tfds_config
+  config.batch_size = 256
+  config.num_train_steps = 200_000
+  config.parallel.mesh_shape = (1, -1, 1)
+  config.parallel.dcn_mesh_shape = (1, 1, 1)
+  config.data.worker_count = 8
+
+
+def unknown(path: str, variant: str):
+  return ValueError(f"{path}: unknown variant {variant!r}; "
+                    "expected one of: original, tiny, long, pod (or none)")
