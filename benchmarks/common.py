@@ -59,7 +59,20 @@ def matmul_peak_flops(sizes=(1024, 2048), repeats: int = 5, dtype=jnp.float32) -
 
 
 def peak_rss_bytes() -> int:
-  """Peak resident set size of this process so far (bytes; Linux ru_maxrss is in KiB)."""
+  """Peak resident set size of this process so far (bytes).
+
+  Linux: VmHWM of /proc/self/status, the high-water mark of this process's own address space.
+  Not ru_maxrss: Linux carries a parent's maxrss over fork + exec, so a worker subprocess
+  started by a big parent would report the parent's peak (seen: 4.3 GiB for a 512-token
+  attention point). Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss if sys.platform == "darwin" else rss * 1024
 
