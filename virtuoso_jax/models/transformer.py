@@ -363,9 +363,14 @@ class Decoder(nnx.Module):
     return self._logits(x), {"layers": new_layers, "pos": pos + t}
 
 
-# Sequence length from which "auto" uses blockwise attention (measured by
-# benchmarks/model_bench.py on a 2-core CPU; see docs/architecture.md §3).
-BLOCKWISE_FROM = 2048
+# Sequence length from which "auto" uses blockwise attention: the fwd+bwd time crossover
+# measured by benchmarks/model_bench.py on a 2-core CPU (batch 1, 8 heads, Dh 64):
+#   L      skew            blockwise
+#   2048   0.25 s 1.0 GiB  0.32 s 0.5 GiB
+#   4096   1.13 s 2.2 GiB  1.04 s 0.55 GiB
+#   8192   4.64 s 6.3 GiB  3.65 s 0.6 GiB   (naive: out of memory)
+# Below it skew is faster; from it blockwise is faster and its memory stays flat.
+BLOCKWISE_FROM = 4096
 
 
 def choose_impl(rel_impl: str, length: int) -> str:
