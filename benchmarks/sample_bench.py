@@ -4,8 +4,8 @@
   python benchmarks/sample_bench.py --configs=rga.py:original --batches=1 --new_tokens=256
 
 Random-init parameters (speed does not depend on the weights); vocabulary from the token
-codec (`--vocab=codec`, the default) or 390 (the original's). A 256-token prompt (a real
-encoded song when the corpora are available, else random legal notes), 1024 new tokens
+codec (`--vocab=codec`, the default) or 390 (the original's). A 256-token prompt of random
+legal notes (speed does not depend on which notes), 1024 new tokens
 (past the 1024 context: the window slides once, cut on a note boundary). The uncached
 reference (full forward over the window per token, as the original) runs on fewer tokens
 (`--uncached_tokens`) and is reported per token. Prints one JSON line per figure.

@@ -302,10 +302,14 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
                units=jnp.zeros((b,), jnp.int32), ngen=jnp.zeros((b,), jnp.int32),
                start=start, wlen=wlen, slides=jnp.int32(0))
 
-  def cond(c):
+  def running(c):
     return (c["i"] < max_new) & ~jnp.all(c["done"])
 
-  def body(c):
+  def full(c):
+    return jnp.any(c["wlen"] >= context)
+
+  def sample_one(c):
+    """Samples token i of every row; returns the updated carry fields and the token."""
     i, g, done = c["i"], c["g"], c["done"]
     total = prompt_len + i
     allowed = allowed_t[g] & allowed_extra[None, :]
@@ -320,28 +324,33 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     new_g = next_t[g, tok]
     at_boundary = new_g == boundary
     stop = (tok == eos) | (at_boundary & ((notes >= max_notes) | (units >= max_units)))
-    new_done = done | (live & stop)
-    ngen = c["ngen"] + live
-    total1 = total + 1
-    full = jnp.any(c["wlen"] >= context)
+    return dict(c, i=i + 1, history=history, bflag=bflag, g=new_g, done=done | (live & stop),
+                notes=notes, units=units, ngen=c["ngen"] + live), tok
 
-    def slide(_):
-      logits, cache, start, wlen = window_logits(history, bflag, total1, keep, c["cache"])
-      return logits, cache, start, wlen
+  def advance_step(c):
+    """One token while the window has room: sample it, then append it to the cache."""
+    c, tok = sample_one(c)
+    wlen = c["wlen"] + 1
+    if cached:
+      logits, cache = model.decode(tok[:, None], c["cache"])
+      return dict(c, logits=logits[:, 0], cache=cache, wlen=wlen)
+    return dict(c, logits=step_logits(c["history"], c["start"], wlen), wlen=wlen)
 
-    def advance_one(_):
-      wlen = c["wlen"] + 1
-      if cached:
-        logits, cache = model.decode(tok[:, None], c["cache"])
-        return logits[:, 0], cache, c["start"], wlen
-      return step_logits(history, c["start"], wlen), c["cache"], c["start"], wlen
+  def slide_step(c):
+    """One token when the window is full: sample it, then re-prefill the last `keep` tokens."""
+    c, _ = sample_one(c)
+    total1 = prompt_len + c["i"]
+    logits, cache, start, wlen = window_logits(c["history"], c["bflag"], total1, keep, c["cache"])
+    return dict(c, logits=logits, cache=cache, start=start, wlen=wlen, slides=c["slides"] + 1)
 
-    logits, cache, start, wlen = jax.lax.cond(full, slide, advance_one, None)
-    return dict(i=i + 1, logits=logits, cache=cache, history=history, bflag=bflag, g=new_g,
-                done=new_done, notes=notes, units=units, ngen=ngen, start=start, wlen=wlen,
-                slides=c["slides"] + full.astype(jnp.int32))
+  def window(c):
+    """Decodes until the window is full (or the request ends), then slides once if needed.
+    The per-token loop holds no conditional: on CPU a cond around the decode step made XLA
+    copy every layer's KV cache in and out of it on each token."""
+    c = jax.lax.while_loop(lambda c: running(c) & ~full(c), advance_step, c)
+    return jax.lax.cond(running(c) & full(c), slide_step, lambda c: c, c)
 
-  out = jax.lax.while_loop(cond, body, carry)
+  out = jax.lax.while_loop(running, window, carry)
   gen = jax.lax.dynamic_slice_in_dim(out["history"], prompt_len, max_new, axis=1)
   return gen, out["ngen"], out["notes"], out["units"], out["slides"]
 
