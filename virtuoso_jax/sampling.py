@@ -7,9 +7,11 @@
   result.lengths  # int32 [B] generated ids per row (EOS included)
 
 How it works:
-- One `jax.lax.while_loop` per request over a batch of rows. Each iteration samples one id per
-  row from the logits of the previous iteration and feeds it through `model.decode` (one
-  [B, 1] step over the KV cache). No per-token Python dispatch.
+- One compiled program per request over a batch of rows: an outer `jax.lax.while_loop` over
+  context windows around an inner one over tokens. Each inner iteration samples one id per
+  row from the logits of the previous one and feeds it through `model.decode` (one [B, 1]
+  step over the KV cache); the window slide (below) happens between inner loops, so the
+  per-token loop holds no conditional. No per-token Python dispatch.
 - Grammar: `GrammarTables` holds the codec's automaton (`allowed[S, V]`, `next_state[S, V]`) plus
   two tables derived from it: `completes_note[S, V]` (emitting the id ends a note) and
   `advance[S, V]` (grid units the id moves time forward). Every row keeps its state; logits of
