@@ -189,8 +189,8 @@ def _causal_rel_grad(qa, rel, q0: int, ds):
 def _causal_block(qa, k, v, rel, key, q0: int, rate: float):
   """Causal attention of queries [q0, q0 + Bq) over keys/values [0, q0 + Bq) (k, v cut to it).
 
-  A custom VJP that keeps the probabilities p and recomputes the dropout mask: the backward
-  pass is the five GEMMs and one fused elementwise pass ds = p * (dp - rowsum(do * o)),
+  A custom VJP that keeps the probabilities p (and, with dropout, the dropped ones): the
+  backward pass is the GEMMs and one fused elementwise pass ds = p * (dp - rowsum(do * o)),
   where autodiff of the same code made several more L x L passes (softmax's divide and
   reductions, the dropout scale, the skew's padding) and was ~1.5x slower on CPU.
   """
@@ -204,24 +204,24 @@ def _causal_block_fwd(qa, k, v, rel, key, q0, rate):
     s = s + _causal_rel(qa, rel, q0)
   s = jnp.where(_causal_mask(jnp.arange(q0, q1), jnp.arange(q1)), s, _MASK)
   p = jax.nn.softmax(s, axis=-1)
-  pd = p * _dropout_mask(key, rate, p.shape) if rate > 0.0 else p
-  o = jnp.einsum("bhqk,bhkd->bhqd", pd.astype(v.dtype), v,
-                 preferred_element_type=jnp.float32).astype(qa.dtype)
-  return o, (qa, k, v, rel, key, p.astype(qa.dtype), o)
+  pd = (p * _dropout_mask(key, rate, p.shape) if rate > 0.0 else p).astype(v.dtype)
+  o = jnp.einsum("bhqk,bhkd->bhqd", pd, v, preferred_element_type=jnp.float32).astype(qa.dtype)
+  # With dropout both p and the dropped pd are kept (pd feeds the PV GEMM anyway): the
+  # backward pass then needs no mask, since p * dp = pd * dpd.
+  return o, (qa, k, v, rel, p.astype(qa.dtype), pd if rate > 0.0 else None, o)
 
 
 def _causal_block_bwd(q0, rate, res, do):
-  qa, k, v, rel, key, p, o = res
+  qa, k, v, rel, p, pd, o = res
   f32 = jnp.float32
   delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)  # rowsum(dp * p)
   dpd = jnp.einsum("bhqd,bhkd->bhqk", do, v, preferred_element_type=f32)
-  if rate > 0.0:
-    z = _dropout_mask(key, rate, p.shape)
-    dp, pd = dpd * z, p * z
+  if pd is None:
+    pd = p
+    ds = p.astype(f32) * (dpd - delta)
   else:
-    dp, pd = dpd, p
+    ds = pd.astype(f32) * dpd - p.astype(f32) * delta
   dv = jnp.einsum("bhqk,bhqd->bhkd", pd.astype(do.dtype), do, preferred_element_type=f32)
-  ds = p.astype(f32) * (dp - delta)
   dq = jnp.einsum("bhqk,bhkd->bhqd", ds.astype(k.dtype), k, preferred_element_type=f32)
   dk = jnp.einsum("bhqk,bhqd->bhkd", ds.astype(qa.dtype), qa, preferred_element_type=f32)
   drel = None
