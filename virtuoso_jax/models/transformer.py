@@ -199,15 +199,26 @@ class Block(nnx.Module):
     """x [B, T, D] at positions q_pos [B, T]; writes k/v at pos [B] .. pos+T-1."""
     q, k, v = self.attn.qkv(self.ln1(x))
 
-    def write(cache, new, p):
-      return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, p, 0))
-
-    k_cache = jax.vmap(write)(layer_cache["k"], k, pos)
-    v_cache = jax.vmap(write)(layer_cache["v"], v, pos)
+    k_cache = _cache_write(layer_cache["k"], k, pos)
+    v_cache = _cache_write(layer_cache["v"], v, pos)
     o = attn_lib.cached_attention(q, k_cache, v_cache, self.attn.rel(), q_pos)
     x = x + self.attn.out(o)
     x = x + self.mlp(self.ln2(x))
     return x, {"k": k_cache, "v": v_cache}
+
+
+def _cache_write(cache: Array, new: Array, pos: Array) -> Array:
+  """cache [B, H, S, Dh] with new [B, H, T, Dh] written at slots pos[b] .. pos[b] + T - 1.
+
+  One scatter of the T new rows, which XLA updates in place inside the sampling loop (a vmapped
+  dynamic_update_slice became a select over the whole cache: two full copies of every layer's
+  cache per token). The caller keeps the slots in range (out-of-range writes are undefined).
+  """
+  t = new.shape[2]
+  rows = jnp.arange(new.shape[0])[:, None]
+  cols = pos[:, None] + jnp.arange(t, dtype=pos.dtype)[None, :]
+  return cache.at[rows, :, cols].set(jnp.swapaxes(new, 1, 2).astype(cache.dtype),
+                                 mode="promise_in_bounds")
 
 
 class Decoder(nnx.Module):
@@ -349,7 +360,7 @@ class Decoder(nnx.Module):
 
     Returns:
       (logits float32 [B, T, V], cache with pos = positions + T). Deterministic (no dropout).
-      Callers keep positions + T <= the cache length (writes past the end are clamped by XLA).
+      Callers keep positions + T <= the cache length (writes past the end are undefined).
     """
     self._check_tokens(tokens)
     t = tokens.shape[1]
