@@ -62,6 +62,15 @@ def test_no_relative_term_agrees():
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
+def _dense_with_mask(q, k, v, rel, mask):
+  """The definition with a given dropout multiplier on the probabilities."""
+  length = q.shape[2]
+  s = jnp.einsum("bhqd,bhkd->bhqk", q, k) + A.rel_logits_naive(q, rel)
+  pos = jnp.arange(length)
+  s = jnp.where(pos[:, None] >= pos[None, :], s, -1e30)
+  return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, -1) * mask, v)
+
+
 def test_blockwise_dropout_matches_dense_with_the_same_mask():
   b, h, length, dh, block, rate = 1, 2, 10, 4, 4, 0.3
   q, k, v, rel, do = _inputs(b, h, length, dh, 8, False, seed=1)
@@ -76,10 +85,7 @@ def test_blockwise_dropout_matches_dense_with_the_same_mask():
   mask = jnp.asarray(full[:, :, :length, :length])
 
   def dense(q, k, v, rel):
-    s = jnp.einsum("bhqd,bhkd->bhqk", q, k) + A.rel_logits_naive(q, rel)
-    pos = jnp.arange(length)
-    s = jnp.where(pos[:, None] >= pos[None, :], s, -1e30)
-    return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, -1) * mask, v)
+    return _dense_with_mask(q, k, v, rel, mask)
 
   def blockwise(q, k, v, rel):
     return A.blockwise_attention(q, k, v, rel, block_size=block, dropout_rate=rate,
@@ -128,10 +134,7 @@ def test_skew_query_block_dropout_matches_dense_with_the_same_mask(per_head):
                           for m in rows], axis=2)
 
   def dense(q, k, v, rel):
-    s = jnp.einsum("bhqd,bhkd->bhqk", q, k) + A.rel_logits_naive(q, rel)
-    pos = jnp.arange(length)
-    s = jnp.where(pos[:, None] >= pos[None, :], s, -1e30)
-    return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, -1) * mask, v)
+    return _dense_with_mask(q, k, v, rel, mask)
 
   def skew(q, k, v, rel):
     return A.dense_attention(q, k, v, rel, impl="skew", dropout_rate=rate, dropout_key=key,
