@@ -156,6 +156,11 @@ def _dropout_mask(key, rate: float, shape) -> jax.Array:
 SKEW_QUERY_BLOCK = 128
 
 
+def _causal_rows(rel: jax.Array, q1: int) -> jax.Array:
+  """Table rows for the q1 + 1 distances q1 - 1 .. -1 of `_causal_rel` (-1 clips to 0)."""
+  return relative_rows(rel, q1 - 1 - jnp.arange(q1 + 1))
+
+
 def _causal_rel(qa: jax.Array, rel: jax.Array, q0: int) -> jax.Array:
   """Relative logits of queries [q0, q0 + Bq) against keys [0, q0 + Bq): [B, H, Bq, q1].
 
@@ -167,8 +172,7 @@ def _causal_rel(qa: jax.Array, rel: jax.Array, q0: int) -> jax.Array:
   """
   bq = qa.shape[2]
   q1 = q0 + bq
-  rows = relative_rows(rel, q1 - 1 - jnp.arange(q1 + 1))
-  x = _qe(qa, rows)
+  x = _qe(qa, _causal_rows(rel, q1))
   b, h = x.shape[:2]
   x = jax.lax.slice_in_dim(x.reshape(b, h, bq * (q1 + 1)), bq - 1, bq - 1 + bq * q1, axis=2)
   return x.reshape(b, h, bq, q1)
@@ -178,7 +182,7 @@ def _causal_rel_grad(qa, rel, q0: int, ds):
   """(dq, drel) of sum(_causal_rel(qa, rel, q0) * ds) with ds zero above the diagonal."""
   b, h, bq, q1 = ds.shape
   dx = jnp.pad(ds.reshape(b, h, bq * q1), ((0, 0), (0, 0), (bq - 1, 1))).reshape(b, h, bq, q1 + 1)
-  rows, rows_vjp = jax.vjp(lambda r: relative_rows(r, q1 - 1 - jnp.arange(q1 + 1)), rel)
+  rows, rows_vjp = jax.vjp(lambda r: _causal_rows(r, q1), rel)
   _, qe_vjp = jax.vjp(_qe, qa, rows)
   dq, drows = qe_vjp(dx)
   (drel,) = rows_vjp(drows)
