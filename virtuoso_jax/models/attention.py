@@ -98,10 +98,6 @@ def _block_rel(q: jax.Array, rel: jax.Array, q0, k0, bk: int) -> jax.Array:
   """
   bq = q.shape[2]
   ncol = bq + bk - 1
-  if isinstance(q0, int) and isinstance(k0, int):
-    # Static offsets: columns c > q0 - k0 + Bq - 1 (negative distances) only feed entries above
-    # the causal diagonal, which the caller masks: skip them (they are zero-padded instead).
-    ncol = max(1, min(ncol, q0 - k0 + bq))
   c = jnp.arange(ncol)  # c = j - i + Bq - 1
   rows = relative_rows(rel, q0 - k0 + bq - 1 - c)
   x = _qe(q, rows)  # [B, H, Bq, ncol]
