@@ -100,14 +100,25 @@ def test_blockwise_dropout_matches_dense_with_the_same_mask():
   assert not np.allclose(jax.jit(blockwise)(q, k, v, rel), no_dropout)
 
 
-def test_cached_attention_equals_full():
-  q, k, v, rel, _ = _inputs(2, 2, 9, 4, 5, False)
+@pytest.mark.parametrize("per_head", [False, True])
+def test_cached_attention_equals_full(per_head):
+  # T new tokens after a per-row cached prefix (row 0: 3 cached, row 1: 6; prefill: 0), in a
+  # cache longer than the sequence whose unwritten slots hold garbage that must stay masked.
+  b, h, length, dh = 2, 2, 9, 4
+  q, k, v, rel, _ = _inputs(b, h, length, dh, 5, per_head)
   full = A.attention(q, k, v, rel, impl="naive")
-  pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
-  # Cache longer than the sequence: the empty slots must be masked.
-  pad = ((0, 0), (0, 0), (0, 3), (0, 0))
-  got = A.cached_attention(q, jnp.pad(k, pad), jnp.pad(v, pad), rel, pos)
-  np.testing.assert_allclose(got, full, atol=1e-5)
+  garbage = jax.random.normal(jax.random.key(7), (b, h, 12, dh))
+  for prefix, t in (((3, 6), 3), ((0, 0), length), ((8, 5), 1)):
+    pos = jnp.array(prefix, jnp.int32)
+    q_pos = pos[:, None] + jnp.arange(t)[None, :]
+    take = lambda x, i: jnp.take_along_axis(x, i[:, None, :, None], axis=2)
+    slots = jnp.arange(12)[None, :]
+    visible = (slots < pos[:, None])[:, None, :, None]
+    cache_k = jnp.where(visible, jnp.pad(k, ((0, 0), (0, 0), (0, 3), (0, 0))), garbage)
+    cache_v = jnp.where(visible, jnp.pad(v, ((0, 0), (0, 0), (0, 3), (0, 0))), -garbage)
+    got = A.cached_attention(take(q, q_pos), take(k, q_pos), take(v, q_pos), cache_k, cache_v,
+                             rel, q_pos, pos)
+    np.testing.assert_allclose(got, take(full, q_pos), atol=1e-5, err_msg=f"prefix {prefix}")
 
 
 def test_dropout_keep_rate_and_key_dependence():

@@ -423,28 +423,45 @@ def attention(q, k, v, rel, *, impl: str, block_size: int = 512, dropout_rate: f
                          dropout_key=dropout_key)
 
 
-def cached_attention(q, k_cache, v_cache, rel, q_pos) -> jax.Array:
-  """Attention of T new queries over a KV cache (decode / prefill).
+def cached_attention(q, k, v, k_cache, v_cache, rel, q_pos, pos) -> jax.Array:
+  """Attention of T new tokens over a KV cache and themselves (decode / prefill).
 
   Args:
-    q: [B, H, T, Dh] scaled queries at absolute positions `q_pos` [B, T].
-    k_cache, v_cache: [B, H, S, Dh]; slot s holds the token at absolute position s.
+    q, k, v: [B, H, T, Dh], the new tokens' scaled queries, keys and values, at absolute
+      positions q_pos [B, T] = pos[:, None] + 0..T-1.
+    k_cache, v_cache: [B, H, S, Dh] before the new tokens are written; slot s holds the token
+      at absolute position s and is visible iff s < pos[b].
     rel: relative table or None.
-    q_pos: int32 [B, T].
+    q_pos: int32 [B, T]; pos: int32 [B].
 
   Returns:
-    [B, H, T, Dh]. Slot s is visible to query t iff s <= q_pos[t]; the relative term uses the
-    distance q_pos[t] - s with the same table rows and clipping as the full forward pass.
+    [B, H, T, Dh]: causal attention over the cached slots and the new tokens, the relative term
+    at distance q_pos - key position with the same table rows and clipping as the full forward.
+
+  The new keys enter separately instead of through the updated cache, so nothing reads the
+  cache after its update and XLA writes it in place inside the sampling loop (attending over
+  the written cache made it keep a second, copied version of every layer's cache per token).
+  The softmax runs over both parts with one shared max.
   """
-  s_len = k_cache.shape[2]
-  s = jnp.einsum("bhtd,bhsd->bhts", q, k_cache, preferred_element_type=jnp.float32)
-  dist = q_pos[:, :, None] - jnp.arange(s_len)[None, None, :]  # [B, T, S]
+  s_len, t = k_cache.shape[2], q.shape[2]
+  slots = jnp.arange(s_len)
+  s_old = jnp.einsum("bhtd,bhsd->bhts", q, k_cache, preferred_element_type=jnp.float32)
+  s_new = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+  d_new = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # [T, T]
   if rel is not None:
     num = rel.shape[-2]
     qe = _qe(q, rel)  # [B, H, T, R]; column r <-> distance R-1-r
-    idx = num - 1 - jnp.clip(dist, 0, num - 1)
-    s = s + jnp.take_along_axis(qe, idx[:, None], axis=-1)
-  s = jnp.where((dist >= 0)[:, None], s, _MASK)
-  p = jax.nn.softmax(s, axis=-1)
-  return jnp.einsum("bhts,bhsd->bhtd", p.astype(v_cache.dtype), v_cache,
-                    preferred_element_type=jnp.float32).astype(q.dtype)
+    idx_old = num - 1 - jnp.clip(q_pos[:, :, None] - slots[None, None, :], 0, num - 1)
+    s_old = s_old + jnp.take_along_axis(qe, idx_old[:, None], axis=-1)
+    idx_new = jnp.broadcast_to(num - 1 - jnp.clip(d_new, 0, num - 1), q_pos.shape + (t,))
+    s_new = s_new + jnp.take_along_axis(qe, idx_new[:, None], axis=-1)
+  s_old = jnp.where((slots[None, :] < pos[:, None])[:, None, None, :], s_old, _MASK)
+  s_new = jnp.where(d_new >= 0, s_new, _MASK)
+  m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+  e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
+  denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)
+  o = (jnp.einsum("bhts,bhsd->bhtd", e_old.astype(v_cache.dtype), v_cache,
+                  preferred_element_type=jnp.float32)
+       + jnp.einsum("bhts,bhsd->bhtd", e_new.astype(v.dtype), v,
+                    preferred_element_type=jnp.float32))
+  return (o / denom).astype(q.dtype)

@@ -199,9 +199,10 @@ class Block(nnx.Module):
     """x [B, T, D] at positions q_pos [B, T]; writes k/v at pos [B] .. pos+T-1."""
     q, k, v = self.attn.qkv(self.ln1(x))
 
+    o = attn_lib.cached_attention(q, k, v, layer_cache["k"], layer_cache["v"], self.attn.rel(),
+                                  q_pos, pos)
     k_cache = _cache_write(layer_cache["k"], k, pos)
     v_cache = _cache_write(layer_cache["v"], v, pos)
-    o = attn_lib.cached_attention(q, k_cache, v_cache, self.attn.rel(), q_pos)
     x = x + self.attn.out(o)
     x = x + self.mlp(self.ln2(x))
     return x, {"k": k_cache, "v": v_cache}
