@@ -3,6 +3,7 @@
   from benchmarks import common
   common.emit("train_step_time", 1.23, "s", model="rga.py:original")
   peak = common.matmul_peak_flops()          # FLOP/s of the best jitted fp32 GEMM, measured now
+  bw = common.stream_bandwidth()             # bytes/s a jitted GEMV streams from memory, now
   t = common.time_fn(step, *args, repeats=5) # best wall time of a blocking call
 
 Run this file to print the matmul peak: `python -m benchmarks.common`.
@@ -56,6 +57,20 @@ def matmul_peak_flops(sizes=(1024, 2048), repeats: int = 5, dtype=jnp.float32) -
     t = min(time_fn(f, a, b, repeats=repeats))
     best = max(best, 2.0 * n ** 3 / t)
   return best
+
+
+def stream_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+  """This machine's memory bandwidth (bytes/s) as a jitted program streams it, measured now.
+
+  A matrix-vector product over an fp32 matrix of `nbytes` (default 256 MiB, more than any CPU
+  cache): the access pattern of batch-1 decoding, where every weight and cached key/value is
+  read once per token. Best of `repeats`.
+  """
+  cols = 4096
+  w = jax.random.normal(jax.random.key(0), (max(1, nbytes // (4 * cols)), cols), jnp.float32)
+  x = jnp.ones((w.shape[0],), jnp.float32)
+  t = min(time_fn(jax.jit(lambda x, w: x @ w), x, w, repeats=repeats))
+  return w.size * 4 / t
 
 
 def peak_rss_bytes() -> int:

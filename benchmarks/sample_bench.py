@@ -10,6 +10,12 @@ legal notes (speed does not depend on which notes), 1024 new tokens
 reference (full forward over the window per token, as the original) runs on fewer tokens
 (`--uncached_tokens`) and is reported per token. Prints one JSON line per figure.
 Timings exclude compilation (each configuration is run once to compile, then timed).
+
+Next to the batch-1 figures, `b1_roofline_tokens_per_s`: batch-1 decoding is bound by memory,
+not FLOPs (each token reads every weight and the whole KV cache once, ~67 MB for
+rga.py:original in fp32), so the bytes per token over the bandwidth this machine streams a
+working set of that size at (`stream_bandwidth`, measured in the same run) is the most any
+implementation could reach here.
 """
 
 from __future__ import annotations
@@ -40,6 +46,22 @@ def _prompt(codec, length: int, seed: int = 0) -> np.ndarray:
   return ids[:cut]
 
 
+def _bytes_per_token(model, model_config) -> int:
+  """Bytes a batch-1 decode step must read: every parameter except the embedding tables it
+  only gathers one row from, plus the keys and values of the full static cache."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  params = nnx.state(model, nnx.Param)
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = jax.tree_util.keystr(path)
+    if "pos_emb" in name or ("'embed'" in name and not model_config.tie_embeddings):
+      continue
+    total += leaf.size * leaf.dtype.itemsize
+  kv = 2 * model_config.num_layers * model_config.max_len * model_config.emb_dim
+  return int(total + kv * np.dtype(model.dtype).itemsize)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--configs", default="rga.py:original,gpt.py:original")
@@ -67,6 +89,16 @@ def main(argv=None):
     config = config_lib.load_config(f"configs/{spec}")
     config.model.vocab_size = max(vocab, codec.vocab_size)
     model = models.create_model(config.model, nnx.Rngs(0))
+    # Batch-1 decoding reads every weight (not the embedding rows it skips) and the whole
+    # static KV cache once per token: those bytes, streamed at the rate this machine streams a
+    # working set of that size (measured now), bound its tokens/s.
+    per_token = _bytes_per_token(model, config.model)
+    bandwidth = common.stream_bandwidth(per_token)
+    common.emit(f"sample/{spec}/stream_bandwidth", bandwidth / 1e9, "GB/s", config=spec,
+                working_set_bytes=per_token)
+    common.emit(f"sample/{spec}/b1_roofline_tokens_per_s", bandwidth / per_token, "tokens/s",
+                config=spec, bytes_per_token=per_token,
+                note="stream bandwidth / (weights + KV cache bytes) per token at batch 1")
     for batch in [int(b) for b in args.batches.split(",")]:
       uncached_new = max(2, args.uncached_tokens // batch)
       for cached, new in ((True, args.new_tokens), (False, uncached_new)):
