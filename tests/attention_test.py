@@ -119,6 +119,11 @@ def test_cached_attention_equals_full(per_head):
     got = A.cached_attention(take(q, q_pos), take(k, q_pos), take(v, q_pos), cache_k, cache_v,
                              rel, q_pos, pos)
     np.testing.assert_allclose(got, take(full, q_pos), atol=1e-5, err_msg=f"prefix {prefix}")
+  # A fresh window (no cache passed): the new tokens alone.
+  got = A.cached_attention(q, k, v, None, None, rel,
+                           jnp.broadcast_to(jnp.arange(length), (b, length)),
+                           jnp.zeros((b,), jnp.int32))
+  np.testing.assert_allclose(got, full, atol=1e-5)
 
 
 def test_dropout_keep_rate_and_key_dependence():

@@ -62,9 +62,17 @@ def test_cache_equals_full_forward(name):
     logits, cache = decode(model, tokens[:, i:i + 1], cache)
     np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, rtol=1e-5, err_msg=str(i))
   assert cache["pos"].tolist() == [17, 17]
-  # Restart row 0 at position 0 with explicit positions: stale slots must not leak in.
+  # Restart at position 0 with explicit positions: stale slots must not leak in. The int 0
+  # (a fresh window, cache unread) and per-row arrays (row 1 carries on at 17) agree.
   logits, _ = model.decode(tokens[:, :3], cache, positions=jnp.array([0, 0], jnp.int32))
   np.testing.assert_allclose(logits, full[:, :3], atol=1e-5, rtol=1e-5)
+  fresh, restarted = model.decode(tokens[:, :3], cache, positions=0)
+  np.testing.assert_allclose(fresh, full[:, :3], atol=1e-5, rtol=1e-5)
+  assert restarted["pos"].tolist() == [3, 3]
+  logits, _ = decode(model, tokens[:, 3:4], restarted)
+  np.testing.assert_allclose(logits[:, 0], full[:, 3], atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="int 0"):
+    model.decode(tokens[:, :3], cache, positions=5)
 
 
 def test_count_params_of_the_originals():

@@ -282,7 +282,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     wlen = total - start
     win = _rows_slice(history, start, size)
     if cached:
-      logits, cache = model.decode(win, cache, jnp.zeros((b,), jnp.int32))
+      logits, cache = model.decode(win, cache, 0)  # 0: a fresh window, old cache unread
       cache = dict(cache, pos=wlen)
     else:
       logits = model(win[:, :size])

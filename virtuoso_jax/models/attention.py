@@ -430,7 +430,8 @@ def cached_attention(q, k, v, k_cache, v_cache, rel, q_pos, pos) -> jax.Array:
     q, k, v: [B, H, T, Dh], the new tokens' scaled queries, keys and values, at absolute
       positions q_pos [B, T] = pos[:, None] + 0..T-1.
     k_cache, v_cache: [B, H, S, Dh] before the new tokens are written; slot s holds the token
-      at absolute position s and is visible iff s < pos[b].
+      at absolute position s and is visible iff s < pos[b]. None for a fresh window (pos = 0,
+      nothing cached visible): the cache is not read at all.
     rel: relative table or None.
     q_pos: int32 [B, T]; pos: int32 [B].
 
@@ -443,20 +444,26 @@ def cached_attention(q, k, v, k_cache, v_cache, rel, q_pos, pos) -> jax.Array:
   the written cache made it keep a second, copied version of every layer's cache per token).
   The softmax runs over both parts with one shared max.
   """
-  s_len, t = k_cache.shape[2], q.shape[2]
-  slots = jnp.arange(s_len)
-  s_old = jnp.einsum("bhtd,bhsd->bhts", q, k_cache, preferred_element_type=jnp.float32)
+  t = q.shape[2]
   s_new = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
   d_new = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # [T, T]
+  qe = None if rel is None else _qe(q, rel)  # [B, H, T, R]; column r <-> distance R-1-r
   if rel is not None:
     num = rel.shape[-2]
-    qe = _qe(q, rel)  # [B, H, T, R]; column r <-> distance R-1-r
-    idx_old = num - 1 - jnp.clip(q_pos[:, :, None] - slots[None, None, :], 0, num - 1)
-    s_old = s_old + jnp.take_along_axis(qe, idx_old[:, None], axis=-1)
     idx_new = jnp.broadcast_to(num - 1 - jnp.clip(d_new, 0, num - 1), q_pos.shape + (t,))
     s_new = s_new + jnp.take_along_axis(qe, idx_new[:, None], axis=-1)
-  s_old = jnp.where((slots[None, :] < pos[:, None])[:, None, None, :], s_old, _MASK)
   s_new = jnp.where(d_new >= 0, s_new, _MASK)
+  if k_cache is None:  # A fresh window: nothing cached is visible.
+    m = s_new.max(-1, keepdims=True)
+    e_new = jnp.exp(s_new - m)
+    o = jnp.einsum("bhts,bhsd->bhtd", e_new.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (o / e_new.sum(-1, keepdims=True)).astype(q.dtype)
+  slots = jnp.arange(k_cache.shape[2])
+  s_old = jnp.einsum("bhtd,bhsd->bhts", q, k_cache, preferred_element_type=jnp.float32)
+  if rel is not None:
+    idx_old = num - 1 - jnp.clip(q_pos[:, :, None] - slots[None, None, :], 0, num - 1)
+    s_old = s_old + jnp.take_along_axis(qe, idx_old[:, None], axis=-1)
+  s_old = jnp.where((slots[None, :] < pos[:, None])[:, None, None, :], s_old, _MASK)
   m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
   e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
   denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)

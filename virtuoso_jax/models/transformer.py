@@ -195,12 +195,12 @@ class Block(nnx.Module):
     x = x + _dropout(self.mlp(self.ln2(x)), self.dropout_rate, k_mlp)
     return x
 
-  def decode(self, x: Array, layer_cache: dict, q_pos: Array, pos: Array):
-    """x [B, T, D] at positions q_pos [B, T]; writes k/v at pos [B] .. pos+T-1."""
+  def decode(self, x: Array, layer_cache: dict, q_pos: Array, pos: Array, fresh: bool):
+    """x [B, T, D] at positions q_pos [B, T]; writes k/v at pos [B] .. pos+T-1. `fresh`: all
+    rows restart at 0, so the cache's old contents are not read."""
     q, k, v = self.attn.qkv(self.ln1(x))
-
-    o = attn_lib.cached_attention(q, k, v, layer_cache["k"], layer_cache["v"], self.attn.rel(),
-                                  q_pos, pos)
+    o = attn_lib.cached_attention(q, k, v, None if fresh else layer_cache["k"],
+                                  None if fresh else layer_cache["v"], self.attn.rel(), q_pos, pos)
     k_cache = _cache_write(layer_cache["k"], k, pos)
     v_cache = _cache_write(layer_cache["v"], v, pos)
     x = x + self.attn.out(o)
@@ -357,7 +357,10 @@ class Decoder(nnx.Module):
       tokens: int [B, T], the next T tokens of every sequence.
       cache: from `init_cache` or a previous `decode`.
       positions: optional int32 [B], the absolute position of tokens[:, 0] (default
-        cache["pos"]); it is also where their k/v are written.
+        cache["pos"]); it is also where their k/v are written. The Python int 0 restarts every
+        row at position 0 (a new window) without reading the cache's old contents; an all-zero
+        array gives the same logits but XLA still reads the fully masked old part (and, for a
+        constant cache, constant-folds it at compile time: seconds per layer).
 
     Returns:
       (logits float32 [B, T, V], cache with pos = positions + T). Deterministic (no dropout).
@@ -365,12 +368,21 @@ class Decoder(nnx.Module):
     """
     self._check_tokens(tokens)
     t = tokens.shape[1]
-    pos = cache["pos"] if positions is None else jnp.asarray(positions, jnp.int32)
+    fresh = isinstance(positions, int) and not isinstance(positions, bool) and positions == 0
+    if isinstance(positions, int) and not fresh:
+      raise ValueError(f"decode: positions must be an int32 [B] array or the int 0, got "
+                       f"{positions!r}")
+    if positions is None:
+      pos = cache["pos"]
+    elif fresh:
+      pos = jnp.zeros((tokens.shape[0],), jnp.int32)
+    else:
+      pos = jnp.asarray(positions, jnp.int32)
     q_pos = pos[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     x = self._embed(tokens, q_pos)
     new_layers = []
     for block, layer_cache in zip(self.blocks, cache["layers"]):
-      x, lc = block.decode(x, layer_cache, q_pos, pos)
+      x, lc = block.decode(x, layer_cache, q_pos, pos, fresh)
       new_layers.append(lc)
     return self._logits(x), {"layers": new_layers, "pos": pos + t}
 
