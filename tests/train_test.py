@@ -154,10 +154,17 @@ def test_kill_9_resume_is_bitwise_and_sigterm_saves(data_dir, tmp_path):
                                               "data.transpose_semitones": 6})
   spec = SPECS["rga"]
   straight = run_main(spec, o, tmp_path / "straight", wait=False)
-  # Interrupted run: kill -9 after step 5 is logged (its checkpoint 3 is done, maybe 6 started).
+  # Interrupted run: kill -9 once step 5 is logged and a checkpoint is committed (saves are
+  # async: on a loaded machine checkpoint 3 can still be in flight at step 5; Orbax renames a
+  # step's directory to its bare number only when the save is complete).
   work = tmp_path / "killed"
   p = run_main(spec, o, work, wait=False)
-  _wait_for(lambda: (work / "metrics.jsonl").exists() and max(losses(work), default=0) >= 5, p)
+
+  def committed():
+    d = work / "checkpoints"
+    return d.is_dir() and any(c.name.isdigit() for c in d.iterdir())
+  _wait_for(lambda: (work / "metrics.jsonl").exists() and max(losses(work), default=0) >= 5
+            and committed(), p)
   p.send_signal(signal.SIGKILL)
   p.wait()
   killed_at = max(losses(work))
