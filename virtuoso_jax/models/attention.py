@@ -447,8 +447,8 @@ def cached_attention(q, k, v, k_cache, v_cache, rel, q_pos, pos) -> jax.Array:
   t = q.shape[2]
   s_new = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
   d_new = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # [T, T]
-  qe = None if rel is None else _qe(q, rel)  # [B, H, T, R]; column r <-> distance R-1-r
   if rel is not None:
+    qe = _qe(q, rel)  # [B, H, T, R]; column r <-> distance R-1-r
     num = rel.shape[-2]
     idx_new = jnp.broadcast_to(num - 1 - jnp.clip(d_new, 0, num - 1), q_pos.shape + (t,))
     s_new = s_new + jnp.take_along_axis(qe, idx_new[:, None], axis=-1)
