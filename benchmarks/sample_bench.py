@@ -49,17 +49,13 @@ def _prompt(codec, length: int, seed: int = 0) -> np.ndarray:
 def _bytes_per_token(model, model_config) -> int:
   """Bytes a batch-1 decode step must read: every parameter except the embedding tables it
   only gathers one row from, plus the keys and values of the full static cache."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  params = nnx.state(model, nnx.Param)
-  total = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name = jax.tree_util.keystr(path)
-    if "pos_emb" in name or ("'embed'" in name and not model_config.tie_embeddings):
-      continue
-    total += leaf.size * leaf.dtype.itemsize
+  from virtuoso_jax import models  # pylint: disable=g-import-not-at-top
+  skipped = model.pos_emb[...].size if model.learned_pos else 0
+  if not model_config.tie_embeddings:
+    skipped += model.embed[...].size
+  weights = (models.count_params(model) - skipped) * model.embed[...].dtype.itemsize
   kv = 2 * model_config.num_layers * model_config.max_len * model_config.emb_dim
-  return int(total + kv * np.dtype(model.dtype).itemsize)
+  return int(weights + kv * np.dtype(model.dtype).itemsize)
 
 
 def main(argv=None):

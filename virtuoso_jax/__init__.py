@@ -28,7 +28,6 @@ def _set_default_xla_flags() -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
 
 
-
 def _keep_host_memory() -> None:
   """Makes glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
 

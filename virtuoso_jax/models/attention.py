@@ -453,22 +453,18 @@ def cached_attention(q, k, v, k_cache, v_cache, rel, q_pos, pos) -> jax.Array:
     idx_new = jnp.broadcast_to(num - 1 - jnp.clip(d_new, 0, num - 1), q_pos.shape + (t,))
     s_new = s_new + jnp.take_along_axis(qe, idx_new[:, None], axis=-1)
   s_new = jnp.where(d_new >= 0, s_new, _MASK)
-  if k_cache is None:  # A fresh window: nothing cached is visible.
-    m = s_new.max(-1, keepdims=True)
-    e_new = jnp.exp(s_new - m)
-    o = jnp.einsum("bhts,bhsd->bhtd", e_new.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return (o / e_new.sum(-1, keepdims=True)).astype(q.dtype)
-  slots = jnp.arange(k_cache.shape[2])
-  s_old = jnp.einsum("bhtd,bhsd->bhts", q, k_cache, preferred_element_type=jnp.float32)
-  if rel is not None:
-    idx_old = num - 1 - jnp.clip(q_pos[:, :, None] - slots[None, None, :], 0, num - 1)
-    s_old = s_old + jnp.take_along_axis(qe, idx_old[:, None], axis=-1)
-  s_old = jnp.where((slots[None, :] < pos[:, None])[:, None, None, :], s_old, _MASK)
-  m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
-  e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
-  denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)
-  o = (jnp.einsum("bhts,bhsd->bhtd", e_old.astype(v_cache.dtype), v_cache,
-                  preferred_element_type=jnp.float32)
-       + jnp.einsum("bhts,bhsd->bhtd", e_new.astype(v.dtype), v,
-                    preferred_element_type=jnp.float32))
+  parts = [(s_new, v)]
+  if k_cache is not None:  # None: a fresh window, nothing cached is visible.
+    slots = jnp.arange(k_cache.shape[2])
+    s_old = jnp.einsum("bhtd,bhsd->bhts", q, k_cache, preferred_element_type=jnp.float32)
+    if rel is not None:
+      idx_old = num - 1 - jnp.clip(q_pos[:, :, None] - slots[None, None, :], 0, num - 1)
+      s_old = s_old + jnp.take_along_axis(qe, idx_old[:, None], axis=-1)
+    s_old = jnp.where((slots[None, :] < pos[:, None])[:, None, None, :], s_old, _MASK)
+    parts.append((s_old, v_cache))
+  m = functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s, _ in parts])
+  exps = [(jnp.exp(s - m), vals) for s, vals in parts]
+  denom = sum(e.sum(-1, keepdims=True) for e, _ in exps)
+  o = sum(jnp.einsum("bhts,bhsd->bhtd", e.astype(vals.dtype), vals,
+                     preferred_element_type=jnp.float32) for e, vals in exps)
   return (o / denom).astype(q.dtype)
