@@ -194,11 +194,49 @@ def test_char_config_writes_decodable_text(tmp_path):
     assert_same_notes(codec.decode(as_str(ex["text"])), midi_to_notes(DUMMY / "songs" / name), name)
 
 
-def test_no_usable_file_is_a_clear_error(tmp_path):
+def test_unbuildable_folders_are_clear_errors(tmp_path):
   (tmp_path / "midis").mkdir()
   (tmp_path / "midis" / "x.mid").write_bytes(b"not midi at all")
-  with pytest.raises(ValueError, match="no usable MIDI file among 1"):
+  with pytest.raises(vm.CorpusError, match="none of the 1 MIDI files found is usable"):
     build(tmp_path / "tfds", "token", manual_dir=tmp_path / "midis")
+  (tmp_path / "texts").mkdir()
+  (tmp_path / "texts" / "notes.txt").write_text("no midi here")
+  with pytest.raises(vm.CorpusError, match="no .mid/.midi file"):
+    build(tmp_path / "tfds", "token", manual_dir=tmp_path / "texts")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(vm.CorpusError, match=f"MIDI folder is empty: {tmp_path / 'empty'}"):
+    build(tmp_path / "tfds", "token", manual_dir=tmp_path / "empty")
+  with pytest.raises(vm.CorpusError, match=f"MIDI folder not found: {tmp_path / 'missing'}"):
+    build(tmp_path / "tfds", "token", manual_dir=tmp_path / "missing")
+  with pytest.raises(vm.CorpusError, match="pass it with --manual_dir"):
+    build(tmp_path / "tfds", "token")
+
+
+def test_tfds_cli_reports_corpus_errors_without_a_traceback(tmp_path):
+  (tmp_path / "empty").mkdir()
+  tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
+  res = subprocess.run(
+      [os.fspath(tfds_cli), "build", os.fspath(REPO_ROOT / "data_pipelines" / "virtuoso_midi"),
+       "--config=token", f"--manual_dir={tmp_path / 'empty'}", f"--data_dir={tmp_path / 'tfds'}"],
+      capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert f"[virtuoso_midi] ERROR: MIDI folder is empty: {tmp_path / 'empty'}" in res.stderr
+  assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_a_dataset_of_another_folder_is_not_silently_reused(tmp_path):
+  data_dir = tmp_path / "tfds"
+  builder = build(data_dir, "token", manual_dir=DUMMY / "songs")
+  with pytest.raises(vm.CorpusError, match=f"was built from {DUMMY / 'songs'}, not from {DUMMY}"):
+    build(data_dir, "token", manual_dir=DUMMY)
+  build(data_dir, "token", manual_dir=os.fspath(DUMMY / "songs") + "/")  # The same folder: reused.
+  from data_pipelines.virtuoso_midi import prepare  # pylint: disable=g-import-not-at-top
+  with pytest.raises(vm.CorpusError, match="rebuild it in place with --overwrite"):
+    prepare.prepare("token", data_dir=os.fspath(data_dir), manual_dir=os.fspath(DUMMY))
+  rebuilt = prepare.prepare("token", data_dir=os.fspath(data_dir), manual_dir=os.fspath(DUMMY),
+                            overwrite=True, num_workers=1)
+  assert rebuilt.info.metadata["report"]["manual_dir"] == os.fspath(DUMMY)
+  assert rebuilt.info.metadata["report"]["examples"] > builder.info.metadata["report"]["examples"]
 
 
 def make_zip(folder: pathlib.Path, target: pathlib.Path, limit: int) -> pathlib.Path:

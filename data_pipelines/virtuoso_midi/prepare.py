@@ -42,23 +42,29 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
     overwrite: delete and rebuild an existing preparation of this config and version.
   """
   # Imported here: `--help` and flag errors stay instant.
+  from etils import epath  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # pylint: disable=g-import-not-at-top
 
-  builder = vm.Builder(config=config, data_dir=data_dir or None, num_workers=num_workers or None)
+  make = lambda: vm.Builder(config=config, data_dir=data_dir or None,
+                            num_workers=num_workers or None)
+  builder = make()
   where = os.fspath(builder.data_dir)
-  if builder.is_prepared() and not overwrite:
-    print(f"[virtuoso_midi] virtuoso_midi/{config} is already prepared at {where}", flush=True)
-    return builder
+  if builder.is_prepared():
+    if not overwrite:
+      builder.check_built_from(manual_dir)
+      print(f"[virtuoso_midi] virtuoso_midi/{config} is already prepared at {where}", flush=True)
+      return builder
+    # As `tfds build --overwrite`: delete the prepared version (downloads stay cached), then
+    # build with a fresh builder (one that loaded the old DatasetInfo cannot write a new one).
+    print(f"[virtuoso_midi] --overwrite: deleting the prepared {where}", flush=True)
+    epath.Path(where).rmtree()
+    builder = make()
   print(f"[virtuoso_midi] preparing virtuoso_midi/{config} "
         f"(version {builder.version}, array_record) into {where}", flush=True)
   if manual_dir:
     print(f"[virtuoso_midi] reading MIDI files from {manual_dir}", flush=True)
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=manual_dir or None,
-      download_mode=(tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-                     else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS),
-  )
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   start = time.monotonic()
   builder.download_and_prepare(file_format="array_record", download_dir=download_dir or None,
                                download_config=download_config)
@@ -85,8 +91,9 @@ def main(argv):
     prepare(_CONFIG.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
             download_dir=_DOWNLOAD_DIR.value, num_workers=_NUM_WORKERS.value,
             overwrite=_OVERWRITE.value)
-  except (ValueError, FileNotFoundError, AssertionError) as e:
-    # Bad config name, missing MIDI folder, or a corpus without one usable file.
+  except (ValueError, FileNotFoundError) as e:
+    # A bad config name, or a CorpusError: no/empty MIDI folder, no usable file, a prepared
+    # dataset of another folder.
     print(f"[virtuoso_midi] ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
 

@@ -52,6 +52,17 @@ def log(message: str) -> None:
   print(f"[virtuoso_midi] {message}", flush=True)
 
 
+class CorpusError(ValueError):
+  """A corpus that cannot be built as asked (no or an empty MIDI folder, no usable file, a
+  prepared dataset of another folder); the message names the folder and what to do."""
+
+
+def same_folder(a, b) -> bool:
+  """Whether two folder paths name the same folder (`~` and symlinks resolved)."""
+  real = lambda p: os.path.realpath(os.path.expanduser(os.fspath(p)))
+  return real(a) == real(b)
+
+
 # --------------------------------------------------------------------------- items
 
 

@@ -27,6 +27,7 @@ TF-free, JAX-free per-file work lives in `processing.py` and runs on all cores.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -116,6 +117,29 @@ class VirtuosoMidiConfig(tfds.core.BuilderConfig):
     )
 
 
+CorpusError = processing.CorpusError
+
+
+def _under_tfds_cli() -> bool:
+  """Whether this process is the `tfds` command line (`tfds build ...`)."""
+  argv0 = sys.argv[0] if sys.argv else ""
+  return ("tensorflow_datasets.scripts.cli.main" in sys.modules
+          and (os.path.basename(argv0) == "tfds" or argv0.endswith(os.path.join("cli", "main.py"))))
+
+
+@contextlib.contextmanager
+def _clean_exit_under_tfds_cli():
+  """Under `tfds build`, a CorpusError is one `[virtuoso_midi] ERROR: ...` line and exit
+  status 1 (the CLI would print a traceback for it); called from Python, it is raised."""
+  try:
+    yield
+  except CorpusError as e:
+    if not _under_tfds_cli():
+      raise
+    print(f"[virtuoso_midi] ERROR: {e}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
+
+
 def _make_config(source: str, encoding: str) -> VirtuosoMidiConfig:
   name = encoding if source == "manual" else f"{source}_{encoding}"
   return VirtuosoMidiConfig(
@@ -153,6 +177,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._num_workers = num_workers or processing.env_num_workers()
     self._report: processing.ReportBuilder | None = None
     self._spill_dir: str | None = None
+    self._manual_dir_given = False
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
@@ -186,7 +211,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """Every candidate MIDI file of the config's source, in a deterministic order."""
     source = self.builder_config.source
     if source == "manual":
-      return self._folder_items(epath.Path(dl_manager.manual_dir), "", dl_manager)
+      return self._folder_items(self._manual_root(dl_manager), "", dl_manager)
     if source == "bach":
       return self._bach_items(dl_manager)
     if source in ("tegridy", "maestro"):
@@ -204,9 +229,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       return items
     raise ValueError(f"unknown source {source!r}")
 
+  def _manual_root(self, dl_manager) -> epath.Path:
+    """The user's MIDI folder; a missing or empty one is a CorpusError that says what to do
+    (TFDS's own check asserts, with instructions written for downloaded datasets)."""
+    try:
+      return epath.Path(dl_manager.manual_dir)
+    except AssertionError:
+      given = getattr(dl_manager, "_manual_dir", None)  # What TFDS was given, for the message.
+      usage = (f"tfds build data_pipelines/virtuoso_midi --config={self.builder_config.name} "
+               "--manual_dir=/path/to/your/midis")
+      if not given or not self._manual_dir_given:
+        default = f" (none in the default {given})" if given else ""
+        raise CorpusError(f"config {self.builder_config.name} reads your MIDI folder{default}; "
+                          f"pass it with --manual_dir: {usage}") from None
+      if not epath.Path(given).exists():
+        raise CorpusError(f"MIDI folder not found: {given} ({usage})") from None
+      raise CorpusError(f"MIDI folder is empty: {given} (put .mid/.midi files or .zip/.tar.gz "
+                        "archives of them in it)") from None
+
   def _folder_items(self, root: epath.Path, prefix: str, dl_manager) -> list[processing.Item]:
     if not root.is_dir():
-      raise FileNotFoundError(f"MIDI folder not found: {root}")
+      raise CorpusError(f"MIDI folder not found: {root}")
     items, archives = processing.walk_midi_files(root, prefix)
     for archive in archives:
       rel = archive.relative_to(root).as_posix()
@@ -287,9 +330,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if not kept:
       report = self._report.as_dict(encoding=self.builder_config.encoding)
       processing.log(processing.format_report(report))
-      raise ValueError(
-          f"virtuoso_midi/{self.builder_config.name}: no usable MIDI file among "
-          f"{len(items)} found; see the report above")
+      found = (f"none of the {len(items)} MIDI files found is usable (see the report above)"
+               if items else "no .mid/.midi file (nor .zip/.tar.gz archive of them) was found")
+      raise CorpusError(f"virtuoso_midi/{self.builder_config.name}: nothing to build: {found}")
     split_of = processing.assign_splits(list(kept))
     by_split: dict[str, list[processing.Outcome]] = {}
     for sha, split in split_of.items():
@@ -306,6 +349,36 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         loaded_file, loaded = chunk_file, processing.load_spilled(chunk_file)
       self._report.add_example(outcome, split)
       yield outcome.sha256, loaded[index]
+
+  def check_built_from(self, manual_dir) -> None:
+    """Raises CorpusError if this config is prepared from another folder than `manual_dir`
+    (None/'' or a config with a fixed source: nothing to check)."""
+    if not manual_dir or self.builder_config.source != "manual" or not self.is_prepared():
+      return
+    # Read from disk, not through self.info: loading the DatasetInfo here would make TFDS
+    # refuse the file_format the caller passes on to download_and_prepare.
+    stored = tfds.core.MetadataDict()
+    stored.load_metadata(self.data_dir)
+    built_from = (stored.get("report") or {}).get("manual_dir")
+    if built_from and not processing.same_folder(manual_dir, built_from):
+      raise CorpusError(
+          f"virtuoso_midi/{self.builder_config.name} in {self.data_dir} was built from "
+          f"{built_from}, not from {manual_dir}. Use another --data_dir for this corpus, or "
+          "rebuild it in place with --overwrite")
+
+  def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
+    """TFDS's, but a prepared `token`/`char` dataset built from another folder than the
+    `manual_dir` given now is an error instead of a silent "Reusing dataset" (both share one
+    name per data_dir). Regenerating (`--overwrite`, a FORCE_REDOWNLOAD or REUSE_CACHE mode)
+    rebuilds as usual."""
+    self._manual_dir_given = bool(download_config is not None and download_config.manual_dir)
+    with _clean_exit_under_tfds_cli():
+      reuse = download_config is None or tfds.download.GenerateMode(
+          download_config.download_mode) == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+      if reuse and download_config is not None:
+        self.check_built_from(download_config.manual_dir)
+      super().download_and_prepare(download_dir=download_dir, download_config=download_config,
+                                   **kwargs)
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     """Generates the splits, then stores and prints the build report."""
