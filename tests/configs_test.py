@@ -98,3 +98,16 @@ def test_config_json_round_trip(tmp_path):
   back = config_lib.from_json_file(path)
   assert back.parallel.mesh_shape == c.parallel.mesh_shape
   assert back.model.to_dict() == c.model.to_dict()
+
+
+def test_main_names_a_bad_override_without_a_traceback(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  res = subprocess.run(
+      [sys.executable, "-m", "virtuoso_jax.main", "--config=configs/rga.py:tiny",
+       f"--workdir={tmp_path}", "--config.data.tfds_confg=token"],
+      cwd=config_lib.REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 1
+  assert ("error: bad config override (--config.data.tfds_confg): no such key 'tfds_confg'"
+          in res.stderr), res.stderr[-2000:]
+  assert 'Did you mean "tfds_config"' in res.stderr and "Traceback" not in res.stderr

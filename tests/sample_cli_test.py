@@ -143,6 +143,17 @@ def test_clear_errors(token_run, char_run, tmp_path):
     sample.generate(run, sample.SampleRequest(prompt_text="SONG=x"))
   rc, out = run_cli(f"--workdir={tmp_path / 'nowhere'}")
   assert rc != 0 and "error: workdir" in out and "does not exist" in out
+  # Meaningless counts and limits name their flag.
+  for kwargs, flag in (({"num_samples": 0}, "--num_samples must be >= 1, got 0"),
+                       ({"max_tokens": 0}, "--max_tokens must be >= 1"),
+                       ({"max_notes": -5}, "--max_notes must be >= 1, got -5"),
+                       ({"max_seconds": 0.0}, "--max_seconds must be > 0")):
+    with pytest.raises(sample.SampleError, match=flag):
+      sample.SampleRequest(**kwargs)
+  rc, out = run_cli(f"--workdir={token_run}", "--num_samples=0")
+  assert rc != 0 and "error: --num_samples must be >= 1" in out and "Traceback" not in out
+  rc, out = run_cli(f"--workdir={token_run}", "--instruments=")
+  assert rc != 0 and "error: --instruments is empty" in out
 
 
 def test_best_checkpoint_and_greedy_is_deterministic(token_run):

@@ -94,10 +94,25 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
 
 
+def _parse_flags(argv):
+  """absl's parser, except that a `--config.x.y=...` override of a key the config does not
+  have (or of the wrong type) is one `error:` line naming it: ml_collections raises a plain
+  AttributeError/KeyError/TypeError/ValueError there, which absl would show as a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    reason = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    if isinstance(e, (AttributeError, KeyError)):
+      reason = f"no such key {reason}"
+    raise SystemExit(f"error: bad config override ({', '.join(overrides) or '--config'}): "
+                     f"{reason}") from None
+
+
 def run():
   """Console-script entry point (`virtuoso-train`)."""
   jax_config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 def jax_config_with_absl():

@@ -209,6 +209,19 @@ class SampleRequest:
   prompt_text: Optional[str] = None  # Char models: a TXT prompt (e.g. "SONG=...").
   instruments: Optional[Sequence[int]] = None
 
+  def __post_init__(self):
+    """Counts and limits that cannot mean anything are a SampleError naming the flag (the
+    sampling knobs are checked by sampling.SampleOptions)."""
+    bad = [f"--{flag} must be {what}, got {value}" for flag, value, ok, what in (
+        ("num_samples", self.num_samples, self.num_samples >= 1, ">= 1"),
+        ("max_tokens", self.max_tokens, self.max_tokens >= 1, ">= 1"),
+        ("max_notes", self.max_notes, self.max_notes is None or self.max_notes >= 1, ">= 1"),
+        ("max_seconds", self.max_seconds, self.max_seconds is None or self.max_seconds > 0,
+         "> 0"),
+    ) if not ok]
+    if bad:
+      raise SampleError("; ".join(bad))
+
 
 @dataclasses.dataclass
 class Sample:
@@ -394,7 +407,10 @@ def main(argv):
       prompt_notes = read_prompt_midi(f.prompt_midi, run.enc_config, last_notes=f.prompt_notes,
                                       last_seconds=f.prompt_seconds)
     instruments = None
-    if f.instruments:
+    if f.instruments is not None:
+      if not f.instruments:
+        raise SampleError("--instruments is empty; give GM programs (0..127, 128 = drums), "
+                          "e.g. --instruments=0,40,128, or leave the flag out for any")
       try:
         instruments = [int(x) for x in f.instruments]
       except ValueError as e:
