@@ -53,7 +53,7 @@ def load(spec, overrides):
 
 
 def losses(workdir) -> dict[int, float]:
-  """Step -> train loss (the last row written for a step wins: a resumed run rewrites them)."""
+  """Step -> train loss."""
   out = {}
   for row in metrics_lib.read_metrics(str(workdir)):
     if "train/loss" in row:
@@ -175,6 +175,13 @@ def test_kill_9_resume_is_bitwise_and_sigterm_saves(data_dir, tmp_path):
   assert straight.returncode == 0, out_straight[-3000:]
   a, b = losses(tmp_path / "straight"), losses(work)
   assert sorted(a) == sorted(b) == list(range(1, 11))
+  # The rows the killed run wrote past its checkpoint were dropped: one row per step.
+  steps = [r["step"] for r in metrics_lib.read_metrics(str(work))]
+  assert steps == sorted(set(steps)), steps
+  # Run again at the same num_train_steps: nothing to do, nothing compiled, nothing written.
+  again = run_main(spec, o, work)
+  assert "Already trained to step 10" in again and "MFU denominator" not in again
+  assert [r["step"] for r in metrics_lib.read_metrics(str(work))] == steps
   assert [a[s] for s in a] == [b[s] for s in a]  # Bitwise equal, step for step.
 
   # SIGTERM: a clean exit with a checkpoint at the step it stopped.

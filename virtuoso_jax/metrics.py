@@ -81,9 +81,15 @@ def peak_flops_per_s(devices=None) -> tuple[float, str]:
 
 
 class MetricWriter:
-  """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard; a no-op on processes > 0."""
+  """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard; a no-op on processes > 0.
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+  `resume_step`: the step training (re)starts from. Rows of later steps, written by a run that
+  went further than the checkpoint it is resumed from (kill -9, a corrupt latest checkpoint),
+  are dropped from metrics.jsonl and purged from TensorBoard, so every step has one row.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
+               resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     self._file = None
@@ -91,10 +97,35 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None:
+      self._drop_rows_after(resume_step)
     self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      purge = None if resume_step is None else resume_step + 1
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+
+  def _drop_rows_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, encoding="utf-8") as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        row_step = json.loads(line)["step"]
+      except (ValueError, KeyError, TypeError):  # A torn last line of a killed run.
+        continue
+      if row_step <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) == len(lines):
+      return
+    log.info("metrics.jsonl: dropping %d row(s) after step %d (training resumes there)",
+             len(lines) - len(kept), step)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:

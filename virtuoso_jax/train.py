@@ -400,11 +400,15 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
   if start_step >= config.num_train_steps:
     log.info("Already trained to step %d (num_train_steps=%d): nothing to do. Train further with "
              "a larger --config.num_train_steps.", start_step, config.num_train_steps)
+    if ckpt is not None:
+      ckpt.close()
+    return {"step": start_step, "stopped": "done"}  # Nothing compiled, nothing written.
   trainer.compile()
   peak, peak_how = metrics_lib.peak_flops_per_s()
   log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_how)
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard,
+                                    resume_step=start_step)
   progress = metrics_lib.Progress(config.num_train_steps, start_step)
   last: dict[str, Any] = {"stopped": "done"}
   pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet checked for NaN.
