@@ -147,6 +147,7 @@ def test_bad_input_raises_midi_error_with_reason(case, tmp_path):
   assert str(path) in str(e.value)
   assert reason in str(e.value)
   assert e.value.reason
+  assert ": )" not in str(e.value) and "()" not in str(e.value)  # No reason left empty.
   with pytest.raises(MidiError):
     midi_to_notes(data)
 

@@ -82,6 +82,13 @@ class _Parsed:
 # --------------------------------------------------------------------------- reading
 
 
+def _why(e: BaseException) -> str:
+  """An exception's message, or its type where it has none (mido's EOFError() on a file cut
+  mid-track has an empty message)."""
+  text = str(e).strip()
+  return text if text else f"{type(e).__name__} (the file ends early or is damaged)"
+
+
 def _read_source(src: Source, config: EncodingConfig) -> tuple[bytes, str]:
   if isinstance(src, (bytes, bytearray, memoryview)):
     data = bytes(src)
@@ -359,14 +366,14 @@ def midi_to_notes(src: Source, config: EncodingConfig = _DEFAULT_CONFIG, *,
   try:
     parsed = _parse_symusic(data, config)
   except (RuntimeError, ValueError, IndexError, OverflowError) as e:
-    reason = str(e).replace("MiniMidi: ", "").replace(": iostream error", "")
+    reason = _why(e).replace("MiniMidi: ", "").replace(": iostream error", "")
     if not config.tolerant_fallback:
       raise MidiError(name, f"unreadable MIDI: {reason}") from e
     try:
       parsed = _parse_mido(data, config)
       parser = "mido"
     except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as e2:
-      raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser: {e2})") from e2
+      raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser: {_why(e2)})") from e2
   if parsed.tpq <= 0:
     raise MidiError(name, f"ticks per quarter is {parsed.tpq}")
   if parsed.num_notes > config.max_notes:
