@@ -49,6 +49,7 @@ setuptools.setup(
         "console_scripts": [
             "virtuoso-train=virtuoso_jax.main:run",
             "virtuoso-sample=virtuoso_jax.sample:run",
+            "virtuoso-compose=virtuoso_jax.compose:run",
             "virtuoso-encode=virtuoso_jax.encoding.__main__:main",
         ],
     },

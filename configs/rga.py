@@ -7,7 +7,7 @@ Variants (`--config=configs/rga.py:VARIANT`):
             table per layer shared across heads, no head bias; Adam + Noam schedule, batch 4.
             Exactly 10,785,792 parameters. Architecture parity only: our token vocabulary is
             larger than 390, so train it with `--config.model.vocab_size=0`.
-  tiny      CPU smoke tests and the README quickstart (about 10 minutes on 2 cores).
+  tiny      CPU smoke tests and the README quickstart (a few minutes on 2 cores).
   long      8192-token context with blockwise relative attention (linear memory).
   pod       a TPU-pod example: FSDP over the hosts' chips, data parallel across slices.
 

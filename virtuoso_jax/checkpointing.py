@@ -29,6 +29,20 @@ ITEMS = ("params", "opt_state", "train", "data_iter")
 BEST_METRIC = "eval/loss"
 
 
+class _OrbaxNoticeFilter(logging.Filter):
+  """Drops Orbax warnings about how this module uses it on purpose: a read-only manager for
+  sampling (three lines per restore) and a preemption save without eval metrics."""
+
+  EXPECTED = ("Given directory is read only", "CheckpointManagerOptions.read_only=True",
+              "Requested `tracked_metric`; did not provide metrics")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(self.EXPECTED)
+
+
+logging.getLogger("absl").addFilter(_OrbaxNoticeFilter())
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 

@@ -438,7 +438,14 @@ def main(argv):
 
 FLAGS = None
 
-if __name__ == "__main__":
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
+
+def run():
+  """Console-script entry point (`virtuoso-sample`); `python -m` runs the same."""
+  global FLAGS
+  from absl import app  # pylint: disable=g-import-not-at-top
   FLAGS = _flags()
-  _app.run(main)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

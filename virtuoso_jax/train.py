@@ -522,10 +522,7 @@ def _write_sample(workdir: str, out_dir: str) -> None:
   """config.sample.write_at_end: one sample of the final model (in this process: on a TPU host
   a subprocess could not open the chips this process holds). A failure is reported, not raised:
   the trained checkpoints are what matters."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's read-only-manager warnings.
   try:
     run = sample.load_run(workdir)
     s = run.config.sample
@@ -537,6 +534,4 @@ def _write_sample(workdir: str, out_dir: str) -> None:
   except (sample.SampleError, OSError, ValueError) as e:
     log.warning("Could not write the end-of-training sample (%s: %s); run the sample command "
                 "below.", type(e).__name__, e)
-  finally:
-    absl_logging.set_verbosity(verbosity)
 
