@@ -224,9 +224,12 @@ def test_tfds_cli_reports_corpus_errors_without_a_traceback(tmp_path):
   assert "Traceback" not in res.stderr + res.stdout
 
 
-def test_a_dataset_of_another_folder_is_not_silently_reused(tmp_path):
+def test_a_dataset_of_another_folder_is_not_silently_reused(tmp_path, capsys):
   data_dir = tmp_path / "tfds"
   builder = build(data_dir, "token", manual_dir=DUMMY / "songs")
+  train = builder.info.metadata["report"]["splits"]["train"]
+  assert train < vm.SMALL_TRAIN_SPLIT  # So the build warns that the corpus is small.
+  assert f"WARNING: only {train} of 10 songs landed in train" in capsys.readouterr().out
   with pytest.raises(vm.CorpusError, match=f"was built from {DUMMY / 'songs'}, not from {DUMMY}"):
     build(data_dir, "token", manual_dir=DUMMY)
   build(data_dir, "token", manual_dir=os.fspath(DUMMY / "songs") + "/")  # The same folder: reused.

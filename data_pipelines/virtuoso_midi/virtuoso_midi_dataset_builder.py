@@ -118,6 +118,8 @@ class VirtuosoMidiConfig(tfds.core.BuilderConfig):
 
 
 CorpusError = processing.CorpusError
+# Fewer train songs than this: the build warns that the corpus is too small to learn much.
+SMALL_TRAIN_SPLIT = 10
 
 
 def _under_tfds_cli() -> bool:
@@ -396,3 +398,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     print(flush=True)  # Off the end of TFDS's progress bars.
     processing.log(f"virtuoso_midi/{self.builder_config.name} "
                    + processing.format_report(report))
+    train = report["splits"].get("train", 0)
+    if train < SMALL_TRAIN_SPLIT:
+      processing.log(
+          f"WARNING: only {train} of {report['examples']} songs landed in train (splits are "
+          "90/5/5 by content hash, so a corpus this small trains on very little); add more "
+          "MIDI files for a useful model")
