@@ -14,7 +14,9 @@ same process (as `model_bench.py` does), and best-of-n is the honest least-noisy
 from __future__ import annotations
 
 import json
+import os
 import resource
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -90,6 +92,28 @@ def peak_rss_bytes() -> int:
     pass
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss if sys.platform == "darwin" else rss * 1024
+
+
+def run_worker(module: str, args: list[str], timeout: float):
+  """Runs `python -m <module> <args>` from the repository root and relays its JSON lines.
+
+  One subprocess per measured point: an OOM or a timeout kills only that point, and a point's
+  memory figures are its own (glibc keeps a process's freed heap, see
+  virtuoso_jax._keep_host_memory). Returns (json_lines, None) or (None, reason).
+  """
+  cmd = [sys.executable, "-m", module] + list(args)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
+  except subprocess.TimeoutExpired:
+    return None, f"timeout after {timeout}s"
+  lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
+  for l in lines:
+    print(l, flush=True)
+  if res.returncode != 0:
+    why = "killed (out of memory?)" if res.returncode in (-9, 137) else f"exit {res.returncode}"
+    return None, f"{why}: {res.stderr.strip().splitlines()[-1:]}"
+  return lines, None
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ virtuoso_jax.flops).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -130,18 +128,7 @@ def _mfu(impls, repeats: int) -> None:
 
 
 def _run_sub(args, timeout):
-  cmd = [sys.executable, "-m", "benchmarks.model_bench"] + args
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
-  except subprocess.TimeoutExpired:
-    return None, f"timeout after {timeout}s"
-  lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
-  for l in lines:
-    print(l, flush=True)
-  if res.returncode != 0:
-    return None, f"exit {res.returncode}: {res.stderr.strip().splitlines()[-1:]}"
-  return lines, None
+  return common.run_worker("benchmarks.model_bench", args, timeout)
 
 
 def main(argv=None) -> None:

@@ -10,17 +10,20 @@ step with donation), then times `steps` steps exactly as the training loop runs 
 measured in the same process right before and right after (the higher is used), and
 MFU = train FLOPs/token (MaxText convention, virtuoso_jax.flops) x tokens/s / peak. It also
 reports the share of wall time the step waited for input (`input_wait_frac`: time in `next()`
-+ device put, which must stay near 0).
++ device put, which must stay near 0) and the peak RSS (`train_peak_rss`).
 
 One JSON line per figure, e.g.
   {"name": "train_mfu", "value": <fraction>, "unit": "fraction", "config": "rga.py:original", ...}
-The datasets are prepared if missing (bach_token, bach_char; no network).
+Each config runs in its own subprocess (its peak RSS is its own; an OOM ends only that config,
+reported as a `train_mfu` line with `"value": null` and the reason). The datasets are prepared
+if missing (bach_token, bach_char; no network).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import jax
@@ -44,8 +47,8 @@ def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, wo
   trainer = train.Trainer(config, workdir)
   trainer.compile()
   it = trainer.data.train_iterator(warmup + steps + 1)
-  # Warm up exactly as the timed loop runs (steps dispatched back to back, overlapping): the
-  # first overlapping pair grows the kept host heap once (see virtuoso_jax._keep_host_memory).
+  # Warm up exactly as the timed loop runs: the first step grows the kept host heap once (see
+  # virtuoso_jax._keep_host_memory), later ones reuse it.
   m = None
   for _ in range(warmup):
     m = trainer.step(trainer.data.to_global(next(it)))
@@ -77,6 +80,7 @@ def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, wo
               flops_per_token=trainer.flops_per_token, **extra)
   common.emit("train_input_wait_frac", round(wait / elapsed, 4), "fraction", **extra)
   common.emit("train_params", trainer.num_params, "parameters", **extra)
+  common.emit("train_peak_rss", round(common.peak_rss_bytes() / 2**20, 1), "MiB", **extra)
 
 
 def main():
@@ -86,10 +90,29 @@ def main():
   parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", ""))
   parser.add_argument("--configs", default="rga,gpt,char")
   parser.add_argument("--workdir", default="/tmp/virtuoso_train_bench")
+  parser.add_argument("--timeout", type=int, default=3600, help="Seconds per config.")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  for name in args.configs.split(","):
-    spec, overrides = CONFIGS[name]
-    bench(spec, overrides, args.steps, args.warmup, args.data_dir, args.workdir)
+  names = args.configs.split(",")
+  unknown = [n for n in names if n not in CONFIGS]
+  if unknown:
+    parser.error(f"--configs: unknown {unknown}; choose from {sorted(CONFIGS)}")
+  if args.worker:
+    for name in names:
+      spec, overrides = CONFIGS[name]
+      bench(spec, overrides, args.steps, args.warmup, args.data_dir, args.workdir)
+    return
+  # Each config in its own process: the heap one config's steps keep (virtuoso_jax's malloc
+  # settings) would otherwise stay resident under the next one and blur its memory figure;
+  # char_gpt.py:original (14 GB) after rga.py:original (5 GB) was OOM-killed at 24 GiB.
+  for name in names:
+    print(f"train_bench: {CONFIGS[name][0]} ({args.warmup} + {args.steps} steps, own process)",
+          file=sys.stderr, flush=True)
+    _, err = common.run_worker("benchmarks.train_bench", [
+        "--worker", f"--configs={name}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+        f"--data_dir={args.data_dir}", f"--workdir={args.workdir}"], args.timeout)
+    if err:
+      common.emit("train_mfu", None, "fraction", config=CONFIGS[name][0], error=err)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,28 @@ def test_loss_goes_down_on_real_midi(data_dir, tmp_path):
   assert l[40] < math.log(cfg.model.vocab_size or 1061) - 2.0
 
 
+def test_cpu_steps_with_big_temporaries_never_overlap(data_dir, tmp_path, monkeypatch):
+  # Every step's temporaries count as big here; each dispatch must then find the previous
+  # step finished (its outputs, this step's inputs, ready) and the heap back to its level.
+  monkeypatch.setattr(train, "SERIALIZE_STEPS_ABOVE_BYTES", 0)
+  trainer = train.Trainer(load(SPECS["rga"], small(data_dir, num_train_steps=6,
+                                                    **{"model.emb_dim": 128})), str(tmp_path))
+  compiled = trainer.compile()
+  assert trainer._serialize_steps and trainer._step_temp_bytes > 0
+  it = trainer.data.train_iterator(6)
+  batches = [trainer.data.to_global(next(it)) for _ in range(5)]
+  ready_at_dispatch = []
+
+  def recording_step(state, batch):
+    ready_at_dispatch.append(all(x.is_ready() for x in jax.tree.leaves(state)))
+    return compiled(state, batch)
+
+  trainer.compiled_train_step = recording_step
+  losses_seen = [trainer.step(b)["train/loss"] for b in batches]
+  assert ready_at_dispatch == [True] * 5
+  assert all(math.isfinite(float(l)) for l in losses_seen)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   cfg = load(SPECS["gpt"], small(data_dir, num_train_steps=6, **{
       "optim.schedule": "constant", "optim.warmup_steps": 0, "optim.learning_rate": 1e36,

@@ -28,31 +28,6 @@ def _set_default_xla_flags() -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
 
 
-def _keep_host_memory() -> None:
-  """Makes glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
-
-  XLA on CPU allocates each execution's temporaries (GBs for a train step) with malloc and
-  frees them afterwards; glibc serves such blocks with mmap and unmaps them on free, so every
-  step page-faults all of it again: rga.py:original had 700k page faults and ~1.5 s of kernel
-  time per 4.5 s step. One arena, no mmap and no trimming make later steps fault-free; the
-  first execution of a big program pays the heap growth once, and the process keeps its peak
-  RSS. Linux/glibc only (mallopt); VIRTUOSO_KEEP_HOST_MEMORY=0 leaves malloc alone. It must
-  run before JAX starts its threads, hence on import.
-  """
-  import ctypes  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  if os.environ.get("VIRTUOSO_KEEP_HOST_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-    return
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-    return
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-  mallopt(m_arena_max, 1)
-  mallopt(m_mmap_max, 0)
-  mallopt(m_trim_threshold, -1)  # an int -1 becomes SIZE_MAX: never trim
-
-
 _set_default_xla_flags()
-_keep_host_memory()
+from virtuoso_jax import host_memory as _host_memory  # noqa: E402  (pure Python, no jax)
+_host_memory.keep_freed_memory()

@@ -1,0 +1,99 @@
+"""The process heap under XLA on CPU (Linux/glibc): keep freed memory, and account for it.
+
+XLA on CPU allocates each execution's temporaries (GBs for a train step) with malloc and frees
+them afterwards. glibc serves blocks that big with mmap and unmaps them on free, so every step
+page-faults all of it again: rga.py:original had 700k page faults and ~1.5 s of kernel time per
+4.5 s step. `keep_freed_memory` (run when `virtuoso_jax` is imported, before JAX starts its
+threads) makes malloc use one arena, no mmap and no trimming, so later steps reuse the same pages
+fault-free; the first execution of a big program pays the heap growth once, and the process
+keeps its peak RSS. VIRTUOSO_KEEP_HOST_MEMORY=0 leaves malloc alone.
+
+A kept heap grows for good whenever two big allocations are live at once, so the train loop
+must not let two steps' temporaries overlap (`wait_for_release`). Pure Python (ctypes): no jax.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+from typing import Optional
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_kept = False
+
+
+class _MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+      "fordblks", "keepcost")]
+
+
+def _libc():
+  try:
+    return ctypes.CDLL(None)
+  except OSError:
+    return None
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc's malloc keep freed memory for reuse; False where it does not apply (not
+  Linux, not glibc, or VIRTUOSO_KEEP_HOST_MEMORY=0)."""
+  global _kept
+  if os.environ.get("VIRTUOSO_KEEP_HOST_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    return False
+  libc = _libc()
+  mallopt = getattr(libc, "mallopt", None)
+  if mallopt is None:  # not glibc (musl, ...): nothing to tune
+    return False
+  mallopt(_M_ARENA_MAX, 1)
+  mallopt(_M_MMAP_MAX, 0)
+  mallopt(_M_TRIM_THRESHOLD, -1)  # an int -1 becomes SIZE_MAX: never trim
+  _kept = True
+  return True
+
+
+def heap_in_use() -> Optional[int]:
+  """Bytes malloc has handed out and not had back (glibc >= 2.33 mallinfo2, one arena), or
+  None where that is not known (memory not kept, other libc)."""
+  if not _kept:
+    return None
+  mallinfo2 = getattr(_libc(), "mallinfo2", None)
+  if mallinfo2 is None:
+    return None
+  mallinfo2.restype = _MallInfo2
+  return int(mallinfo2().uordblks)
+
+
+def wait_for_release(baseline: Optional[int], nbytes: int, timeout_s: float = 2.0) -> bool:
+  """Waits until an execution that had `nbytes` of temporaries on top of `baseline` bytes of
+  heap in use has freed them: the heap in use is back below `baseline + nbytes / 2` and has
+  stopped falling (its temporaries may be several blocks, freed one after another).
+
+  XLA marks an execution's outputs ready before its worker thread frees the temporaries, so a
+  step dispatched right after the previous one's outputs are ready can allocate its own
+  temporaries while the previous ones are still live (seen on 6 of 7 rga.py:original steps);
+  with a kept heap that doubles the process for good (char_gpt.py:original: 13 GB of
+  temporaries, killed at 24 GiB). The gap is microseconds, so this polls finely; after
+  `timeout_s` it gives up (the heap may then grow, nothing else goes wrong). Returns whether
+  the memory was seen released.
+  """
+  if baseline is None or nbytes <= 0:
+    return True
+  limit = baseline + nbytes // 2
+  deadline = time.monotonic() + timeout_s
+  last = None
+  while True:
+    used = heap_in_use()
+    if used is None:
+      return True
+    if used < limit:
+      if last is not None and last - used < (1 << 20):
+        return True  # Below the limit on two polls in a row, and no longer falling.
+      last = used
+    else:
+      last = None
+    if time.monotonic() > deadline:
+      return False
+    time.sleep(0.0005)
