@@ -145,3 +145,15 @@ def test_bad_config_errors():
     model(_tokens(length=30))
   with pytest.raises(ValueError, match="max_len"):
     model.init_cache(1, 30)
+
+
+def test_auto_switches_to_blockwise_on_the_memory_of_one_layers_probabilities():
+  # 2 GiB of fp32 probabilities: one layer of 8 heads at 8192 tokens, batch 1.
+  assert models.choose_impl("auto", 8192, batch=1, heads=8) == "blockwise"
+  assert models.choose_impl("auto", 4096, batch=1, heads=8) == "skew"
+  assert models.choose_impl("auto", 1024, batch=4, heads=8) == "skew"  # rga.py:original
+  assert models.choose_impl("auto", 4096, batch=4, heads=8) == "blockwise"
+  assert models.choose_impl("skew", 8192, batch=64, heads=8) == "skew"  # explicit wins
+  model = models.create_model(_cfg(rel_impl="auto"), nnx.Rngs(0))
+  assert model.impl_for(64, batch=2) == "skew"
+  assert model.impl_for(1 << 16, batch=1) == "blockwise"

@@ -20,17 +20,18 @@ sampler re-prefills the last window.
 
 Relative attention (RGA): S_rel[i, j] = q_i . Er[R-1-min(i-j, R-1)] added after q scaling;
 distances >= max_relative use row 0 (clipped). `model_config.rel_impl`: "naive" | "skew" |
-"blockwise" | "auto" (skew below `transformer.BLOCKWISE_FROM` tokens, blockwise from there).
+"blockwise" | "auto" (blockwise once one layer's batch x heads x L^2 fp32 probabilities reach
+`transformer.AUTO_BLOCKWISE_BYTES`, 2 GiB; skew below).
 """
 
 from flax import nnx
 
 from virtuoso_jax.models import attention
-from virtuoso_jax.models.transformer import (BLOCKWISE_FROM, Decoder, choose_impl,
+from virtuoso_jax.models.transformer import (AUTO_BLOCKWISE_BYTES, Decoder, choose_impl,
                                              resolve_dtype)
 
 __all__ = ["create_model", "Decoder", "attention", "choose_impl", "resolve_dtype",
-           "BLOCKWISE_FROM", "count_params"]
+           "AUTO_BLOCKWISE_BYTES", "count_params"]
 
 
 def create_model(model_config, rngs: nnx.Rngs) -> Decoder:

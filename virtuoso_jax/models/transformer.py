@@ -266,9 +266,9 @@ class Decoder(nnx.Module):
 
   # ---------------------------------------------------------------- helpers
 
-  def impl_for(self, length: int) -> str:
-    """The relative-attention implementation used at sequence length `length`."""
-    return choose_impl(self.rel_impl, length)
+  def impl_for(self, length: int, batch: int = 1) -> str:
+    """The relative-attention implementation used for a [batch, length] input."""
+    return choose_impl(self.rel_impl, length, batch, self.num_heads)
 
   def _embed(self, tokens: Array, positions: Array) -> Array:
     x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
@@ -307,7 +307,7 @@ class Decoder(nnx.Module):
     if self.learned_pos and length > self.max_len:
       raise ValueError(f"sequence length {length} > model.max_len {self.max_len} (learned "
                        "absolute positions)")
-    impl = self.impl_for(length)
+    impl = self.impl_for(length, tokens.shape[0])
     if deterministic:
       key = None
     elif dropout_key is not None:
@@ -387,18 +387,26 @@ class Decoder(nnx.Module):
     return self._logits(x), {"layers": new_layers, "pos": pos + t}
 
 
-# Sequence length from which "auto" uses blockwise attention: the fwd+bwd time crossover
-# measured by benchmarks/model_bench.py on a 2-core CPU (batch 1, 8 heads, Dh 64):
-#   L      skew            blockwise
-#   2048   0.25 s 1.0 GiB  0.32 s 0.5 GiB
-#   4096   1.13 s 2.2 GiB  1.04 s 0.55 GiB
-#   8192   4.64 s 6.3 GiB  3.65 s 0.6 GiB   (naive: out of memory)
-# Below it skew is faster; from it blockwise is faster and its memory stays flat.
-BLOCKWISE_FROM = 4096
+# "auto" takes blockwise attention once one layer's L x L fp32 probabilities for the batch
+# (batch x heads x L^2 x 4 bytes) reach this; skew below it. benchmarks/model_bench.py on the
+# 2-core CPU, 2026-12-02 (one layer fwd+bwd, batch 1, 8 heads, Dh 64; time / peak RSS):
+#   L      skew             blockwise
+#   1024   0.060 s  0.5 GB  0.126 s 0.5 GB
+#   4096   1.18 s   1.7 GB  1.80 s  0.5 GB
+#   8192   4.11 s   7.8 GB  6.59 s  0.8 GB   (naive: out of memory, 34.7 GB)
+# Skew (with its custom VJP) is faster at every length, but keeps p (and the dropped p) per
+# layer, which grows as L^2 (one layer at 8192 tokens, batch 1: 7.8 GB against 0.8 GB; a
+# model keeps that per layer), while blockwise stays flat (the whole 6-layer rga.py:long step
+# at 8192, blockwise with remat, peaks at ~5 GB). So the switch is on memory: 2 GiB is one
+# layer at 1 x 8 heads x 8192; rga.py:original's 4 x 1024 (134 MB) and 1 x 4096 (537 MB)
+# stay on skew.
+AUTO_BLOCKWISE_BYTES = 2 << 30
 
 
-def choose_impl(rel_impl: str, length: int) -> str:
-  """Resolves rel_impl "auto" for a sequence length (also used by GPT: skew == plain dense)."""
+def choose_impl(rel_impl: str, length: int, batch: int = 1, heads: int = 1) -> str:
+  """Resolves rel_impl "auto" for a (batch, heads, length) attention (also used by GPT, where
+  skew == plain dense): blockwise once batch x heads x length^2 fp32 reach
+  AUTO_BLOCKWISE_BYTES, else skew."""
   if rel_impl != "auto":
     return rel_impl
-  return "blockwise" if length >= BLOCKWISE_FROM else "skew"
+  return "blockwise" if batch * heads * length * length * 4 >= AUTO_BLOCKWISE_BYTES else "skew"
