@@ -98,8 +98,8 @@ def run_worker(module: str, args: list[str], timeout: float):
   """Runs `python -m <module> <args>` from the repository root and relays its JSON lines.
 
   One subprocess per measured point: an OOM or a timeout kills only that point, and a point's
-  memory figures are its own (glibc keeps a process's freed heap, see
-  virtuoso_jax._keep_host_memory). Returns (json_lines, None) or (None, reason).
+  memory figures are its own (a process keeps its freed heap, see virtuoso_jax.host_memory).
+  Returns (json_lines, None) or (None, reason).
   """
   cmd = [sys.executable, "-m", module] + list(args)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -48,7 +48,7 @@ def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, wo
   trainer.compile()
   it = trainer.data.train_iterator(warmup + steps + 1)
   # Warm up exactly as the timed loop runs: the first step grows the kept host heap once (see
-  # virtuoso_jax._keep_host_memory), later ones reuse it.
+  # virtuoso_jax.host_memory), later ones reuse it.
   m = None
   for _ in range(warmup):
     m = trainer.step(trainer.data.to_global(next(it)))
