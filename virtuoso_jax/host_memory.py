@@ -15,6 +15,7 @@ must not let two steps' temporaries overlap (`wait_for_release`). Pure Python (c
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import time
@@ -30,11 +31,21 @@ class _MallInfo2(ctypes.Structure):
       "fordblks", "keepcost")]
 
 
+@functools.lru_cache(maxsize=None)
 def _libc():
   try:
     return ctypes.CDLL(None)
   except OSError:
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _mallinfo2():
+  """glibc's mallinfo2 (>= 2.33) with its result type set, loaded once; None elsewhere."""
+  fn = getattr(_libc(), "mallinfo2", None)
+  if fn is not None:
+    fn.restype = _MallInfo2
+  return fn
 
 
 def keep_freed_memory() -> bool:
@@ -57,13 +68,8 @@ def keep_freed_memory() -> bool:
 def heap_in_use() -> Optional[int]:
   """Bytes malloc has handed out and not had back (glibc >= 2.33 mallinfo2, one arena), or
   None where that is not known (memory not kept, other libc)."""
-  if not _kept:
-    return None
-  mallinfo2 = getattr(_libc(), "mallinfo2", None)
-  if mallinfo2 is None:
-    return None
-  mallinfo2.restype = _MallInfo2
-  return int(mallinfo2().uordblks)
+  mallinfo2 = _mallinfo2() if _kept else None
+  return None if mallinfo2 is None else int(mallinfo2().uordblks)
 
 
 def wait_for_release(baseline: Optional[int], nbytes: int, timeout_s: float = 2.0) -> bool:
@@ -79,15 +85,13 @@ def wait_for_release(baseline: Optional[int], nbytes: int, timeout_s: float = 2.
   `timeout_s` it gives up (the heap may then grow, nothing else goes wrong). Returns whether
   the memory was seen released.
   """
-  if baseline is None or nbytes <= 0:
+  if baseline is None or nbytes <= 0 or heap_in_use() is None:
     return True
   limit = baseline + nbytes // 2
   deadline = time.monotonic() + timeout_s
   last = None
   while True:
     used = heap_in_use()
-    if used is None:
-      return True
     if used < limit:
       if last is not None and last - used < (1 << 20):
         return True  # Below the limit on two polls in a row, and no longer falling.
