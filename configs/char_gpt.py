@@ -10,8 +10,12 @@ Variants (`--config=configs/char_gpt.py:VARIANT`):
   pod       a TPU-pod example (FSDP), see rga.py:pod.
 """
 
-from configs import default
-from configs import variants
+# Siblings are loaded by path, so this file loads from any working directory (and from a
+# copy of the configs folder) without `configs` being an importable package.
+from virtuoso_jax import config_lib
+
+default = config_lib.load_sibling(__file__, "default")
+variants = config_lib.load_sibling(__file__, "variants")
 
 
 def get_config(arg=None):

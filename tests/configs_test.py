@@ -111,3 +111,61 @@ def test_main_names_a_bad_override_without_a_traceback(tmp_path):
   assert ("error: bad config override (--config.data.tfds_confg): no such key 'tfds_confg'"
           in res.stderr), res.stderr[-2000:]
   assert 'Did you mean "tfds_config"' in res.stderr and "Traceback" not in res.stderr
+
+
+def _train_cli(cwd, *args):
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env.pop("PYTHONPATH", None)
+  return subprocess.run([sys.executable, "-m", "virtuoso_jax.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=180)
+
+
+def _one_error_line(res) -> str:
+  errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+  assert res.returncode != 0 and len(errors) == 1, res.stderr[-3000:]
+  assert "Traceback" not in res.stderr, res.stderr[-3000:]
+  return errors[0]
+
+
+def test_config_files_load_from_any_working_directory(tmp_path):
+  """Outside the repository `configs` is not importable; the files load their siblings by path
+  (this failed with `No module named 'configs'`). num_train_steps=0 stops at validation, after
+  the file has loaded, so no training runs."""
+  spec = f"{config_lib.REPO_ROOT / 'configs' / 'char_gpt.py'}:tiny"
+  res = _train_cli(tmp_path, f"--config={spec}", f"--workdir={tmp_path / 'w'}",
+                   "--config.num_train_steps=0")
+  assert _one_error_line(res) == "error: config.num_train_steps=0: must be positive"
+  # A copied configs folder loads its own siblings (a user's edited default.py wins).
+  import shutil  # pylint: disable=g-import-not-at-top
+  mine = tmp_path / "my_configs"
+  shutil.copytree(config_lib.REPO_ROOT / "configs", mine)
+  (mine / "default.py").write_text((mine / "default.py").read_text().replace(
+      "config.seed = 0", "config.seed = 1234"))
+  assert config_lib.load_config(f"{mine / 'rga.py'}:tiny").seed == 1234
+  assert config_lib.load_config("configs/rga.py:tiny").seed == 0
+
+
+@pytest.mark.parametrize("body,variant,match", [
+    (None, "", "config file '{missing}' not found"),
+    ("def get_config(arg=None:\n  pass\n", "", "has a syntax error at line 1"),
+    ("def get_config(arg=None):\n  return 1 / 0\n", "", "ZeroDivisionError: division by zero"),
+    ("x = 1\n", "", "defines no get_config"),
+    (None, "huge", "unknown variant 'huge'"),
+])
+def test_bad_config_file_is_one_error_line(tmp_path, body, variant, match):
+  if body is None and variant:
+    path = str(config_lib.REPO_ROOT / "configs" / "rga.py")
+  else:
+    path = str(tmp_path / "missing.py")
+    if body is not None:
+      path = str(tmp_path / "mine.py")
+      (tmp_path / "mine.py").write_text(body)
+  spec = path + (f":{variant}" if variant else "")
+  with pytest.raises(config_lib.ConfigError):
+    config_lib.load_config(spec)
+  res = _train_cli(tmp_path, f"--config={spec}", f"--workdir={tmp_path / 'w'}")
+  line = _one_error_line(res)
+  assert match.format(missing=path) in line, line

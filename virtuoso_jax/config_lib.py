@@ -45,16 +45,24 @@ def load_config(spec: str, overrides: Iterable[str] | dict[str, Any] = ()) -> ml
   Returns:
     The (unlocked) ConfigDict.
   """
-  path, _, arg = spec.partition(":")
-  file = pathlib.Path(path)
-  if not file.is_file() and not file.is_absolute():
-    file = REPO_ROOT / path
-  if not file.is_file():
-    raise ConfigError(f"config file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT})")
+  file, arg = resolve_config_spec(spec)
   module_spec = importlib.util.spec_from_file_location(f"_virtuoso_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  try:
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      raise ConfigError(f"config file {file} defines no get_config(arg) function")
+    config = module.get_config(arg or None)
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError(f"config file {file} has a syntax error at line {e.lineno}: {e.msg}") from e
+  except Exception as e:  # pylint: disable=broad-except  (the user's file: any error is theirs)
+    raise ConfigError(f"config file {file} failed to load{f' variant {arg!r}' if arg else ''}: "
+                      f"{type(e).__name__}: {e}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {file}: get_config() returned {type(config).__name__}, "
+                      "not an ml_collections.ConfigDict")
   if isinstance(overrides, dict):
     items = overrides.items()
   else:
@@ -71,6 +79,40 @@ def load_config(spec: str, overrides: Iterable[str] | dict[str, Any] = ()) -> ml
   for key, value in items:
     set_field(config, key, value)
   return config
+
+
+def resolve_config_spec(spec: str) -> tuple[pathlib.Path, str]:
+  """(absolute config file, variant) of `path/to/file.py[:variant]`: the path relative to the
+  CWD, else to the repository root. ConfigError if there is no such file."""
+  path, _, arg = spec.partition(":")
+  if not path:
+    raise ConfigError(f"--config={spec!r}: give a config file, e.g. configs/rga.py:tiny")
+  file = pathlib.Path(path).expanduser()
+  if not file.is_file() and not file.is_absolute():
+    file = REPO_ROOT / path
+  if not file.is_file():
+    where = (f"{os.getcwd()} and {REPO_ROOT}" if not pathlib.Path(path).is_absolute() else
+             "that path")
+    raise ConfigError(f"config file {path!r} not found (looked in {where})")
+  return file.resolve(), arg
+
+
+def load_sibling(config_file: str, name: str):
+  """The config module `name` next to `config_file` (a config file's `__file__`), loaded by
+  path: config files import their siblings this way (`default = config_lib.load_sibling(
+  __file__, "default")`), so they load from any working directory and from a copied folder of
+  configs, whether or not the `configs` folder is importable. One module object per file."""
+  import sys  # pylint: disable=g-import-not-at-top
+  file = pathlib.Path(config_file).resolve().parent / f"{name}.py"
+  key = f"_virtuoso_config_sibling_{abs(hash(str(file))):x}_{name}"
+  if key not in sys.modules:
+    module_spec = importlib.util.spec_from_file_location(key, file)
+    if module_spec is None or not file.is_file():
+      raise ConfigError(f"{config_file} imports {name}.py, which is not in {file.parent}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sys.modules[key] = module
+  return sys.modules[key]
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:

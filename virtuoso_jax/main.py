@@ -94,10 +94,39 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
 
 
+def _check_config_file(argv):
+  """Loads the `--config` file once before absl does, so a missing file, a syntax error, an
+  exception in get_config() or an unknown variant is one `error:` line (ml_collections would
+  raise it from inside flag parsing, as a 40-line traceback). Returns argv with the config
+  path made absolute (a path relative to neither the CWD nor the repository root fails here;
+  one relative to the repository root then loads from any directory)."""
+  from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top  (no jax)
+  argv = list(argv)
+  for i, a in enumerate(argv[1:], 1):
+    if a == "--":
+      break
+    if a.startswith(("--config=", "-config=")):
+      index, spec = i, a.split("=", 1)[1]
+    elif a in ("--config", "-config") and i + 1 < len(argv):
+      index, spec = i + 1, argv[i + 1]
+    else:
+      continue
+    try:
+      file, arg = config_lib.resolve_config_spec(spec)
+      config_lib.load_config(spec)
+    except config_lib.ConfigError as e:
+      raise SystemExit(f"error: {e}") from None
+    resolved = str(file) + (f":{arg}" if arg else "")
+    argv[index] = resolved if index != i else f"{a.split('=', 1)[0]}={resolved}"
+  return argv
+
+
 def _parse_flags(argv):
   """absl's parser, except that a `--config.x.y=...` override of a key the config does not
   have (or of the wrong type) is one `error:` line naming it: ml_collections raises a plain
-  AttributeError/KeyError/TypeError/ValueError there, which absl would show as a traceback."""
+  AttributeError/KeyError/TypeError/ValueError there, which absl would show as a traceback.
+  A config file that cannot be loaded is one `error:` line too (`_check_config_file`)."""
+  argv = _check_config_file(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
