@@ -55,6 +55,15 @@ def test_silence_drums_and_voices():
   assert f["polyphony"] == 2  # Drums do not count.
 
 
+def test_voices_follow_held_notes():
+  # The soprano holds C5 for 2 s while the alto moves E4-F4-G4-A4 under it, then steps to D5.
+  rows = [(0, 200, 72, 64, 0)] + [(50 * i, 50, 64 + d, 64, 0) for i, d in enumerate((0, 1, 3, 5))]
+  rows += [(200, 50, 74, 64, 0), (200, 50, 65, 64, 0)]
+  f = ms.piece_features(notes(sorted(rows)), GRID_MS)
+  assert f["top_voice_step"] == pytest.approx(2 / 4)  # C5 C5 C5 C5 D5.
+  assert f["bottom_voice_step"] == pytest.approx((1 + 2 + 2 + 4) / 4)  # E F G A F.
+
+
 def test_groove_consistency_of_a_repeated_and_a_varied_bar():
   beat = 50  # 0.5 s
   bar = [0, beat, 2 * beat, 3 * beat]
@@ -95,6 +104,8 @@ def test_overlapped_area():
   assert oa == pytest.approx(0.617, abs=0.05)
   assert math.isnan(ms.overlapped_area([], [1.0]))
   assert ms.overlapped_area([3.0, 3.0], [3.0, 3.0]) == pytest.approx(1.0, abs=1e-6)
+  assert ms.overlapped_area([90.0] * 8, [90.0] * 21) == pytest.approx(1.0, abs=1e-6)
+  assert ms.overlapped_area([0.0] * 8, [1.0] * 21) < 1e-6
 
 
 def test_compare_sets_rows():

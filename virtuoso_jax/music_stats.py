@@ -47,8 +47,8 @@ FEATURES: Mapping[str, str] = {
     "silence_share": "share of the piece's time with no note sounding",
     "scale_consistency": "largest share of pitched notes inside one major or minor scale",
     "groove_consistency": "1 - mean Hamming distance of neighbouring bars' onset patterns",
-    "top_voice_step": "mean |interval| between successive highest pitches (semitones)",
-    "bottom_voice_step": "mean |interval| between successive lowest pitches (semitones)",
+    "top_voice_step": "mean |interval| of the highest sounding pitch from onset to onset",
+    "bottom_voice_step": "mean |interval| of the lowest sounding pitch from onset to onset",
     "num_instruments": "number of distinct instruments (drums count as one)",
     "drum_share": "share of notes that are drums",
 }
@@ -84,14 +84,24 @@ def _sounding_profile(onset: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, n
   return np.diff(times).astype(np.float64), active
 
 
-def _voice_steps(onset: np.ndarray, pitch: np.ndarray, pick) -> float:
-  if len(onset) < 2:
+def _voice_steps(onset: np.ndarray, end: np.ndarray, pitch: np.ndarray, highest: bool) -> float:
+  """Mean |interval| of the top (or bottom) line: at each distinct onset, the highest (lowest)
+  pitch among the notes sounding then (held notes included), and its steps where it changes
+  onset."""
+  times = np.unique(onset)
+  if len(times) < 2:
     return float("nan")
-  starts = np.flatnonzero(np.r_[True, onset[1:] != onset[:-1]])
-  line = pick.reduceat(pitch, starts)
-  if len(line) < 2:
-    return float("nan")
-  return float(np.mean(np.abs(np.diff(line.astype(np.int64)))))
+  order = np.argsort(onset, kind="stable")
+  on, off, p = onset[order], end[order], pitch[order]
+  line = np.empty(len(times), np.int64)
+  fill = -1 if highest else 1 << 20
+  for a in range(0, len(times), 256):  # Chunks keep the [onsets x notes] mask small.
+    t = times[a:a + 256]
+    hi = np.searchsorted(on, t[-1], side="right")  # Notes starting by the chunk's last onset.
+    sounding = (on[None, :hi] <= t[:, None]) & (off[None, :hi] > t[:, None])
+    vals = np.where(sounding, p[None, :hi], fill)
+    line[a:a + 256] = vals.max(1) if highest else vals.min(1)
+  return float(np.mean(np.abs(np.diff(line))))
 
 
 def _groove(onset_s: np.ndarray) -> float:
@@ -162,11 +172,8 @@ def piece_features(notes: Notes, grid_ms: int) -> dict[str, float]:
       pcs = [(tonic + d) % 12 for d in scale]
       best = max(best, counts[pcs].sum() / counts.sum())
   out["scale_consistency"] = float(best)
-  # Canonical order is onset asc, pitch desc within an instrument; voices need the extremes
-  # over all instruments at each onset, so sort by onset only.
-  order = np.argsort(p_on, kind="stable")
-  out["top_voice_step"] = _voice_steps(p_on[order], pitch[order], np.maximum)
-  out["bottom_voice_step"] = _voice_steps(p_on[order], pitch[order], np.minimum)
+  out["top_voice_step"] = _voice_steps(p_on, p_end, pitch, highest=True)
+  out["bottom_voice_step"] = _voice_steps(p_on, p_end, pitch, highest=False)
   return out
 
 
@@ -216,8 +223,10 @@ def overlapped_area(a: Sequence[float], b: Sequence[float]) -> float:
   if len(a) == 0 or len(b) == 0:
     return float("nan")
   both = np.concatenate([a, b])
-  scale = both.std() or max(abs(both.mean()), 1.0) * 1e-3
-  bw = [max(s.std(), scale * 0.1) * len(s) ** (-1 / 5) for s in (a, b)]
+  # Scott's rule per sample, floored at a width both share, so that two constant samples of
+  # one value overlap fully.
+  floor = (both.std() or max(abs(both.mean()), 1.0) * 1e-3) * 0.05
+  bw = [max(s.std() * len(s) ** (-1 / 5), floor) for s in (a, b)]
   lo, hi = both.min() - 6 * max(bw), both.max() + 6 * max(bw)
   # Integration points at most a tenth of the narrower bandwidth apart.
   xs = np.linspace(lo, hi, int(min(20_000, max(512, 10 * (hi - lo) / min(bw)))))
