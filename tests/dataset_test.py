@@ -98,7 +98,8 @@ def test_metadata_holds_encoding_and_report(dummy_token_build):
   assert EncodingConfig.from_dict(meta["encoding"]) == EncodingConfig()
   report = meta["report"]
   assert report["files_read"] == 16  # 13 songs (one a duplicate) + corrupt + empty + no-notes.
-  assert report["skipped"] == {"corrupt": 1, "empty": 2, "over_limit": 0, "duplicate": 1}
+  assert report["skipped"] == {"corrupt": 1, "empty": 2, "over_limit": 0, "duplicate": 1,
+                               "unsupported": 0}
   listed = {r: [e["name"] for e in v] for r, v in report["skipped_files"].items()}
   assert listed["corrupt"] == ["bad/corrupt.mid"]
   assert sorted(listed["empty"]) == ["bad/empty.mid", "bad/no_notes.mid"]
@@ -160,7 +161,8 @@ def test_bad_files_are_skipped_and_counted_by_reason(tmp_path):
                                  encoding_config=EncodingConfig(max_file_bytes=1500))
   builder = build(tmp_path / "tfds", config, manual_dir=corpus, download_dir=tmp_path / "dl")
   report = builder.info.metadata["report"]
-  assert report["skipped"] == {"corrupt": 3, "empty": 1, "over_limit": 1, "duplicate": 1}, report
+  assert report["skipped"] == {"corrupt": 3, "empty": 1, "over_limit": 1, "duplicate": 1,
+                               "unsupported": 0}, report
   names = {r: sorted(e["name"] for e in v) for r, v in report["skipped_files"].items()}
   assert names["corrupt"] == ["bad.mid", "broken.zip/x.mid", "truncated.zip"]
   assert names["over_limit"] == ["big.mid"] and names["empty"] == ["zero.mid"]
@@ -326,7 +328,7 @@ def test_prepare_entry_point(tmp_path):
   out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "preparing virtuoso_midi/token" in out.stdout and "build report" in out.stdout
-  assert "skipped:           corrupt=0, empty=0, over_limit=0, duplicate=1" in out.stdout
+  assert "skipped:           corrupt=0, empty=0, over_limit=0, duplicate=1, unsupported=0" in out.stdout
   again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert again.returncode == 0 and "already prepared" in again.stdout
   missing = subprocess.run(cmd[:4] + [f"--manual_dir={tmp_path / 'nope'}", f"--data_dir={tmp_path / 'd2'}"],

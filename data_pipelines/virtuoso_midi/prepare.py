@@ -18,7 +18,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
 _CONFIG = flags.DEFINE_string("config", "bach_token", "Builder config, e.g. bach_token, token, char.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).")
@@ -26,6 +25,9 @@ _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder of MIDI files (token
 _DOWNLOAD_DIR = flags.DEFINE_string("download_dir", "", "Download/cache folder ('' = <data_dir>/downloads).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Build processes (0 = all cores).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset is already prepared.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Also show TFDS's own output: progress bars, INFO logs (sets "
+    "VIRTUOSO_VERBOSE=1). Default: only the [virtuoso_midi] lines, the report and warnings.")
 
 
 def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None = None,
@@ -45,7 +47,6 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
   from etils import epath  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # pylint: disable=g-import-not-at-top
-
   make = lambda: vm.Builder(config=config, data_dir=data_dir or None,
                             num_workers=num_workers or None)
   builder = make()
@@ -74,19 +75,15 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
   return builder
 
 
-class _QuietTfdsFilter:
-  """Drops TFDS's warning about the (still empty) folder of a dataset not built yet."""
-
-  def filter(self, record) -> bool:
-    return "has no dataset_info.json" not in record.getMessage()
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Our own lines are printed; TFDS/absl INFO chatter (per-shard "Done writing ...") is not.
-  logging.set_verbosity(logging.WARNING)
-  logging.get_absl_logger().addFilter(_QuietTfdsFilter())
+  if _VERBOSE.value:
+    os.environ["VIRTUOSO_VERBOSE"] = "1"  # Read by the builder (progress bars, TFDS prints).
+  from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # pylint: disable=g-import-not-at-top
+  if not vm.processing.verbose():
+    # Our own lines are printed; TFDS/absl INFO chatter (per-shard "Done writing ...") is not.
+    vm.quiet_tfds_logging()
   try:
     prepare(_CONFIG.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
             download_dir=_DOWNLOAD_DIR.value, num_workers=_NUM_WORKERS.value,

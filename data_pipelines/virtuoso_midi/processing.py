@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -27,11 +28,15 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import signal
+import stat
 import sys
+import tarfile
 import tempfile
 import time
 import types
 import zipfile
+from multiprocessing import connection as mp_connection
 from typing import Any, Callable, Iterator, Sequence
 
 from etils import epath
@@ -41,8 +46,10 @@ MIDI_SUFFIXES = (".mid", ".midi")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 # Split name and its share of the content-hash space, in hash order.
 SPLITS = (("train", 0.90), ("validation", 0.05), ("test", 0.05))
-# Reasons a file is left out; every one is counted in the build report.
-SKIP_REASONS = ("corrupt", "empty", "over_limit", "duplicate")
+# Reasons a file is left out; every one is counted in the build report. `unsupported`: an
+# archive member the build does not read (a link, a path outside the archive, an archive inside
+# an archive, a device file).
+SKIP_REASONS = ("corrupt", "empty", "over_limit", "duplicate", "unsupported")
 # At most this many file names are listed per skip reason in the stored report.
 MAX_LISTED_PER_REASON = 200
 
@@ -50,6 +57,22 @@ MAX_LISTED_PER_REASON = 200
 def log(message: str) -> None:
   """Prints one progress line of the build (flushed: the trainer shows it live)."""
   print(f"[virtuoso_midi] {message}", flush=True)
+
+
+def verbose() -> bool:
+  """$VIRTUOSO_VERBOSE=1: also show TFDS's own output (progress bars, INFO logs, the full
+  DatasetInfo of `tfds build`); otherwise only our `[virtuoso_midi]` lines and the report."""
+  return os.environ.get("VIRTUOSO_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def file_timeout_s() -> float:
+  """$VIRTUOSO_FILE_TIMEOUT (seconds, default 120): a file whose read+parse+encode takes longer
+  is skipped as over_limit (its worker process is killed and replaced)."""
+  env = os.environ.get("VIRTUOSO_FILE_TIMEOUT", "")
+  try:
+    return float(env) if env else 120.0
+  except ValueError as e:
+    raise ValueError(f"VIRTUOSO_FILE_TIMEOUT must be a number of seconds, got {env!r}") from e
 
 
 class CorpusError(ValueError):
@@ -71,9 +94,10 @@ class Item:
   """One MIDI file of a source.
 
   Attributes:
-    name: its source-relative name, '/'-separated (e.g. `songs.zip/folk/a.mid`); stored in
-      the record's `name` feature and used in the report.
-    path: the file on disk, or the `.zip` archive holding it.
+    name: its source-relative name, '/'-separated (e.g. `songs.zip/folk/a.mid`), made safe by
+      `safe_name`; stored in the record's `name` feature and used in the report.
+    path: the file on disk (a plain file, or a tar member extracted by `tar_items`), or the
+      `.zip` archive holding it.
     member: the member inside the `.zip` archive; '' for a plain file.
   """
 
@@ -82,12 +106,70 @@ class Item:
   member: str = ""
 
 
-def read_item(item: Item) -> bytes:
-  """Returns the raw bytes of one item (a plain file or a `.zip` member)."""
+class SkipFile(Exception):
+  """A file left out for a known reason (one of `SKIP_REASONS`), before it is parsed."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(detail)
+    self.reason = reason
+    self.detail = detail
+
+
+@dataclasses.dataclass
+class Listing:
+  """What listing a source found: the items to read, and what was left out while listing
+  (`skips`: (name, reason, detail) for the report) or noted (`notes`)."""
+
+  items: list[Item] = dataclasses.field(default_factory=list)
+  skips: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
+
+  def skip(self, name: str, reason: str, detail: str) -> None:
+    self.skips.append((safe_name(name), reason, detail))
+
+
+_READ_CHUNK = 1 << 20
+
+
+def _bounded_read(f, limit: int, what: str) -> bytes:
+  """Reads a stream to its end, but raises SkipFile(over_limit) as soon as it passes `limit`
+  bytes (a zip member's header can lie about its size; a zip bomb is never inflated whole)."""
+  chunks, total = [], 0
+  while True:
+    chunk = f.read(min(_READ_CHUNK, limit + 1 - total))
+    if not chunk:
+      return b"".join(chunks)
+    chunks.append(chunk)
+    total += len(chunk)
+    if total > limit:
+      raise SkipFile("over_limit", f"{what} is more than {limit} bytes, over the limit "
+                     f"max_file_bytes={limit} (read stopped there)")
+
+
+def read_item(item: Item, max_bytes: int | None = None) -> bytes:
+  """Returns the raw bytes of one item (a plain file or a `.zip` member).
+
+  Args:
+    item: the item.
+    max_bytes: the size limit (`max_file_bytes`); None: none. A file or member over it raises
+      SkipFile(over_limit) after reading at most `max_bytes + 1` bytes: the declared size (file
+      size, the zip header's) is checked first, then the read itself is bounded.
+  """
+  limit = max_bytes if max_bytes is not None else (1 << 62)
   if not item.member:
-    return epath.Path(item.path).read_bytes()
+    path = epath.Path(item.path)
+    size = path.stat().length
+    if size > limit:
+      raise SkipFile("over_limit", f"file is {size} bytes, over the limit max_file_bytes={limit}")
+    with path.open("rb") as f:
+      return _bounded_read(f, limit, "file")
   with epath.Path(item.path).open("rb") as f, zipfile.ZipFile(f) as archive:
-    return archive.read(item.member)
+    info = archive.getinfo(item.member)
+    if info.file_size > limit:
+      raise SkipFile("over_limit", f"member is {info.file_size} bytes uncompressed (zip "
+                     f"header), over the limit max_file_bytes={limit}; not decompressed")
+    with archive.open(info) as member:
+      return _bounded_read(member, limit, "member (decompressed)")
 
 
 def is_midi_name(name: str) -> bool:
@@ -95,56 +177,237 @@ def is_midi_name(name: str) -> bool:
   return name.lower().endswith(MIDI_SUFFIXES)
 
 
-def zip_items(archive_path: epath.Path, prefix: str) -> list[Item]:
-  """The MIDI members of a `.zip` archive, named `<prefix>/<member>`.
+def is_archive_name(name: str) -> bool:
+  """Whether a file name has an archive suffix the build reads (case-insensitive)."""
+  return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+# Longest component of an example name kept as is; longer ones are cut and get a hash.
+MAX_NAME_PART = 120
+
+
+def _safe_part(part: str) -> str:
+  """One name component: non-printable characters (control characters, undecodable bytes)
+  written as visible escapes (`\\x1b`), very long ones cut to `MAX_NAME_PART` characters with a
+  short hash of the original (so they stay unique) and their suffix kept."""
+  out = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                for c in part)
+  if len(out) > MAX_NAME_PART:
+    digest = hashlib.sha256(part.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    dot = out.rfind(".")
+    suffix = out[dot:] if 0 < dot and len(out) - dot <= 8 else ""
+    out = f"{out[:MAX_NAME_PART - len(suffix) - 12]}~{digest}{suffix}"
+  return out
+
+
+def safe_name(name: str) -> str:
+  """A readable example/report name: '/'-separated, no empty or '.' components, each component
+  made safe by `_safe_part` (a '..' is kept visible but cannot name a parent: `%2E%2E`)."""
+  parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+  return "/".join("%2E%2E" if p == ".." else _safe_part(p) for p in parts) or "_"
+
+
+def unsafe_member_path(name: str) -> str:
+  """Why an archive member name points outside the archive ('' when it does not): absolute
+  (`/x`, `C:/x`) or with a `..` component."""
+  norm = name.replace("\\", "/")
+  if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+    return "absolute path"
+  if ".." in norm.split("/"):
+    return "path with '..' (outside the archive)"
+  return ""
+
+
+def unique_names(items: Sequence[Item]) -> list[Item]:
+  """Items whose names are unique: a later item whose (safe) name is taken gets `~2`, `~3`, ...
+  before its suffix."""
+  used: set[str] = set()
+  out = []
+  for item in items:
+    name, k = item.name, 1
+    while name in used:
+      k += 1
+      dot = item.name.rfind(".")
+      base, suffix = (item.name[:dot], item.name[dot:]) if dot > item.name.rfind("/") else (item.name, "")
+      name = f"{base}~{k}{suffix}"
+    used.add(name)
+    out.append(item if name == item.name else dataclasses.replace(item, name=name))
+  return out
+
+
+def _member_problem(name: str, *, link: str = "", special: bool = False) -> str:
+  """Why an archive member is not read ('' when it is read): see `SKIP_REASONS`."""
+  why = unsafe_member_path(name)
+  if why:
+    return f"not read: {why}"
+  if link:
+    return f"not read: {link} (links in archives are not followed)"
+  if special:
+    return "not read: not a regular file (device, fifo)"
+  if is_archive_name(name):
+    return ("not read: an archive inside an archive (only one level is read; extract it into "
+            "the folder to include it)")
+  return ""
+
+
+def zip_items(archive_path: epath.Path, prefix: str, listing: Listing | None = None) -> list[Item]:
+  """The MIDI members of a `.zip` archive, named `<prefix>/<member>` (read in place later).
+
+  Members that are links, point outside the archive or are archives themselves are not read;
+  each goes to `listing.skips` as `unsupported`, with why.
 
   Raises:
     zipfile.BadZipFile: the archive cannot be read (the builder reports it).
   """
+  listing = listing if listing is not None else Listing()
   with archive_path.open("rb") as f, zipfile.ZipFile(f) as archive:
-    members = [i.filename for i in archive.infolist() if not i.is_dir()]
-  return [
-      Item(name=f"{prefix}/{m}", path=os.fspath(archive_path), member=m)
-      for m in members
-      if is_midi_name(m) and not _is_junk(m)
-  ]
+    infos = [i for i in archive.infolist() if not i.is_dir()]
+  items = []
+  for info in infos:
+    m = info.filename
+    if _is_junk(m):
+      continue
+    is_link = stat.S_ISLNK(info.external_attr >> 16)
+    problem = _member_problem(m, link="a symbolic link" if is_link else "")
+    if problem:
+      listing.skip(f"{prefix}/{m}", "unsupported", problem)
+    elif is_midi_name(m):
+      items.append(Item(name=safe_name(f"{prefix}/{m}"), path=os.fspath(archive_path), member=m))
+  return items
+
+
+def tar_items(archive_path: epath.Path, prefix: str, extract_dir: str, max_bytes: int,
+              listing: Listing | None = None) -> list[Item]:
+  """The MIDI members of a tar archive (`.tar`, `.tar.gz`, `.tgz`), extracted one by one into
+  `extract_dir` (under numbered names: a member name never becomes a path), named
+  `<prefix>/<member>`.
+
+  Not extracted, each in `listing.skips` with why: links (symbolic and hard), members outside
+  the archive (`../`, absolute), devices, archives inside the archive (`unsupported`), and
+  members over `max_bytes` (`over_limit`: by the tar header, and by a bounded copy). An archive
+  that breaks part way keeps the members read before, and is itself reported as corrupt.
+  """
+  listing = listing if listing is not None else Listing()
+  items = []
+  os.makedirs(extract_dir, exist_ok=True)
+  read = 0
+  try:
+    with archive_path.open("rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+      for member in tar:
+        read += 1
+        name = member.name
+        if member.isdir() or _is_junk(name):
+          continue
+        link = ""
+        if member.issym():
+          link = f"a symbolic link to {member.linkname!r}"
+        elif member.islnk():
+          link = f"a hard link to {member.linkname!r}"
+        problem = _member_problem(name, link=link, special=not (link or member.isfile()))
+        if problem:
+          listing.skip(f"{prefix}/{name}", "unsupported", problem)
+          continue
+        if not is_midi_name(name):
+          continue
+        if member.size > max_bytes:
+          listing.skip(f"{prefix}/{name}", "over_limit",
+                       f"member is {member.size} bytes (tar header), over the limit "
+                       f"max_file_bytes={max_bytes}; not extracted")
+          continue
+        target = os.path.join(extract_dir, f"{len(items):07d}.mid")
+        try:
+          data = _bounded_read(tar.extractfile(member), max_bytes, "member")
+        except SkipFile as e:
+          listing.skip(f"{prefix}/{name}", e.reason, e.detail)
+          continue
+        with open(target, "wb") as out:
+          out.write(data)
+        items.append(Item(name=safe_name(f"{prefix}/{name}"), path=target))
+  except Exception as e:  # pylint: disable=broad-except
+    # tarfile/gzip/zlib raise many types on a damaged archive; what was read stays.
+    after = f" after {read} members" if read else ""
+    listing.skip(prefix, "corrupt", f"unreadable archive{after}: {type(e).__name__}: {e}")
+  return items
 
 
 def _is_junk(name: str) -> bool:
   """macOS resource forks (`__MACOSX/`, `._x.mid`) look like MIDI files but are not."""
-  parts = name.split("/")
+  parts = name.replace("\\", "/").split("/")
   return "__MACOSX" in parts or parts[-1].startswith("._")
 
 
-def _walk_files(root: epath.Path) -> list[epath.Path]:
-  """Every file under `root`, recursively, sorted (epath has no recursive glob on GCS)."""
+def _real(path: epath.Path) -> str:
+  """A key naming the file or folder `path` really is (symlinks resolved; remote paths as is)."""
+  text = os.fspath(path)
+  return text if "://" in text else os.path.realpath(text)
+
+
+# Folder links noted in the report at most (the rest are counted).
+_MAX_LINK_NOTES = 10
+
+
+def _walk_files(root: epath.Path, listing: Listing) -> list[epath.Path]:
+  """Every file under `root`, recursively, sorted (epath has no recursive glob on GCS).
+
+  Each real folder is entered once (a symlink to a folder already entered, e.g. a loop, is
+  noted in `listing.notes` and not followed again), so the walk ends and lists a file once per
+  real folder it sits in."""
   files, stack = [], [root]
+  seen = {_real(root)}
+  aliases = []
   while stack:
     folder = stack.pop()
-    for child in folder.iterdir():
-      (stack if child.is_dir() else files).append(child)
+    subdirs = []
+    for child in sorted(folder.iterdir()):
+      if not child.is_dir():
+        files.append(child)
+        continue
+      key = _real(child)
+      if key in seen:
+        aliases.append(child.relative_to(root).as_posix())
+        continue
+      seen.add(key)
+      subdirs.append(child)
+    stack.extend(reversed(subdirs))
+  for rel in aliases[:_MAX_LINK_NOTES]:
+    listing.notes.append(f"{safe_name(rel)}/: a link to a folder already read; not read again")
+  if len(aliases) > _MAX_LINK_NOTES:
+    listing.notes.append(f"... and {len(aliases) - _MAX_LINK_NOTES} more links to folders "
+                         "already read")
   return sorted(files)
 
 
-def walk_midi_files(root: epath.Path, prefix: str = "") -> tuple[list[Item], list[epath.Path]]:
+def walk_midi_files(root: epath.Path, prefix: str = "",
+                    listing: Listing | None = None) -> tuple[list[Item], list[epath.Path]]:
   """Lists the MIDI files and the archives under `root`, recursively, in sorted order.
+
+  A file reached again through a symlink (same real file) is read once; the other names go to
+  `listing.skips` as duplicates.
 
   Args:
     root: a folder (epath: local or any filesystem epath supports).
     prefix: prepended (with '/') to each source-relative name.
+    listing: collects what is left out while listing (None: a throwaway one).
 
   Returns:
     (items, archives): the MIDI files as `Item`s, and the archive files found.
   """
+  listing = listing if listing is not None else Listing()
   items, archives = [], []
-  for path in _walk_files(root):
+  first_name: dict[str, str] = {}
+  for path in _walk_files(root, listing):
     rel = path.relative_to(root).as_posix()
-    if _is_junk(rel):
+    if _is_junk(rel) or not (is_midi_name(rel) or is_archive_name(rel)):
       continue
-    name = f"{prefix}/{rel}" if prefix else rel
+    name = safe_name(f"{prefix}/{rel}" if prefix else rel)
+    key = _real(path)
+    if key in first_name:
+      listing.skip(name, "duplicate", f"the same file as {first_name[key]} (a link); read once")
+      continue
+    first_name[key] = name
     if is_midi_name(rel):
       items.append(Item(name=name, path=os.fspath(path)))
-    elif rel.lower().endswith(ARCHIVE_SUFFIXES):
+    else:
       archives.append(path)
   return items, archives
 
@@ -164,6 +427,9 @@ class Settings:
 
   encoding: str
   encoding_config: dict[str, Any]
+  # The parser, "module:function" with `midi_to_notes`'s signature ('' = that function); a
+  # seam for tests, which run it in the spawned workers.
+  parser: str = ""
 
 
 @dataclasses.dataclass
@@ -230,32 +496,62 @@ def _limit_error(error) -> bool:
   return any(f"{k}=" in str(error) for k in ("max_file_bytes", "max_notes", "max_seconds", "max_tracks"))
 
 
+def _parser(settings: Settings):
+  if not settings.parser:
+    return _encoding_module().midi_to_notes
+  module, _, fn = settings.parser.partition(":")
+  return getattr(importlib.import_module(module), fn)
+
+
+def _error_text(e: BaseException) -> str:
+  """`Type: message` of an unexpected exception, on one line and not too long."""
+  text = " ".join(f"{type(e).__name__}: {e}".split())
+  return text if len(text) <= 500 else text[:497] + "..."
+
+
 def process_item(item: Item, settings: Settings) -> tuple[Outcome, dict[str, Any] | None]:
   """Turns one file into an example, or into the reason it was skipped. Never raises for bad
-  input: a bad file must not stop a build.
+  input (any `Exception` of one file, MemoryError included, is that file's skip, as corrupt
+  with its type and message): a bad file must not stop a build. KeyboardInterrupt and
+  SystemExit do propagate.
 
   Returns:
     (outcome, example): the example holds the feature values (None when skipped).
   """
   out = Outcome(name=item.name)
   try:
-    data = read_item(item)
-  except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
-    out.status, out.detail = "corrupt", f"cannot read: {e}"
+    return _process_item(item, settings, out)
+  except Exception as e:  # pylint: disable=broad-except
+    out.status, out.detail = "corrupt", f"unexpected error: {_error_text(e)}"
+    return out, None
+
+
+def _process_item(item: Item, settings: Settings, out: Outcome):
+  enc = _encoding_module()
+  config = enc.EncodingConfig.from_dict(settings.encoding_config)
+  try:
+    data = read_item(item, config.max_file_bytes)
+  except SkipFile as e:
+    out.status, out.detail = e.reason, e.detail
+    return out, None
+  except Exception as e:  # pylint: disable=broad-except
+    out.status, out.detail = "corrupt", f"cannot read: {_error_text(e)}"
     return out, None
   out.sha256 = hashlib.sha256(data).hexdigest()
   if not data:
     out.status, out.detail = "empty", "0-byte file"
     return out, None
-  enc = _encoding_module()
-  config = enc.EncodingConfig.from_dict(settings.encoding_config)
   try:
     # allow_empty: a file without notes is told apart from a corrupt one here.
-    notes, info = enc.midi_to_notes(data, dataclasses.replace(config, allow_empty=True),
+    notes, info = _parser(settings)(data, dataclasses.replace(config, allow_empty=True),
                                     return_info=True)
   except enc.MidiError as e:
     out.status = "over_limit" if _limit_error(e) else "corrupt"
     out.detail = e.reason
+    return out, None
+  except Exception as e:  # pylint: disable=broad-except
+    # The parser's contract is MidiError; anything else is still this file's problem only.
+    out.status, out.detail = "corrupt", f"parser error: {_error_text(e)}"
     return out, None
   out.recovered = info.recovered
   if not len(notes):
@@ -308,41 +604,6 @@ def clipped_counts(encode_report: dict[str, Any]) -> dict[str, np.int32]:
   return {f: np.int32(encode_report.get(f"{f}_clipped", 0)) for f in CLIPPED_FIELDS}
 
 
-def process_chunk(task: tuple[str, Sequence[Item], Settings, str]) -> list[Outcome]:
-  """Worker entry point: processes a chunk of items and spills the good examples.
-
-  Args:
-    task: (chunk id, items, settings, spill folder); the id names the spill file.
-
-  Returns:
-    One `Outcome` per item, in order.
-  """
-  index, items, settings, spill_dir = task
-  outcomes, examples = [], []
-  chunk_file = os.path.join(spill_dir, f"chunk-{index}.pkl")
-  for item in items:
-    outcome, example = process_item(item, settings)
-    if example is not None:
-      outcome.spill = (chunk_file, len(examples))
-      examples.append(example)
-    outcomes.append(outcome)
-  if examples:
-    with open(chunk_file, "wb") as f:
-      pickle.dump(examples, f, protocol=pickle.HIGHEST_PROTOCOL)
-  return outcomes
-
-
-def isolate_chunk(task: tuple[str, Sequence[Item], Settings, str]) -> list[tuple]:
-  """Splits a `process_chunk` task into one task per item (after a worker crash)."""
-  index, items, settings, spill_dir = task
-  return [(f"{index}-{j:05d}", [item], settings, spill_dir) for j, item in enumerate(items)]
-
-
-def crashed_chunk(task: tuple[str, Sequence[Item], Settings, str], reason: str) -> list[Outcome]:
-  """The outcome of an item that killed its worker process: corrupt."""
-  return [Outcome(name=item.name, status="corrupt", detail=reason) for item in task[1]]
-
-
 def make_spill_dir() -> str:
   """A fresh folder for spilled examples, under $VIRTUOSO_BUILD_TMP or the system temp."""
   return tempfile.mkdtemp(prefix="virtuoso_midi_", dir=os.environ.get("VIRTUOSO_BUILD_TMP") or None)
@@ -353,10 +614,191 @@ def remove_spill_dir(path: str) -> None:
   shutil.rmtree(path, ignore_errors=True)
 
 
-def load_spilled(chunk_file: str) -> list[dict[str, Any]]:
-  """The examples a `process_chunk` call spilled."""
-  with open(chunk_file, "rb") as f:
-    return pickle.load(f)
+class SpillReader:
+  """Reads spilled examples back by `Outcome.spill` (file, offset); keeps one file open."""
+
+  def __init__(self):
+    self._path, self._file = None, None
+
+  def load(self, spill: tuple[str, int]) -> dict[str, Any]:
+    path, offset = spill
+    if path != self._path:
+      self.close()
+      self._path, self._file = path, open(path, "rb")  # pylint: disable=consider-using-with
+    self._file.seek(offset)
+    return pickle.load(self._file)
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+    self._path, self._file = None, None
+
+
+def _encode_worker(conn, settings: Settings, spill_file: str) -> None:
+  """A build worker process: receives (index, item) until None, answers (index, Outcome), and
+  appends each good example to its own spill file (the Outcome holds its offset)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops us.
+  with open(spill_file, "ab") as spill:
+    while True:
+      task = conn.recv()
+      if task is None:
+        return
+      index, item = task
+      outcome, example = process_item(item, settings)
+      if example is not None:
+        offset = spill.tell()
+        pickle.dump(example, spill, protocol=pickle.HIGHEST_PROTOCOL)
+        spill.flush()
+        outcome.spill = (spill_file, offset)
+      conn.send((index, outcome))
+
+
+def _death_text(exitcode: int | None) -> str:
+  if exitcode is not None and exitcode < 0:
+    try:
+      return f"killed by {signal.Signals(-exitcode).name}"
+    except ValueError:
+      return f"killed by signal {-exitcode}"
+  return f"exit code {exitcode}"
+
+
+class _EncodeWorker:
+  """One spawned `_encode_worker` process and the item it is on."""
+
+  def __init__(self, settings: Settings, spill_file: str):
+    ctx = multiprocessing.get_context("spawn")
+    self.conn, child = ctx.Pipe()
+    self.proc = ctx.Process(target=_encode_worker, args=(child, settings, spill_file), daemon=True)
+    with _spawnable(_encode_worker.__module__):
+      self.proc.start()
+    child.close()
+    self.task: tuple[int, float] | None = None  # (item index, start time)
+    self.done = 0
+
+  def give(self, index: int, item: Item) -> None:
+    self.conn.send((index, item))
+    self.task = (index, time.monotonic())
+
+  def stop(self, *, kill: bool) -> None:
+    if not kill:
+      try:
+        self.conn.send(None)
+      except OSError:
+        pass
+      self.proc.join(5)
+    if self.proc.is_alive():
+      self.proc.kill()
+      self.proc.join(5)
+    self.conn.close()
+
+
+# Workers that die before finishing any file, with no file finished by any worker yet, after
+# which the build stops (a broken environment, not a bad file).
+_MAX_STARTUP_DEATHS = 3
+
+
+def encode_items(items: Sequence[Item], settings: Settings, spill_dir: str, *,
+                 num_workers: int, timeout_s: float | None = None,
+                 desc: str = "encoding") -> Iterator[Outcome]:
+  """`process_item` over `items` on `num_workers` spawned processes (at least one: the parser
+  never runs in the builder's process), yielding one Outcome per item, in item order, and
+  printing progress lines (files done, files/s, ETA) every 5 s.
+
+  Each worker takes one file at a time, so whatever one file does stays that file's skip:
+  an exception is caught in the worker (`process_item`); a worker that dies on a file (a
+  segfault in a C++ parser, the OOM killer) makes it `corrupt` ("the parser process died on
+  it"); a file that takes more than `timeout_s` (default `file_timeout_s()`) has its worker
+  killed and is `over_limit`. A dead or killed worker is replaced; no other file is lost.
+  """
+  timeout_s = file_timeout_s() if timeout_s is None else timeout_s
+  total = len(items)
+  num_workers = max(1, min(num_workers, total))
+  log(f"{desc}: {total} files on {num_workers} worker process(es)")
+  start = last = time.monotonic()
+  pending = collections.deque(enumerate(items))
+  results: dict[int, Outcome] = {}
+  spawned = 0
+  startup_deaths = 0
+  any_done = False
+
+  def spawn() -> _EncodeWorker:
+    nonlocal spawned
+    spawned += 1
+    return _EncodeWorker(settings, os.path.join(spill_dir, f"worker-{spawned:05d}.pkl"))
+
+  def feed(worker: _EncodeWorker) -> None:
+    if pending:
+      worker.give(*pending.popleft())
+    else:
+      worker.task = None
+
+  workers: list[_EncodeWorker] = []
+  ok = False
+  try:
+    for _ in range(num_workers if total else 0):
+      workers.append(spawn())
+      feed(workers[-1])
+    next_out = 0
+    while next_out < total:
+      while next_out in results:
+        yield results.pop(next_out)
+        next_out += 1
+      if next_out >= total:
+        break
+      busy = [w for w in workers if w.task is not None]
+      now = time.monotonic()
+      wait_s = min([max(0.0, w.task[1] + timeout_s - now) for w in busy] + [5.0])
+      mp_connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], wait_s)
+      for i, w in enumerate(workers):
+        if w.task is None:
+          continue
+        index = w.task[0]
+        if w.conn.poll():
+          try:
+            got, outcome = w.conn.recv()
+          except (EOFError, OSError):
+            pass  # Died mid-answer: handled below as a death.
+          else:
+            assert got == index, (got, index)
+            results[index] = outcome
+            w.done += 1
+            any_done = True
+            feed(w)
+            continue
+        if not w.proc.is_alive():
+          reason = _death_text(w.proc.exitcode)
+          results[index] = Outcome(name=items[index].name, status="corrupt",
+                                   detail=f"the parser process died on it ({reason})")
+          log(f"{desc}: a worker process died ({reason}) on {items[index].name}; replacing it")
+          if w.done == 0 and not any_done:
+            startup_deaths += 1
+            if startup_deaths >= _MAX_STARTUP_DEATHS:
+              raise RuntimeError(f"{startup_deaths} build worker processes died before "
+                                 f"finishing any file ({reason}); see their errors above")
+        elif time.monotonic() - w.task[1] > timeout_s:
+          results[index] = Outcome(
+              name=items[index].name, status="over_limit",
+              detail=f"took more than {timeout_s:g} s to read and parse (the per-file time "
+                     "limit, $VIRTUOSO_FILE_TIMEOUT); its process was stopped")
+          log(f"{desc}: {items[index].name} took more than {timeout_s:g} s; stopped it")
+        else:
+          continue
+        w.stop(kill=True)
+        workers[i] = spawn()
+        feed(workers[i])
+      now = time.monotonic()
+      if now - last >= 5.0:
+        last = now
+        done = next_out + len(results)
+        rate = done / max(now - start, 1e-9)
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        log(f"{desc}: {done}/{total} files, {rate:.1f} files/s, ETA {eta:.0f} s")
+    ok = True
+  finally:
+    for w in workers:
+      w.stop(kill=not ok)
+  elapsed = max(time.monotonic() - start, 1e-9)
+  log(f"{desc}: {total}/{total} files, {total / elapsed:.1f} files/s, {elapsed:.1f} s")
 
 
 # --------------------------------------------------------------------------- parallel map
@@ -394,6 +836,25 @@ def _module_root(module_name: str) -> str:
   return root
 
 
+@contextlib.contextmanager
+def _spawnable(module_name: str):
+  """While `spawn` processes start: `module_name`'s root is on sys.path (the child finds the
+  module by the name the parent imported it under) and __main__ is a bare module (the child
+  does not re-import the parent's __main__; under `tfds build` that imports TensorFlow)."""
+  root = _module_root(module_name)
+  added = root not in sys.path
+  if added:
+    sys.path.insert(0, root)
+  main = sys.modules["__main__"]
+  sys.modules["__main__"] = types.ModuleType("__main__")
+  try:
+    yield
+  finally:
+    sys.modules["__main__"] = main
+    if added:
+      sys.path.remove(root)
+
+
 class _Workers:
   """A `spawn` process pool whose broken state (a worker died) is reported, not hung on.
 
@@ -412,18 +873,8 @@ class _Workers:
         num_workers, mp_context=multiprocessing.get_context("spawn"))
 
   def submit(self, tasks: Sequence[Any]) -> list[concurrent.futures.Future]:
-    root = _module_root(self.fn.__module__)
-    added = root not in sys.path
-    if added:
-      sys.path.insert(0, root)
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
+    with _spawnable(self.fn.__module__):
       return [self.executor.submit(self.fn, t) for t in tasks]
-    finally:
-      sys.modules["__main__"] = main
-      if added:
-        sys.path.remove(root)
 
   def close(self) -> None:
     self.executor.shutdown(wait=True, cancel_futures=True)

@@ -129,6 +129,55 @@ def _under_tfds_cli() -> bool:
           and (os.path.basename(argv0) == "tfds" or argv0.endswith(os.path.join("cli", "main.py"))))
 
 
+class _QuietTfdsFilter:
+  """Drops TFDS's warning about the (still empty) folder of a dataset not built yet."""
+
+  def filter(self, record) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+def quiet_tfds_logging() -> None:
+  """TFDS/absl log lines at WARNING and above only (no per-shard "Done writing ...", no
+  "Generating dataset ..."), without the not-built-yet warning. For command lines (`prepare`,
+  and `tfds build` when this module is imported by it); $VIRTUOSO_VERBOSE=1 keeps them all."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  logging.set_verbosity(logging.WARNING)
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _QuietTfdsFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietTfdsFilter())
+
+
+@contextlib.contextmanager
+def _no_tfds_progress_bars():
+  """TFDS's tqdm bars ("Generating splits...", "Shuffling ...") off while the build runs:
+  they write terminal escape codes (`\x1b[A`) into logs and subprocess output. Our own
+  progress lines remain. $VIRTUOSO_VERBOSE=1 keeps them."""
+  if processing.verbose():
+    yield
+    return
+  tqdm_utils = tfds.core.utils.tqdm_utils
+  was_active = getattr(tqdm_utils, "_active", True)
+  tfds.disable_progress_bar()
+  try:
+    yield
+  finally:
+    if was_active:
+      tfds.enable_progress_bar()
+
+
+class _DatasetInfo(tfds.core.DatasetInfo):
+  """DatasetInfo whose repr is one line under `tfds build`: the CLI prints `repr(info)` (~150
+  lines) after a build, after our report. Elsewhere, or with $VIRTUOSO_VERBOSE=1, the full one."""
+
+  def __repr__(self):
+    if not _under_tfds_cli() or processing.verbose():
+      return super().__repr__()
+    splits = ", ".join(f"{k}={v.num_examples}" for k, v in sorted(self.splits.items()))
+    return (f"[virtuoso_midi] {self.full_name} prepared at {self.data_dir}: {splits} "
+            "(the full DatasetInfo: dataset_info.json there, or VIRTUOSO_VERBOSE=1)")
+
+
 @contextlib.contextmanager
 def _clean_exit_under_tfds_cli():
   """Under `tfds build`, a CorpusError is one `[virtuoso_midi] ERROR: ...` line and exit
@@ -140,6 +189,13 @@ def _clean_exit_under_tfds_cli():
       raise
     print(f"[virtuoso_midi] ERROR: {e}", file=sys.stderr, flush=True)
     raise SystemExit(1) from None
+
+
+if _under_tfds_cli() and not processing.verbose():
+  # `tfds build` imports this module after setting up its INFO logging; only our lines, the
+  # report and warnings stay. (What the CLI logs or prints before importing us, e.g.
+  # "Loading dataset ... from path", cannot be silenced from here.)
+  quiet_tfds_logging()
 
 
 def _make_config(source: str, encoding: str) -> VirtuosoMidiConfig:
@@ -178,7 +234,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format or "array_record", **kwargs)
     self._num_workers = num_workers or processing.env_num_workers()
     self._report: processing.ReportBuilder | None = None
+    self._listing = processing.Listing()
     self._spill_dir: str | None = None
+    self._num_tars = 0
     self._manual_dir_given = False
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -195,12 +253,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       features["ids"] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
     else:
       features["text"] = tfds.features.Text()
-    return self.dataset_info_from_configs(
+    info = self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
         homepage=_HOMEPAGE,
         metadata=tfds.core.MetadataDict(encoding=config.encoding_config.to_dict()),
     )
+    info.__class__ = _DatasetInfo  # Only __repr__ differs.
+    return info
+
+  def _log_download_bytes(self) -> None:
+    """TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size,
+    ..." here; our own lines say what is read and prepared (shown with VIRTUOSO_VERBOSE=1)."""
+    if processing.verbose():
+      super()._log_download_bytes()
+
+  def _log_download_done(self) -> None:
+    if processing.verbose():
+      super()._log_download_done()
 
   def _workers(self, num_files: int, stage: str) -> int:
     if self._num_workers:
@@ -210,7 +280,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # ------------------------------------------------------------------------- sources
 
   def _list_items(self, dl_manager: tfds.download.DownloadManager) -> list[processing.Item]:
-    """Every candidate MIDI file of the config's source, in a deterministic order."""
+    """Every candidate MIDI file of the config's source, in a deterministic order, under
+    unique, safe names (what listing leaves out is in `self._listing`)."""
+    return processing.unique_names(self._list_source(dl_manager))
+
+  def _list_source(self, dl_manager) -> list[processing.Item]:
     source = self.builder_config.source
     if source == "manual":
       return self._folder_items(self._manual_root(dl_manager), "", dl_manager)
@@ -252,23 +326,30 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _folder_items(self, root: epath.Path, prefix: str, dl_manager) -> list[processing.Item]:
     if not root.is_dir():
       raise CorpusError(f"MIDI folder not found: {root}")
-    items, archives = processing.walk_midi_files(root, prefix)
+    items, archives = processing.walk_midi_files(root, prefix, self._listing)
     for archive in archives:
       rel = archive.relative_to(root).as_posix()
       items.extend(self._archive_items(archive, f"{prefix}/{rel}" if prefix else rel, dl_manager))
     return items
 
   def _archive_items(self, archive: epath.Path, prefix: str, dl_manager) -> list[processing.Item]:
-    """The MIDI files of one archive: `.zip` members are read in place; other archives
-    (`.tar.gz`) are extracted by the download manager and walked."""
+    """The MIDI files of one archive, one level deep (an archive inside it is reported, not
+    read): `.zip` members are read in place by the workers; tar members (`.tar.gz`, `.tgz`,
+    `.tar`) are extracted one by one into the build's temporary folder. Members that are
+    links, point outside the archive or are over `max_file_bytes` are left out and reported."""
+    del dl_manager  # Archives are read here, not by TFDS's extractor (it drops members silently).
     try:
       if archive.name.lower().endswith(".zip"):
-        return processing.zip_items(archive, prefix)
-      return self._folder_items(epath.Path(dl_manager.extract(archive)), prefix, dl_manager)
+        return processing.zip_items(archive, prefix, self._listing)
+      self._num_tars += 1
+      extract_dir = os.path.join(self._spill_dir, "extracted", f"{self._num_tars:05d}")
+      return processing.tar_items(archive, prefix, extract_dir,
+                                  self.builder_config.encoding_config.max_file_bytes,
+                                  self._listing)
     except Exception as e:  # pylint: disable=broad-except
-      # zipfile/tarfile/the extractor raise many types; one bad archive must not stop the
-      # build, and it must show up in the report.
-      self._report.skip(prefix, "corrupt", f"unreadable archive: {type(e).__name__}: {e}")
+      # zipfile/tarfile raise many types; one bad archive must not stop the build, and it
+      # must show up in the report.
+      self._listing.skip(prefix, "corrupt", f"unreadable archive: {type(e).__name__}: {e}")
       return []
 
   def _bach_items(self, dl_manager) -> list[processing.Item]:
@@ -291,7 +372,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         total=len(todo), desc="converting music21 Bach chorales to MIDI"):
       failed.update({w: err for w, err in results if err})
     for work, err in sorted(failed.items()):
-      self._report.skip(work, "corrupt", f"music21 conversion failed: {err}")
+      self._listing.skip(work, "corrupt", f"music21 conversion failed: {err}")
     self._report.source_notes.append(
         f"music21 {music21.__version__}: {len(works)} Bach chorales (Riemenschneider), "
         f"{len(works) - len(failed)} converted to MIDI")
@@ -303,19 +384,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Processes every file once (all cores), then assigns splits by content hash."""
     self._report = processing.ReportBuilder()
+    self._listing = processing.Listing()
+    self._spill_dir = processing.make_spill_dir()  # Spilled examples and extracted tar members.
+    self._num_tars = 0
     items = self._list_items(dl_manager)
-    processing.log(f"config {self.builder_config.name}: {len(items)} MIDI files found")
-    settings = self.builder_config.settings()
-    self._spill_dir = processing.make_spill_dir()
-    workers = self._workers(len(items), "encode")
-    tasks = [(f"{i:07d}", chunk, settings, self._spill_dir)
-             for i, chunk in enumerate(processing.chunked(items, workers))]
-    outcomes: list[processing.Outcome] = []
-    for chunk_outcomes in processing.parallel_map(
-        processing.process_chunk, tasks, num_workers=workers,
-        isolate=processing.isolate_chunk, crashed=processing.crashed_chunk,
-        total=len(items), desc=f"encoding ({self.builder_config.encoding})"):
-      outcomes.extend(chunk_outcomes)
+    left_out = f" ({len(self._listing.skips)} left out while listing)" if self._listing.skips else ""
+    processing.log(f"config {self.builder_config.name}: {len(items)} MIDI files found{left_out}")
+    for name, reason, detail in self._listing.skips:
+      self._report.skip(name, reason, detail)
+    self._report.source_notes.extend(self._listing.notes)
+    outcomes = list(processing.encode_items(
+        items, self.builder_config.settings(), self._spill_dir,
+        num_workers=self._workers(len(items), "encode"),
+        desc=f"encoding ({self.builder_config.encoding})"))
 
     kept: dict[str, processing.Outcome] = {}
     seen: dict[str, str] = {}
@@ -344,13 +425,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, outcomes: list[processing.Outcome]):
     """Yields (sha256, example) for one split from the spilled, already encoded examples."""
-    loaded_file, loaded = None, []
-    for outcome in sorted(outcomes, key=lambda o: o.spill):
-      chunk_file, index = outcome.spill
-      if chunk_file != loaded_file:
-        loaded_file, loaded = chunk_file, processing.load_spilled(chunk_file)
-      self._report.add_example(outcome, split)
-      yield outcome.sha256, loaded[index]
+    reader = processing.SpillReader()
+    try:
+      for outcome in sorted(outcomes, key=lambda o: o.spill):
+        self._report.add_example(outcome, split)
+        yield outcome.sha256, reader.load(outcome.spill)
+    finally:
+      reader.close()
 
   def check_built_from(self, manual_dir) -> None:
     """Raises CorpusError if this config is prepared from another folder than `manual_dir`
@@ -374,7 +455,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     name per data_dir). Regenerating (`--overwrite`, a FORCE_REDOWNLOAD or REUSE_CACHE mode)
     rebuilds as usual."""
     self._manual_dir_given = bool(download_config is not None and download_config.manual_dir)
-    with _clean_exit_under_tfds_cli():
+    with _clean_exit_under_tfds_cli(), _no_tfds_progress_bars():
       reuse = download_config is None or tfds.download.GenerateMode(
           download_config.download_mode) == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
       if reuse and download_config is not None:
@@ -395,7 +476,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       # Which folder this build read: training checks it against its data.manual_dir.
       report["manual_dir"] = os.path.abspath(os.fspath(dl_manager.manual_dir))
     self.info.metadata["report"] = report
-    print(flush=True)  # Off the end of TFDS's progress bars.
+    if processing.verbose():
+      print(flush=True)  # Off the end of TFDS's progress bars.
     processing.log(f"virtuoso_midi/{self.builder_config.name} "
                    + processing.format_report(report))
     train = report["splits"].get("train", 0)

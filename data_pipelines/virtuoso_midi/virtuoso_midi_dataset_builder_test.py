@@ -82,7 +82,7 @@ def test_tfds_cli_builds_from_the_repo_root(tmp_path):
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIRTUOSO_BUILD_WORKERS": "1"}
   out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "skipped:           corrupt=1, empty=2, over_limit=0, duplicate=1" in out.stdout
+  assert "skipped:           corrupt=1, empty=2, over_limit=0, duplicate=1, unsupported=0" in out.stdout
   prepared = tmp_path / "virtuoso_midi" / "token" / "1.0.0"
   assert sorted(p.name for p in prepared.glob("*.array_record-*")) == [
       f"virtuoso_midi-{s}.array_record-00000-of-00001" for s in ("test", "train", "validation")]
