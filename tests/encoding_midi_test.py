@@ -126,7 +126,33 @@ def _absurd_delta():
   return make_midi([note(0, 10, 60) + note(0x0FFFFFF, 0x0FFFFFF + 10, 62)], tpq=96)
 
 
+def _smf(body: bytes, tpq=480) -> bytes:
+  """A one-track format-0 file from a raw MTrk body (end-of-track appended)."""
+  body += b"\x00\xff\x2f\x00"
+  return (b"MThd" + (6).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
+          + tpq.to_bytes(2, "big") + b"MTrk" + len(body).to_bytes(4, "big") + body)
+
+
+def _long_vlq_delta():
+  # A note-off delta of 11 VLQ bytes (2^70 ticks): symusic reads 4 and misparses; mido reads the
+  # whole quantity into a Python int (was: OverflowError escaping from the fallback).
+  big = [(1 << 70) >> (7 * k) & 0x7F for k in range(10, -1, -1)]
+  vlq = bytes([b | 0x80 for b in big[:-1]] + [big[-1]])
+  return _smf(b"\x00\x90\x3c\x40" + vlq + b"\x80\x3c\x40")
+
+
+def _tick_wrap_at_tempo_1():
+  # Tempo 1 us/quarter, then 9 deltas of 0x0FFFFFFF: ticks pass 2^31 and symusic's int32 ticks
+  # wrap negative; at that tempo the song is short, so max_seconds did not catch it (was:
+  # ValueError "invalid Notes: onset < 0").
+  wait = b"\xff\xff\xff\x7f\xff\x01\x00"  # delta 0x0FFFFFFF, empty text event
+  return _smf(b"\x00\xff\x51\x03\x00\x00\x01" + b"\x00\x90\x3c\x40\x10\x80\x3c\x40"
+              + wait * 9 + b"\x00\x90\x3e\x40\x10\x80\x3e\x40")
+
+
 BAD = {
+    "long_vlq_delta": (_long_vlq_delta(), "MAX_TICK"),
+    "tick_wrap_at_tempo_1": (_tick_wrap_at_tempo_1(), "MAX_TICK"),
     "empty": (b"", "empty"),
     "random_bytes": (random.Random(0).randbytes(2000), "MThd"),
     "truncated": (GOOD[:len(GOOD) // 2], ""),
@@ -161,6 +187,39 @@ def test_limits_raise_midi_error_naming_the_limit(limit, value, reason, tmp_path
   assert len(midi_to_notes(path)) == 3
   with pytest.raises(MidiError, match=reason):
     midi_to_notes(path, EncodingConfig(**{limit: value}))
+
+
+def test_file_size_limit_message_and_no_read(tmp_path):
+  path = tmp_path / "big.mid"
+  with open(path, "wb") as f:  # Sparse: 70 MiB on paper.
+    f.write(GOOD)
+    f.truncate(70 * 1024 * 1024)
+  with pytest.raises(MidiError, match=r"file is 70.0 MiB, over the 64 MiB limit"):
+    midi_to_notes(path)
+
+
+def test_track_chunks_count_against_max_tracks_whatever_the_header_says():
+  data = bytearray(GOOD + b"MTrk\x00\x00\x00\x00" * 40)
+  assert len(midi_to_notes(bytes(data))) == 3
+  with pytest.raises(MidiError, match="max_tracks=20"):
+    midi_to_notes(bytes(data), EncodingConfig(max_tracks=20))
+
+
+def test_tolerant_parser_is_bounded():
+  from virtuoso_jax.encoding import midi_io  # pylint: disable=g-import-not-at-top
+  n = 200_000  # ~1.6 MB, over MAX_FALLBACK_BYTES
+  notes = Notes.from_rows([(i // 4, 1, 30 + i % 4, 80, 0) for i in range(n)])
+  data = bytearray(notes_to_midi(notes))
+  assert len(data) > midi_io.MAX_FALLBACK_BYTES
+  i = data.index(b"\x90", 30)
+  data[i + 2] = 0xA8  # An illegal velocity: symusic refuses the file.
+  with pytest.raises(MidiError, match="MAX_FALLBACK_BYTES"):
+    midi_to_notes(bytes(data))
+  # A track length running past the end: mido could only fail at EOF, so it is not tried.
+  pos = data.index(b"MTrk", 14 + 8 + 20)
+  data[pos + 4:pos + 8] = (len(data)).to_bytes(4, "big")
+  with pytest.raises(MidiError, match="tolerant parser not tried: track chunk"):
+    midi_to_notes(bytes(data[:800_000]))
 
 
 def test_missing_file_and_allow_empty(tmp_path):

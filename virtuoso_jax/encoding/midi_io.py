@@ -12,6 +12,15 @@ velocity 0 is a note-off; note-offs close the earliest open note of that pitch (
 MIDI track; program state is per MIDI track and channel (as symusic and pretty_midi do); channel
 10 is drums (instrument 128); notes never closed are dropped. Onsets and note ends are rounded to
 the grid (half up); a note shorter than one grid unit becomes one unit.
+
+Hostile input: every input ends as `Notes` or `MidiError` (with a non-empty `reason`), in time and
+memory that scale with the file's size, never with what its bytes claim (chunk lengths, delta
+times, note counts). The limits (see `midi_to_notes`): `EncodingConfig.max_file_bytes` (checked
+before reading a path), `max_tracks` (declared and actual track chunks), `max_notes`,
+`max_seconds` (after the tempo map), and the fixed `MAX_TICK` (absolute tick positions must fit
+int32: symusic stores ticks as int32) and `MAX_FALLBACK_BYTES` (the mido fallback, ~70 bytes of
+memory and ~2.5 s per MB of input, is only tried on files up to this size, and only when a cheap
+pre-scan of the chunk structure shows it can succeed).
 """
 
 from __future__ import annotations
@@ -31,6 +40,14 @@ Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 _DEFAULT_CONFIG = EncodingConfig()
 DEFAULT_MSPQ = 500_000  # Microseconds per quarter before the first tempo event (MIDI standard).
 WRITE_TPQ = 500  # notes_to_midi: 500 ticks per quarter at 120 bpm = 1 tick per millisecond.
+MAX_TICK = 2**31 - 1  # Absolute tick positions past this are refused (symusic's ticks are int32).
+MAX_FALLBACK_BYTES = 1024 * 1024  # Largest file the mido fallback is tried on.
+_INT32_MAX = 2**31 - 1
+# Exceptions symusic raises for a file it cannot parse (its C++ errors arrive as RuntimeError).
+_SYMUSIC_ERRORS = (RuntimeError, ValueError, IndexError, OverflowError)
+# Exceptions mido raises for a file it cannot parse.
+_MIDO_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError,
+                struct.error)
 
 
 class MidiError(ValueError):
@@ -89,6 +106,34 @@ def _why(e: BaseException) -> str:
   return text if text else f"{type(e).__name__} (the file ends early or is damaged)"
 
 
+def _why_typed(e: BaseException, expected: tuple[type[BaseException], ...]) -> str:
+  """`_why(e)`, prefixed with the exception's type unless it is one of `expected`."""
+  if isinstance(e, expected):
+    return _why(e)
+  return f"{type(e).__name__}: {_why(e)}"
+
+
+def _size(n: int) -> str:
+  """A byte count for messages: '20 bytes', '3.5 KiB', '70.0 MiB'."""
+  if n < 1024:
+    return f"{n} bytes"
+  if n < 1024 * 1024:
+    return f"{n / 1024:.1f} KiB"
+  return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def _limit(n: int) -> str:
+  """A limit for messages: '64 MiB' when it is a whole number of MiB, else `_size`."""
+  if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
+    return f"{n // (1024 * 1024)} MiB"
+  return _size(n)
+
+
+def _too_big(name: str, size: int, limit: int) -> MidiError:
+  return MidiError(name, f"file is {_size(size)}, over the {_limit(limit)} limit "
+                   f"(max_file_bytes={limit})")
+
+
 def _read_source(src: Source, config: EncodingConfig) -> tuple[bytes, str]:
   if isinstance(src, (bytes, bytearray, memoryview)):
     data = bytes(src)
@@ -100,8 +145,7 @@ def _read_source(src: Source, config: EncodingConfig) -> tuple[bytes, str]:
     except OSError as e:
       raise MidiError(name, f"cannot read file: {e.strerror or e}") from e
     if size > config.max_file_bytes:
-      raise MidiError(name, f"file is {size} bytes, over the limit max_file_bytes="
-                      f"{config.max_file_bytes}")
+      raise _too_big(name, size, config.max_file_bytes)
     try:
       data = pathlib.Path(name).read_bytes()
     except OSError as e:
@@ -109,8 +153,7 @@ def _read_source(src: Source, config: EncodingConfig) -> tuple[bytes, str]:
   else:
     raise TypeError(f"midi_to_notes: src must be a path or bytes, got {type(src).__name__}")
   if len(data) > config.max_file_bytes:
-    raise MidiError(name, f"file is {len(data)} bytes, over the limit max_file_bytes="
-                    f"{config.max_file_bytes}")
+    raise _too_big(name, len(data), config.max_file_bytes)
   return data, name
 
 
@@ -139,6 +182,47 @@ def _check_header(data: bytes, name: str, config: EncodingConfig) -> tuple[int, 
   return fmt, ntrks
 
 
+def _scan_chunks(data: bytes, name: str, ntrks: int, config: EncodingConfig) -> str:
+  """Walks the chunk headers (no event parsing: O(chunks), each at least 8 bytes).
+
+  Raises MidiError when the file holds more MTrk chunks than `config.max_tracks` (whatever the
+  header declares) or more than `max_tracks + 1024` chunks in all. Returns "" when the mido
+  fallback can read the declared tracks' chunk structure, else why it cannot: mido reads `ntrks`
+  chunks in sequence, each must be an MTrk that ends inside the file (a track whose length runs
+  past the end can only end in EOFError, after parsing everything up to it).
+  """
+  n = len(data)
+  hlen = int.from_bytes(data[4:8], "big")
+  pos = 8 + hlen
+  blocker = "" if pos <= n else f"the header chunk declares {hlen} bytes, only {n - 8} remain"
+  k = tracks = 0
+  while pos + 8 <= n:
+    tag = data[pos:pos + 4]
+    size = int.from_bytes(data[pos + 4:pos + 8], "big")
+    end = pos + 8 + size
+    if k < ntrks and not blocker:
+      if tag != b"MTrk":
+        blocker = f"chunk {k + 1} at byte {pos} is {tag!r}, not MTrk"
+      elif end > n:
+        blocker = (f"track chunk {k + 1} at byte {pos} declares {size} bytes, only "
+                   f"{n - pos - 8} remain")
+    k += 1
+    if tag == b"MTrk":
+      tracks += 1
+      if tracks > config.max_tracks:
+        raise MidiError(name, f"file holds more than {config.max_tracks} track chunks, over the "
+                        f"limit max_tracks={config.max_tracks}")
+    if k > config.max_tracks + 1024:
+      raise MidiError(name, f"file holds more than {config.max_tracks + 1024} chunks "
+                      f"(max_tracks={config.max_tracks} plus 1024 others)")
+    if end > n:
+      break
+    pos = end
+  if not blocker and k < ntrks:
+    blocker = f"the header declares {ntrks} tracks, the file holds {k} chunks"
+  return blocker
+
+
 def _pedal_intervals(times, values, last_tick: int) -> tuple[np.ndarray, np.ndarray]:
   """Sustain intervals [start, end) from CC64 events (down when value >= 64, as note-seq);
   a pedal still down at the end is released at `last_tick`. (symusic's own `pedals` are not used:
@@ -155,11 +239,25 @@ def _pedal_intervals(times, values, last_tick: int) -> tuple[np.ndarray, np.ndar
   return start, end
 
 
+class _TickWrap(Exception):
+  """An absolute tick position past MAX_TICK (symusic's int32 ticks wrapped negative)."""
+
+
+_TICK_REASON = (f"absolute tick positions pass {MAX_TICK} (2^31 - 1, the limit MAX_TICK; absurd "
+                "delta times)")
+
+
 def _parse_symusic(data: bytes, config: EncodingConfig) -> _Parsed:
   import symusic  # pylint: disable=g-import-not-at-top
 
-  score = symusic.Score.from_midi(data)
+  return _symusic_columns(symusic.Score.from_midi(data), config)
+
+
+def _symusic_columns(score, config: EncodingConfig) -> _Parsed:
+  """Note columns of a parsed `symusic.Score`. Raises `_TickWrap` on a wrapped tick."""
   tempos = score.tempos.numpy()
+  if len(tempos["time"]) and tempos["time"].min() < 0:
+    raise _TickWrap()
   tracks = []
   total = 0
   for tr in score.tracks:
@@ -170,11 +268,18 @@ def _parse_symusic(data: bytes, config: EncodingConfig) -> _Parsed:
     total += n
     if total > config.max_notes:
       break
+    # symusic's ticks are int32: a negative time or duration means the absolute tick wrapped.
+    if cols["time"].min() < 0 or cols["duration"].min() < 0:
+      raise _TickWrap()
     start = cols["time"].astype(np.int64)
     end = start + cols["duration"].astype(np.int64)
+    if end.max() > MAX_TICK:
+      raise _TickWrap()
     ps = pe = np.zeros(0, np.int64)
     if config.sustain_pedal and not tr.is_drum and len(tr.controls):
       cc = tr.controls.numpy()
+      if cc["time"].min() < 0:
+        raise _TickWrap()
       is64 = cc["number"] == 64
       if is64.any():
         ps, pe = _pedal_intervals(cc["time"][is64], cc["value"][is64], end.max())
@@ -188,10 +293,17 @@ def _parse_symusic(data: bytes, config: EncodingConfig) -> _Parsed:
 
 def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
   """Tolerant parser (mido, clip=True); the same pairing rules as symusic."""
-  import collections  # pylint: disable=g-import-not-at-top
   import mido  # pylint: disable=g-import-not-at-top
 
   mf = mido.MidiFile(file=io.BytesIO(data), clip=True)
+  return _mido_columns(mf, config)
+
+
+def _mido_columns(mf, config: EncodingConfig) -> _Parsed:
+  """Pairs the notes of a parsed `mido.MidiFile` (see `_parse_mido`). Raises `_TickWrap` on an
+  absolute tick past MAX_TICK (mido reads delta times of any length into Python ints)."""
+  import collections  # pylint: disable=g-import-not-at-top
+
   tempo_ticks, tempo_mspq, tracks = [], [], []
   total = 0
   for mtrack in mf.tracks:
@@ -202,6 +314,8 @@ def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
     pedals = collections.defaultdict(lambda: ([], []))  # channel -> CC64 (ticks, values)
     for msg in mtrack:
       tick += msg.time
+      if tick > MAX_TICK:
+        raise _TickWrap()
       t = msg.type
       if t == "note_on" and msg.velocity > 0:
         open_notes[(msg.channel, msg.note)].append((tick, msg.velocity, program[msg.channel]))
@@ -237,6 +351,24 @@ def _parse_mido(data: bytes, config: EncodingConfig) -> _Parsed:
       break
   return _Parsed(int(mf.ticks_per_beat), np.asarray(tempo_ticks, np.int64),
                  np.asarray(tempo_mspq, np.int64), tracks, total)
+
+
+def _parse_mido_or_raise(data: bytes, config: EncodingConfig, name: str,
+                         reason: str) -> _Parsed:
+  """`_parse_mido`, every failure as a MidiError that also gives symusic's `reason`."""
+  import mido  # pylint: disable=g-import-not-at-top
+
+  try:
+    mf = mido.MidiFile(file=io.BytesIO(data), clip=True)
+  # Boundary: any exception from the third-party parser means "mido cannot read this file";
+  # unexpected types are named in the reason.
+  except Exception as e:  # pylint: disable=broad-except
+    raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser: "
+                    f"{_why_typed(e, _MIDO_ERRORS)})") from e
+  try:
+    return _mido_columns(mf, config)
+  except _TickWrap:
+    raise MidiError(name, _TICK_REASON + " (tolerant parser)") from None
 
 
 def _close_all_ends(tr: _Track) -> np.ndarray:
@@ -327,9 +459,12 @@ def _to_notes(parsed: _Parsed, config: EncodingConfig, name: str) -> tuple[Notes
   end = np.concatenate(ends)
   sec = ticks_to_seconds(np.concatenate([start, end]), parsed.tpq, parsed.tempo_ticks,
                          parsed.tempo_mspq)
-  if len(sec) and sec.max() > config.max_seconds:
+  if len(sec) and not sec.max() <= config.max_seconds:  # `not <=`: NaN is refused too.
     raise MidiError(name, f"song lasts {sec.max():.0f} s, over the limit max_seconds="
                     f"{config.max_seconds:g} (absurd delta times?)")
+  if len(sec) and sec.max() * (1000.0 / config.grid_ms) >= _INT32_MAX:
+    raise MidiError(name, f"song lasts {sec.max():.0f} s: more than 2^31 - 1 grid units of "
+                    f"{config.grid_ms} ms (raise grid_ms or lower max_seconds)")
   units = quantize_seconds(sec, config.grid_ms)
   onset, off = units[:n_total], units[n_total:]
   duration = off - onset
@@ -356,24 +491,53 @@ def midi_to_notes(src: Source, config: EncodingConfig = _DEFAULT_CONFIG, *,
   Returns:
     `Notes`, or `(Notes, MidiInfo)` with `return_info=True`.
 
+  Limits (each exceeded one is a `MidiError` whose reason names it):
+    - `config.max_file_bytes` (default 64 MiB): checked on the file's size before it is read;
+    - `config.max_tracks`: the declared track count and the MTrk chunks actually present
+      (and `max_tracks + 1024` chunks of any kind);
+    - `config.max_notes`: the parser stops counting once over it;
+    - `config.max_seconds` (default 4 h): the last note end after the tempo map;
+    - `MAX_TICK` = 2^31 - 1: absolute tick positions (symusic keeps ticks as int32; a wrap is
+      detected, not read as a negative time);
+    - `MAX_FALLBACK_BYTES` = 1 MiB: a file symusic rejects is retried with mido only up to this
+      size, and only if the chunk structure lets mido finish (`_scan_chunks`).
+    Time and memory are then linear in the file's size: symusic's C++ parser, numpy columns, and
+    (bounded as above) mido.
+
   Raises:
     MidiError: unreadable, truncated, empty, format 2, over a limit, or no notes (unless
-      `config.allow_empty`). The message names the source and the reason.
+      `config.allow_empty`). The message names the source and the reason. Nothing else is
+      raised for any input bytes (TypeError for a `src` that is neither a path nor bytes).
   """
   data, name = _read_source(src, config)
   fmt, ntrks = _check_header(data, name, config)
-  parser, reason = "symusic", ""
+  blocker = _scan_chunks(data, name, ntrks, config)
+  parser, reason, score = "symusic", "", None
+  import symusic  # pylint: disable=g-import-not-at-top
   try:
-    parsed = _parse_symusic(data, config)
-  except (RuntimeError, ValueError, IndexError, OverflowError) as e:
-    reason = _why(e).replace("MiniMidi: ", "").replace(": iostream error", "")
+    score = symusic.Score.from_midi(data)
+  # Boundary: any exception from the third-party parser means "symusic cannot read this file";
+  # unexpected types are named in the reason.
+  except Exception as e:  # pylint: disable=broad-except
+    reason = _why_typed(e, _SYMUSIC_ERRORS).replace("MiniMidi: ", "").replace(
+        ": iostream error", "")
     if not config.tolerant_fallback:
       raise MidiError(name, f"unreadable MIDI: {reason}") from e
+    if blocker:
+      raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser not tried: "
+                      f"{blocker})") from e
+    if len(data) > MAX_FALLBACK_BYTES:
+      raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser not tried: the file is "
+                      f"{_size(len(data))}, over its {_limit(MAX_FALLBACK_BYTES)} limit "
+                      "MAX_FALLBACK_BYTES)") from e
+    parsed = _parse_mido_or_raise(data, config, name, reason)
+    parser = "mido"
+  if score is not None:
     try:
-      parsed = _parse_mido(data, config)
-      parser = "mido"
-    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as e2:
-      raise MidiError(name, f"unreadable MIDI: {reason} (tolerant parser: {_why(e2)})") from e2
+      parsed = _symusic_columns(score, config)
+    except _TickWrap:
+      raise MidiError(name, _TICK_REASON) from None
+    del score
   if parsed.tpq <= 0:
     raise MidiError(name, f"ticks per quarter is {parsed.tpq}")
   if parsed.num_notes > config.max_notes:
