@@ -24,6 +24,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from virtuoso_jax import metrics
+
 
 def emit(name: str, value: float, unit: str, **extra: Any) -> dict:
   """Prints one JSON line {"name", "value", "unit", ...extra} to stdout and returns it."""
@@ -50,15 +52,10 @@ def time_fn(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> list[floa
 
 
 def matmul_peak_flops(sizes=(1024, 2048), repeats: int = 5, dtype=jnp.float32) -> float:
-  """This machine's achievable matmul rate (FLOP/s): best over square GEMMs of `sizes`."""
-  best = 0.0
-  for n in sizes:
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    t = min(time_fn(f, a, b, repeats=repeats))
-    best = max(best, 2.0 * n ** 3 / t)
-  return best
+  """This machine's achievable matmul rate (FLOP/s), measured now: best over square GEMMs of
+  `sizes` (`virtuoso_jax.metrics.measure_matmul_peak`, the library's one peak measurement;
+  training's MFU denominator is its cached or spec-sheet peak instead)."""
+  return max(metrics.measure_matmul_peak(n, repeats, jnp.dtype(dtype).name) for n in sizes)
 
 
 def stream_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
