@@ -125,7 +125,16 @@ class Listing:
   notes: list[str] = dataclasses.field(default_factory=list)
 
   def skip(self, name: str, reason: str, detail: str) -> None:
-    self.skips.append((safe_name(name), reason, detail))
+    """Records a left-out file; its name as found, made printable (`printable`)."""
+    self.skips.append((printable(name), reason, detail))
+
+
+def printable(text: str, max_len: int = 300) -> str:
+  """`text` for a report line: non-printable characters as visible escapes (`\x1b`), at most
+  `max_len` characters (cut with '...')."""
+  out = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                for c in text)
+  return out if len(out) <= max_len else out[:max_len - 3] + "..."
 
 
 _READ_CHUNK = 1 << 20
@@ -190,8 +199,7 @@ def _safe_part(part: str) -> str:
   """One name component: non-printable characters (control characters, undecodable bytes)
   written as visible escapes (`\\x1b`), very long ones cut to `MAX_NAME_PART` characters with a
   short hash of the original (so they stay unique) and their suffix kept."""
-  out = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                for c in part)
+  out = printable(part, max_len=1 << 30)
   if len(out) > MAX_NAME_PART:
     digest = hashlib.sha256(part.encode("utf-8", "surrogateescape")).hexdigest()[:10]
     dot = out.rfind(".")
