@@ -13,13 +13,24 @@ of every global batch (the rows its devices hold), so 2 hosts x 4 devices see ex
 
 Windowing (`config.data.windowing`):
   "window": every song is cut into windows of L+1 tokens (L = model.max_len) with stride L, so
-    every target is predicted exactly once per epoch. Songs start with BOS; a window never
-    crosses into another song. The last window of a song is slid back to end at the song's end
-    (its already-covered targets are masked); a song shorter than L+1 is padded with PAD (masked).
+    every target is predicted exactly once per epoch; a window never crosses into another song,
+    and a song's first window starts at its BOS (BOS only ever sits at position 0, as when
+    sampling). Each epoch shifts each song's window grid by a random phase d in 0..L-1 (a pure
+    function of seed, epoch and song): the first window counts only the first L-d targets, the
+    next ones start at tokens L-d, 2L-d, ..., and the last one is padded with PAD after the
+    song's end (masked). So EOS is predicted at position (n-2+d) mod L, uniform over the window,
+    and window starts fall at every phase of the notes. (The last window used to be slid back to
+    end at the song's end: EOS was then always the target at position L-1, the model learnt
+    "position L-1 => EOS" and 30-50% of the quickstart's samples stopped at exactly token L.)
+    The phase costs about L/2 masked slots per song and epoch (bach_token: 8% more windows);
+    epochs differ slightly in size (`BatchMaker.epoch_start`).
   "pack": songs (each BOS ... EOS, so boundaries stay visible to the model) are concatenated in a
     per-epoch random order and cut into L+1 chunks: no padding at all.
-Eval always uses "window" over the eval split, in order, so it is deterministic and covers every
-target once; the padding rows of the last batch are masked.
+Eval always uses "window" with phase 0 over the eval split, in order, so it is deterministic and
+covers every target once (EOS lands at position (n-2) mod L, varying with the song's length,
+never slid back to L-1); the padding rows of the last batch are masked. Eval losses of runs
+before 2026-12-02 used slid-back last windows (tail targets with more context, EOS at L-1) and
+are not exactly comparable (benchmarks/eos_position_bench.py scores a run under both).
 
 The iterator is a grain `DatasetIterator`: its state (position) is saved in checkpoints.
 """
@@ -242,52 +253,80 @@ def song_lengths(source: SongSource, chunk: int = 256) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class WindowIndex:
-  """Windows of L+1 tokens inside songs: song id, start, first counted target position."""
+  """Windows of L+1 tokens inside songs: song id, first token, counted target positions.
+
+  Window w holds tokens song[start : start + L + 1]; its targets at positions
+  mask_from[w] <= i < mask_to[w] count (the others are PAD or already counted elsewhere).
+  """
   song: np.ndarray
   start: np.ndarray
   mask_from: np.ndarray
+  mask_to: np.ndarray
 
   def __len__(self) -> int:
     return len(self.song)
 
 
-def build_windows(lengths: np.ndarray, seq_len: int) -> WindowIndex:
-  """Windows with stride `seq_len` covering every target (positions 1..n-1) of every song once."""
-  songs, starts, mask_from = [], [], []
-  for s, n in enumerate(np.asarray(lengths)):
-    n = int(n)
-    if n < 2:
-      continue  # Nothing to predict.
-    st = 0
-    while True:
-      end = st + seq_len  # Last target position covered by this window.
-      if end >= n - 1 or n <= seq_len + 1:
-        songs.append(s)
-        starts.append(st)
-        mask_from.append(0)
-        break
-      songs.append(s)
-      starts.append(st)
-      mask_from.append(0)
-      nxt = st + seq_len
-      if nxt + seq_len + 1 > n:  # Slide the last window back to end at the song's end.
-        last = n - seq_len - 1
-        songs.append(s)
-        starts.append(last)
-        mask_from.append(end - last)  # Targets up to `end` are already counted.
-        break
-      st = nxt
-  return WindowIndex(np.asarray(songs, np.int64), np.asarray(starts, np.int64),
-                     np.asarray(mask_from, np.int64))
+def window_counts(lengths: np.ndarray, seq_len: int, phases: np.ndarray | None = None
+                  ) -> np.ndarray:
+  """Windows per song: ceil((n - 1 + phase) / L) (0 for songs with nothing to predict)."""
+  targets = np.asarray(lengths, np.int64) - 1
+  d = np.zeros_like(targets) if phases is None else np.asarray(phases, np.int64)
+  return np.where(targets >= 1, (targets - 1 + d) // seq_len + 1, 0)
 
 
-def _window_example(song_ids: np.ndarray, start: int, mask_from: int, seq_len: int,
-                    pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def build_windows(lengths: np.ndarray, seq_len: int,
+                  phases: np.ndarray | None = None) -> WindowIndex:
+  """Windows covering every target (positions 1..n-1) of every song exactly once.
+
+  A song's targets are laid on a grid of L slots shifted by its phase d (0 <= d < L): target t
+  sits in window (t - 1 + d) // L. The first window starts at the song's first token (BOS at
+  position 0) and counts its first L - d targets; window w >= 1 starts at token w*L - d and
+  counts L targets; the last one is padded after the song's end. So EOS, the last target, is
+  predicted at position (n - 2 + d) mod L: with d = 0 (eval) that varies with the song's length,
+  with a random d per (song, epoch) (training) it is uniform over 0..L-1. (Sliding the last
+  window back to end at the song's end, as before, put EOS at position L-1 in every song longer
+  than L+1, and the model learnt "position L-1 => EOS".)
+  """
+  n = np.asarray(lengths, np.int64)
+  d = np.zeros_like(n) if phases is None else np.asarray(phases, np.int64)
+  if np.any((d < 0) | (d >= seq_len)):
+    raise ValueError(f"window phases must be in 0..{seq_len - 1}")
+  counts = window_counts(n, seq_len, d)
+  song = np.repeat(np.arange(len(n), dtype=np.int64), counts)
+  first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+  w = np.arange(len(song), dtype=np.int64) - np.repeat(first, counts)
+  start, mask_to = _window_span(n[song], d[song], w, seq_len)
+  return WindowIndex(song, start, np.zeros_like(start), mask_to)
+
+
+def _window_span(n, d, w, seq_len):
+  """(first token, counted targets) of window w of a song of n tokens with phase d
+  (numpy arrays or ints)."""
+  start = np.where(w == 0, 0, w * seq_len - d)
+  mask_to = np.minimum(np.where(w == 0, seq_len - d, seq_len), n - 1 - start)
+  return start, mask_to
+
+
+def window_phases(seed: int, epoch: int, num_songs: int, seq_len: int) -> np.ndarray:
+  """Each song's window phase in epoch `epoch`: uniform in 0..L-1, a pure function of
+  (seed, epoch, song) (splitmix64), so every process and worker computes the same."""
+  with np.errstate(over="ignore"):
+    x = (np.arange(num_songs, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+         + np.uint64(_seed(seed, epoch)) * np.uint64(0xD1B54A32D192ED03) + np.uint64(0x5851F42D))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+  return (x % np.uint64(seq_len)).astype(np.int64)
+
+
+def _window_example(song_ids: np.ndarray, start: int, mask_from: int, mask_to: int,
+                    seq_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   tokens = np.full(seq_len + 1, pad_id, np.int32)
   piece = song_ids[start:start + seq_len + 1]
   tokens[:len(piece)] = piece
   mask = np.zeros(seq_len, np.float32)
-  mask[mask_from:len(piece) - 1] = 1.0
+  mask[mask_from:min(mask_to, len(piece) - 1)] = 1.0
   return tokens, mask
 
 
@@ -300,8 +339,8 @@ class BatchMaker:
 
   Attributes:
     source: the split's songs.
-    index: window index (window mode and eval).
-    lengths: song lengths (pack mode).
+    index: window index (eval; window mode builds each epoch's own, see `window`).
+    lengths: song lengths (window and pack modes).
     seq_len: L.
     global_batch: rows per global batch.
     rows: (lo, hi) the rows of each global batch this process builds.
@@ -339,19 +378,59 @@ class BatchMaker:
         if self.mode == "eval":
           if j >= len(self.index):
             continue  # Padding row: fully masked.
-          w = j
+          ix = self.index
+          s, st, mf, mt = ix.song[j], ix.start[j], ix.mask_from[j], ix.mask_to[j]
         else:
-          n = len(self.index)
-          epoch, k = divmod(j, n)
-          w = grain.experimental.index_shuffle(k, max_index=n - 1, seed=_seed(self.seed, epoch),
-                                               rounds=4)
-        song = self._song(int(self.index.song[w]))
-        t, m = _window_example(song, int(self.index.start[w]), int(self.index.mask_from[w]),
-                               self.seq_len, self.pad_id)
+          s, st, mf, mt = self.window(j)
+        t, m = _window_example(self._song(int(s)), int(st), int(mf), int(mt), self.seq_len,
+                               self.pad_id)
       if self.transpose:
         t = self._transpose(t, j)
       tokens[r - lo], mask[r - lo] = t, m
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+
+  # Window mode: epoch e lays every song's targets on a grid shifted by the song's phase
+  # window_phases(seed, e) (see build_windows), so an epoch holds a few more windows than
+  # ceil((n - 1) / L) per song and epochs differ in size; epoch e covers global samples
+  # epoch_start(e) .. epoch_start(e + 1) - 1, its windows shuffled by index_shuffle.
+
+  def epoch_windows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cumulative window counts per song [S + 1], phases [S]) of a window-mode epoch."""
+    cache = self.__dict__.setdefault("_window_cache", {})
+    if epoch not in cache:
+      cache.clear()
+      phases = window_phases(self.seed, epoch, len(self.lengths), self.seq_len)
+      counts = window_counts(self.lengths, self.seq_len, phases)
+      cache[epoch] = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), phases)
+    return cache[epoch]
+
+  def epoch_index(self, epoch: int) -> WindowIndex:
+    """Every window of a window-mode epoch, in song order (before shuffling)."""
+    return build_windows(self.lengths, self.seq_len, self.epoch_windows(epoch)[1])
+
+  def epoch_start(self, epoch: int) -> int:
+    """The global sample number where window-mode epoch `epoch` starts."""
+    starts = self.__dict__.setdefault("_epoch_starts", [0])
+    while len(starts) <= epoch:
+      e = len(starts) - 1
+      phases = window_phases(self.seed, e, len(self.lengths), self.seq_len)
+      starts.append(starts[-1] + int(window_counts(self.lengths, self.seq_len, phases).sum()))
+    return starts[epoch]
+
+  def window(self, j: int) -> tuple[int, int, int, int]:
+    """Window mode: (song, start, mask_from, mask_to) of global sample j."""
+    starts = self.__dict__.setdefault("_epoch_starts", [0])
+    while starts[-1] <= j:
+      self.epoch_start(len(starts))
+    epoch = int(np.searchsorted(starts, j, side="right")) - 1
+    cum, phases = self.epoch_windows(epoch)
+    n = int(cum[-1])
+    w = grain.experimental.index_shuffle(j - starts[epoch], max_index=n - 1,
+                                         seed=_seed(self.seed, epoch), rounds=4)
+    s = int(np.searchsorted(cum, w, side="right")) - 1
+    start, mask_to = _window_span(int(self.lengths[s]), int(phases[s]), w - int(cum[s]),
+                                  self.seq_len)
+    return s, int(start), 0, int(mask_to)
 
   def _transpose(self, tokens: np.ndarray, j: int) -> np.ndarray:
     lo, hi = self.codec.pitch_shift_range(tokens)
@@ -429,7 +508,7 @@ class DataInfo:
   tokens_per_note: float | None  # Token codec: ids per note.
   note_end_id: int | None  # Char codec: the id ending every note line ("\n").
   num_train_songs: int
-  num_train_windows: int
+  num_train_windows: int  # Window mode: epoch 0's windows (epochs differ a little); else len(index).
   num_eval_windows: int
   train_tokens: int
   unigram_log_probs: np.ndarray  # float32[V], from the train split's target frequencies.
@@ -491,7 +570,9 @@ class InputPipeline:
       note_end = int(np.asarray(self.codec.text_to_ids("\n"))[-1])
     self.info = DataInfo(
         codec=self.codec, kind=kind, vocab_size=vocab, pad_id=pad, tokens_per_note=tpn,
-        note_end_id=note_end, num_train_songs=len(train), num_train_windows=len(self.train_index),
+        note_end_id=note_end, num_train_songs=len(train),
+        num_train_windows=(self.train_maker.epoch_start(1) if d.windowing == "window"
+                           else len(self.train_index)),
         num_eval_windows=len(self.eval_index), train_tokens=int(train_lengths.sum()),
         unigram_log_probs=np.log(probs).astype(np.float32))
     del jax
