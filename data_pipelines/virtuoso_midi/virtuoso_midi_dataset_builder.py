@@ -124,6 +124,9 @@ SMALL_TRAIN_SPLIT = 10
 
 def _under_tfds_cli() -> bool:
   """Whether this process is the `tfds` command line (`tfds build ...`)."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if spec is not None and spec.name == "tensorflow_datasets.scripts.cli.main":
+    return True  # python -m tensorflow_datasets.scripts.cli.main build ...
   argv0 = sys.argv[0] if sys.argv else ""
   return ("tensorflow_datasets.scripts.cli.main" in sys.modules
           and (os.path.basename(argv0) == "tfds" or argv0.endswith(os.path.join("cli", "main.py"))))

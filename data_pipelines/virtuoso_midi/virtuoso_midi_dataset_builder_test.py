@@ -80,9 +80,15 @@ def test_tfds_cli_builds_from_the_repo_root(tmp_path):
          "data_pipelines/virtuoso_midi", "--config=token", f"--manual_dir={dummy}",
          f"--data_dir={tmp_path}"]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIRTUOSO_BUILD_WORKERS": "1"}
+  env.pop("VIRTUOSO_VERBOSE", None)
   out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "skipped:           corrupt=1, empty=2, over_limit=0, duplicate=1, unsupported=0" in out.stdout
+  # Quiet: no progress bars or TFDS prints, and one line instead of the ~150-line DatasetInfo.
+  for noise in ("\x1b[", "Shuffling", "Downloading and preparing", "tfds.core.DatasetInfo(",
+                "Done writing"):
+    assert noise not in out.stdout + out.stderr, noise
+  assert "[virtuoso_midi] virtuoso_midi/token/1.0.0 prepared at " in out.stdout
   prepared = tmp_path / "virtuoso_midi" / "token" / "1.0.0"
   assert sorted(p.name for p in prepared.glob("*.array_record-*")) == [
       f"virtuoso_midi-{s}.array_record-00000-of-00001" for s in ("test", "train", "validation")]
