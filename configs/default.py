@@ -104,6 +104,13 @@ def get_config(arg=None):
   c.keep = 3  # Latest N kept.
   c.keep_best = True  # Also keep the best checkpoint by eval loss.
   c.async_save = True
+  # Another run's workdir: start THIS (new) run from that run's latest parameters, with a fresh
+  # optimizer state and step 0. Shapes must match. Ignored once this workdir has checkpoints.
+  c.fine_tune_from = ""
+  # True: start a new run in a workdir that holds a run of an incompatible config (one a resume
+  # refuses); the old run is moved (never deleted) to `<workdir>.old-<timestamp>`. A compatible
+  # run resumes as usual, so rerunning the same command continues the new run.
+  c.overwrite = False
 
   # ---------------------------------------------------------------- sampling (after training / sample binary)
   s = config.sample = ml_collections.ConfigDict()
@@ -113,6 +120,12 @@ def get_config(arg=None):
   s.top_k = 0  # 0 = off.
   s.top_p = 1.0  # 1.0 = off.
   s.write_at_end = True  # Write a sample (MIDI + PNG) to <workdir>/samples when training ends.
+
+  # ---------------------------------------------------------------- performance reporting
+  f = config.perf = ml_collections.ConfigDict()
+  # MFU denominator: peak FLOP/s of all devices together. 0 = the device kind's spec-sheet bf16
+  # peak (GPU/TPU), or on CPU a matmul peak measured once per machine and cached.
+  f.peak_flops = 0.0
 
   config.tensorboard = True  # Also write TensorBoard event files (tensorboardX; no TensorFlow).
   return config

@@ -227,7 +227,63 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   _check(c.every_steps > 0, "ckpt.every_steps", c.every_steps, "must be positive")
   _check(c.keep >= 1, "ckpt.keep", c.keep, "must be >= 1")
+  _check(isinstance(c.fine_tune_from, str), "ckpt.fine_tune_from", c.fine_tune_from,
+         "must be a workdir path (or '' for none)")
+  _check(isinstance(c.overwrite, bool), "ckpt.overwrite", c.overwrite, "must be True or False")
+  _check(isinstance(config.perf.peak_flops, (int, float)) and config.perf.peak_flops >= 0,
+         "perf.peak_flops", config.perf.peak_flops,
+         "must be >= 0 (FLOP/s of all devices together; 0 = table or cached measurement)")
   return config
+
+
+# What a checkpoint's state (shapes, optimizer structure) or the meaning of its data position
+# depends on. A run resumes across changes of any other field (num_train_steps, cadences, the
+# learning-rate schedule, batch size, mesh, ...).
+_RESUME_SAFE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate",
+                             "residual_attention_dropout", "rel_impl", "attn_block_size", "dtype",
+                             "remat")
+# data.worker_count: the grain iterator's saved state has one entry per worker.
+_RESUME_FIXED_DATA_FIELDS = ("tfds_name", "tfds_config", "manual_dir", "windowing",
+                             "train_split", "worker_count")
+
+
+def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """[(field, saved value, new value)] of the fields a run cannot resume across.
+
+  `saved`: a run's `config.json` (a dict); `new`: the config to run now (dict or ConfigDict).
+  Model fields change the parameters' shapes or meaning (except dropout rates and
+  implementation choices: rel_impl, attn_block_size, dtype, remat); data fields change the
+  dataset, its encoding or the iterator's saved position; `optim.optimizer` and switching
+  gradient clipping on/off change the optimizer state's structure. `model.vocab_size` is
+  compared only when `new` has it resolved (> 0).
+  """
+  if not isinstance(new, dict):
+    new = json.loads(to_json(new))
+  out = []
+
+  def get(d, group, field):
+    return (d.get(group) or {}).get(field)
+
+  saved_model, new_model = saved.get("model") or {}, new.get("model") or {}
+  for field in sorted(set(saved_model) | set(new_model)):
+    if field in _RESUME_SAFE_MODEL_FIELDS:
+      continue
+    a, b = saved_model.get(field), new_model.get(field)
+    if field == "vocab_size" and not b:
+      continue
+    if a != b:
+      out.append((f"model.{field}", a, b))
+  for field in _RESUME_FIXED_DATA_FIELDS:
+    a, b = get(saved, "data", field), get(new, "data", field)
+    if a != b:
+      out.append((f"data.{field}", a, b))
+  a, b = get(saved, "optim", "optimizer"), get(new, "optim", "optimizer")
+  if a != b:
+    out.append(("optim.optimizer", a, b))
+  a, b = get(saved, "optim", "grad_clip_norm"), get(new, "optim", "grad_clip_norm")
+  if bool(a) != bool(b):  # optax.chain gains or loses a state entry.
+    out.append(("optim.grad_clip_norm", a, b))
+  return out
 
 
 def resolve_vocab_size(config: ml_collections.ConfigDict, codec_vocab_size: int,

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -32,6 +33,7 @@ from flax import nnx
 
 from virtuoso_jax import checkpointing
 from virtuoso_jax import config_lib
+from virtuoso_jax import flops as flops_lib
 from virtuoso_jax import host_memory
 from virtuoso_jax import input_pipeline
 from virtuoso_jax import metrics as metrics_lib
@@ -46,6 +48,14 @@ ENCODING_FILE = "encoding.json"
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN/inf; the message names the step."""
+
+
+class RunConfigMismatchError(config_lib.ConfigError):
+  """The workdir holds a run whose config cannot be resumed with this one (nothing touched)."""
+
+
+class DataExhaustedError(config_lib.ConfigError):
+  """The training data iterator ended before num_train_steps (never a bare StopIteration)."""
 
 
 # ------------------------------------------------------------------ optimizer
@@ -390,7 +400,7 @@ def _perf(trainer: Trainer, steps: int, seconds: float, input_seconds: float,
          "perf/tokens_per_s_per_device": tps / jax.device_count(),
          "perf/input_wait_frac": input_seconds / max(seconds, 1e-9)}
   if peak:
-    out["perf/mfu"] = trainer.flops_per_token * tps / peak
+    out["perf/mfu"] = flops_lib.mfu(tps, trainer.flops_per_token, peak)
   return out
 
 
@@ -401,12 +411,14 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
   """
   shown_workdir = workdir  # As the user wrote it, for the commands printed at the end.
   workdir = os.path.abspath(workdir)
+  # Before anything is built or written: a run of another model/data/optimizer in this workdir
+  # stops here (the vocabulary is compared again once the codec resolves it).
+  check_workdir(config, workdir, shown_workdir)
   os.makedirs(workdir, exist_ok=True)
   trainer = Trainer(config, workdir, codec=codec)
   config = trainer.config
+  check_workdir(config, workdir, shown_workdir)
   is_main = jax.process_index() == 0
-  if is_main:
-    write_run_files(workdir, config, trainer.data.info.codec)
   info = trainer.data.info
   log.info("Mesh %s over %d devices (%d processes); batch %d x %d tokens",
                dict(trainer.mesh.shape), jax.device_count(), jax.process_count(),
@@ -420,11 +432,20 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
   ckpt = checkpointing.Checkpointer(workdir, config.ckpt) if config.ckpt.enabled else None
   train_iter = trainer.data.train_iterator()
   start_step = 0
-  if ckpt is not None and ckpt.all_steps():
-    restored = ckpt.restore(trainer.abstract_state(), train_iter)
-    if restored is not None:
-      start_step, trainer.state = restored
-      log.info("Resumed from %s at step %d", ckpt.directory, start_step)
+  try:
+    if ckpt is not None and ckpt.all_steps():
+      restored = ckpt.restore(trainer.abstract_state(), train_iter)
+      if restored is not None:
+        start_step, trainer.state = restored
+        log.info("Resumed from %s at step %d", ckpt.directory, start_step)
+    elif config.ckpt.fine_tune_from:
+      _load_fine_tune_params(trainer, workdir)
+  except BaseException:
+    if ckpt is not None:
+      ckpt.manager.close()
+    raise
+  if is_main:  # Only now: a run that cannot resume has left config.json as it was.
+    write_run_files(workdir, config, trainer.data.info.codec)
   if start_step >= config.num_train_steps:
     log.info("Already trained to step %d (num_train_steps=%d): nothing to do. Train further with "
              "a larger --config.num_train_steps.", start_step, config.num_train_steps)
@@ -432,8 +453,8 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
       ckpt.close()
     return {"step": start_step, "stopped": "done"}  # Nothing compiled, nothing written.
   trainer.compile()
-  peak, peak_how = metrics_lib.peak_flops_per_s()
-  log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_how)
+  peak, peak_how = metrics_lib.peak_flops_per_s(override=config.perf.peak_flops)
+  log.info("MFU denominator: %.4g FLOP/s (%s)", peak, peak_how)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard,
                                     resume_step=start_step)
@@ -459,11 +480,20 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
       accum["_n"] = accum.get("_n", 0.0) + 1
 
   step = start_step
+  finished = False
   try:
     with _Preemption() as preemption:
       while step < config.num_train_steps:
         t = time.perf_counter()
-        batch = trainer.data.to_global(next(train_iter))
+        try:
+          local = next(train_iter)
+        except StopIteration:
+          raise DataExhaustedError(
+              f"the training data iterator ended before step {step + 1} of "
+              f"{config.num_train_steps} (it was restored from the checkpoint at step "
+              f"{start_step}); the checkpoint's data position does not fit this data config. "
+              "Train in another --workdir.") from None
+        batch = trainer.data.to_global(local)
         input_s += time.perf_counter() - t
         metrics = trainer.step(batch)
         step += 1
@@ -508,10 +538,17 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
           log.warning("Stopped at step %d on SIGTERM; checkpoint saved in %s", step,
                           ckpt.directory if ckpt else "(checkpoints disabled)")
           break
+    finished = True
   finally:
-    if ckpt is not None:
-      ckpt.close()
     writer.close()
+    if ckpt is not None:
+      if finished:
+        ckpt.close()  # Raises CheckpointSaveError if the last save failed.
+      else:  # Do not hide the error that stopped training behind a save error.
+        try:
+          ckpt.close()
+        except Exception as e:  # pylint: disable=broad-exception-caught
+          log.warning("While stopping: %s", e)
   last["step"] = step
   if is_main:
     samples = os.path.join(shown_workdir, "samples")
@@ -533,6 +570,99 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
                    f"--out={samples}")
     log.info("%s", "\n".join(lines))
   return last
+
+
+def _run_in(workdir: str) -> dict[str, Any] | None:
+  """The saved config of the run in `workdir`, if it holds one worth protecting (checkpoints or
+  metrics rows); None for an empty or fresh workdir (or one without a readable config.json)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return None
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  has_rows = os.path.isfile(metrics) and os.path.getsize(metrics) > 0
+  if not (has_ckpt or has_rows):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    log.warning("%s is unreadable; not comparing configs.", path)
+    return None
+
+
+def check_workdir(config, workdir: str, shown_workdir: str | None = None) -> None:
+  """Stops (RunConfigMismatchError, nothing touched) if `workdir` holds a run whose saved config
+  differs from `config` in a field a resume cannot cross (`config_lib.resume_conflicts`);
+  with `ckpt.overwrite=True` moves that run aside instead."""
+  shown = shown_workdir or workdir
+  saved = _run_in(workdir)
+  if saved is None:
+    return
+  conflicts = config_lib.resume_conflicts(saved, config)
+  if not conflicts:
+    return
+  diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in conflicts)
+  if config.ckpt.overwrite:
+    moved = _move_run_aside(workdir)
+    log.warning("ckpt.overwrite=True: the run in %s (config differs: %s) was moved to %s; "
+                "starting a new run.", shown, diff, moved)
+    return
+  raise RunConfigMismatchError(
+      f"{shown} holds a run whose config differs in fields a resume cannot cross: {diff}. "
+      "Nothing was changed. Either train in another --workdir, start a new run from its "
+      f"weights with --workdir=NEW --config.ckpt.fine_tune_from={shown} (model shapes must "
+      f"match), or replace it with --config.ckpt.overwrite=True (the old run is moved to "
+      f"{shown}.old-<timestamp>, not deleted).")
+
+
+def _move_run_aside(workdir: str) -> str:
+  """Renames `workdir` to `<workdir>.old-<timestamp>` (process 0) and recreates it empty."""
+  dest = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+  n = 1
+  while os.path.exists(dest):
+    n += 1
+    dest = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+  if jax.process_index() == 0:
+    try:
+      os.rename(workdir, dest)
+    except OSError:  # A mount point or the like: move its entries instead.
+      os.makedirs(dest)
+      for name in os.listdir(workdir):
+        shutil.move(os.path.join(workdir, name), os.path.join(dest, name))
+    os.makedirs(workdir, exist_ok=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("move_run_aside")
+  return dest
+
+
+def _load_fine_tune_params(trainer: "Trainer", workdir: str) -> None:
+  """config.ckpt.fine_tune_from: the other run's latest params (same shapes and encoding);
+  the optimizer state stays fresh and training starts at step 0."""
+  src = os.path.abspath(trainer.config.ckpt.fine_tune_from)
+  if src == workdir:
+    raise config_lib.ConfigError(
+        f"config.ckpt.fine_tune_from={trainer.config.ckpt.fine_tune_from!r} is this run's own "
+        "--workdir; give the workdir of another run")
+  theirs_path = os.path.join(src, ENCODING_FILE)
+  if os.path.isfile(theirs_path):
+    with open(theirs_path, encoding="utf-8") as f:
+      theirs = json.load(f)
+    ours = {"kind": config_lib.encoding_kind(trainer.config),
+            "encoding": trainer.data.info.codec.config.to_dict()}
+    for key in ("kind", "encoding"):
+      if json.dumps(theirs.get(key), sort_keys=True) != json.dumps(ours[key], sort_keys=True):
+        raise checkpointing.CheckpointMismatchError(
+            f"config.ckpt.fine_tune_from={src}: that run's token encoding ({key}: "
+            f"{theirs.get(key)}) differs from this run's ({ours[key]}); its parameters would "
+            "read other ids")
+  abstract = trainer.abstract_state()["params"]
+  step, params = checkpointing.fine_tune_params(src, abstract)
+  trainer.state = dict(trainer.state, params=params)
+  log.info("Fine-tuning from %s (its step %d): parameters loaded; new optimizer state; "
+           "starting at step 0.", src, step)
 
 
 def write_run_files(workdir: str, config, codec) -> None:
