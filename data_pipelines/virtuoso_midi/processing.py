@@ -7,13 +7,20 @@ JAX never forks its threads into a worker). The builder
 
 The build is two passes over the unique files:
 
-1. `process_chunk` (in parallel): read a file, hash its bytes, parse it into notes
+1. `encode_items` (in parallel, one file at a time per worker): read a file (size checked
+   before reading, the read bounded), hash its bytes, parse it into notes
    (`virtuoso_jax.encoding.midi_to_notes`, which retries a file the fast parser rejects with
-   a tolerant one), check the limits and encode it. The encoded example is spilled to a
-   pickle in a temporary folder; only a small `Outcome` travels back to the parent.
+   a tolerant one), check the limits and encode it. The encoded example is appended to the
+   worker's spill file in a temporary folder; only a small `Outcome` travels back to the
+   parent. Whatever one file does (any exception, killing its worker, hanging) is that file's
+   skip, named with the reason in the report; no other file is lost.
 2. `assign_splits` then puts each good, unique file in `train`/`validation`/`test` by its
    content hash, and the builder's `_generate_examples` streams the spilled examples of one
    split back out. A file is parsed once; memory stays flat on large corpora.
+
+Listing (`walk_midi_files`, `zip_items`, `tar_items`) enters each real folder once, reads
+archives one level deep, never follows links inside archives, and gives every example a
+printable, bounded, unique name; what it leaves out goes to the report too.
 """
 
 from __future__ import annotations
