@@ -11,7 +11,6 @@ import sys
 import tarfile
 import time
 import zipfile
-from unittest import mock
 
 import pytest
 import tensorflow_datasets as tfds

@@ -5,7 +5,8 @@ r"""Prepares a virtuoso_midi config without the `tfds` CLI (no TensorFlow needed
       --data_dir=/data/tfds
 
 It runs `Builder(...).download_and_prepare(file_format='array_record')`, printing what it does
-(sources, progress with files/s and ETA, the build report). The trainer runs exactly this in a
+(sources, progress with files/s and ETA, the build report) as `[virtuoso_midi] ...` lines only;
+`--verbose` (or VIRTUOSO_VERBOSE=1) adds TFDS's progress bars, INFO logs and prints. The trainer runs exactly this in a
 subprocess when the configured dataset is missing. Read the result with
 `tfds.data_source('virtuoso_midi/<config>', data_dir=...)`.
 """
