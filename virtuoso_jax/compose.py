@@ -10,6 +10,7 @@ never cuts a note in half, and undo removes exactly the notes a block added.
   python -m virtuoso_jax.compose start --session=comp --workdir=W --midi=song.mid --prompt_notes=48
   python -m virtuoso_jax.compose start --session=comp --workdir=W --song=3      # dataset song
   python -m virtuoso_jax.compose continue --session=comp --notes=32 --candidates=3
+  python -m virtuoso_jax.compose set --session=comp --temperature=0.9 --notes=16  # kept
   python -m virtuoso_jax.compose accept --session=comp --candidate=1
   python -m virtuoso_jax.compose undo --session=comp
   python -m virtuoso_jax.compose show --session=comp
@@ -17,7 +18,13 @@ never cuts a note in half, and undo removes exactly the notes a block added.
 
 `continue` writes <session>/candidate_XX.{mid,png} (the composition plus that candidate block);
 `accept` makes one the composition (<session>/composition.{mid,png}); `continue` again replaces
-the candidates (a new seed each time).
+the candidates (a new seed each time). Flags given to `continue` apply to that block only;
+`set` (or `continue --keep`) makes them the session's settings, which `show` prints.
+Only `start` and `continue` load the model; accept/undo/show/set/export read the run's codec
+(config.json, encoding.json) and never import JAX.
+
+state.json is checked against an explicit schema on every load and before every save
+(`validate_state`): a damaged or hand-edited file is one error naming the file and the field.
 """
 
 from __future__ import annotations
@@ -35,6 +42,110 @@ from virtuoso_jax import sample as sample_lib
 STATE_FILE = "state.json"
 VERSION = 1
 SampleError = sample_lib.SampleError
+# Bounds of a state file (validate_state); the flags are held to the same ones.
+MAX_CANDIDATES = 64
+MAX_BLOCK_NOTES = 10_000
+MAX_BLOCK_SECONDS = 3600.0
+MAX_NOTES = 2_000_000  # Notes in the composition or one candidate (EncodingConfig.max_notes).
+MAX_TIME_UNITS = 100_000_000  # Onsets and durations, in grid units (27.7 h at 1 ms).
+MAX_HISTORY = 100_000  # Undo steps.
+_NOTE_RANGES = (("onset", 0, MAX_TIME_UNITS), ("duration", 0, MAX_TIME_UNITS),
+                ("pitch", 0, 127), ("velocity", 1, 127), ("instrument", 0, 128))
+_SETTING_KEYS = ("temperature", "top_k", "top_p", "block_notes", "block_seconds", "candidates",
+                 "instruments")
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # Not NaN.
+
+
+def _check_rows(rows, where: str) -> None:
+  if not isinstance(rows, list):
+    raise ValueError(f"{where} must be a list of notes, got {type(rows).__name__}")
+  if len(rows) > MAX_NOTES:
+    raise ValueError(f"{where} holds {len(rows)} notes, more than {MAX_NOTES}")
+  for i, r in enumerate(rows):
+    if not (isinstance(r, list) and len(r) == len(_NOTE_RANGES)):
+      raise ValueError(f"{where}[{i}] must be [onset, duration, pitch, velocity, instrument], "
+                       f"got {str(r)[:80]}")
+    for (name, lo, hi), v in zip(_NOTE_RANGES, r):
+      if not (_is_int(v) and lo <= v <= hi):
+        raise ValueError(f"{where}[{i}] {name} must be an int in {lo}..{hi}, got {str(v)[:40]}")
+
+
+def check_settings(d, where: str = "settings", prefix: str = "") -> None:
+  """ValueError naming the field (`prefix` + name, e.g. `--temperature`) of a bad setting."""
+  if not isinstance(d, dict):
+    raise ValueError(f"{where} must be an object, got {type(d).__name__}")
+  unknown = sorted(set(d) - set(_SETTING_KEYS))
+  if unknown:
+    raise ValueError(f"{where} has unknown fields {unknown}")
+  n = lambda k: f"{where}.{k}" if not prefix else f"{prefix}{k}"
+  checks = {
+      "temperature": (lambda v: _is_num(v) and 0 <= v < float("inf"), ">= 0"),
+      "top_k": (lambda v: _is_int(v) and 0 <= v <= sample_lib.MAX_TOKENS,
+                f"an int in 0..{sample_lib.MAX_TOKENS}"),
+      "top_p": (lambda v: _is_num(v) and 0 < v <= 1, "in (0, 1]"),
+      "block_notes": (lambda v: _is_int(v) and 0 <= v <= MAX_BLOCK_NOTES,
+                      f"an int in 0..{MAX_BLOCK_NOTES}"),
+      "block_seconds": (lambda v: _is_num(v) and 0 <= v <= MAX_BLOCK_SECONDS,
+                        f"in 0..{MAX_BLOCK_SECONDS:g}"),
+      "candidates": (lambda v: _is_int(v) and 1 <= v <= MAX_CANDIDATES,
+                     f"an int in 1..{MAX_CANDIDATES}"),
+      "instruments": (lambda v: v is None or (isinstance(v, list) and 0 < len(v) <= 129 and
+                                              all(_is_int(i) and 0 <= i <= 128 for i in v)),
+                      "null or a non-empty list of ints 0..128"),
+  }
+  for k, v in d.items():
+    ok, what = checks[k]
+    if not ok(v):
+      raise ValueError(f"{n(k)} must be {what}, got {str(v)[:60]}")
+  if d.get("block_notes", 1) < 1 and d.get("block_seconds", 0) <= 0:
+    raise ValueError(f"a block needs {n('block_notes')} >= 1 or {n('block_seconds')} > 0")
+
+
+def validate_state(state, file: str) -> dict:
+  """The whole state file against its schema and bounds; SampleError naming the file and the
+  field. Types: version 1; workdir, checkpoint, source strings; seed an int in
+  0..sample.SEED_MAX; settings (check_settings); notes, each history entry and each candidate a
+  list of [onset, duration, pitch, velocity, instrument] ints (onset/duration 0..MAX_TIME_UNITS
+  grid units, pitch 0..127, velocity 1..127, instrument 0..128, at most MAX_NOTES notes); at
+  most MAX_CANDIDATES candidates and MAX_HISTORY undo steps."""
+  try:
+    if not isinstance(state, dict):
+      raise ValueError(f"the file must hold an object, got {type(state).__name__}")
+    if state.get("version") != VERSION:
+      raise ValueError(f"version: {state.get('version')!r}, expected {VERSION}")
+    required = ("version", "workdir", "checkpoint", "source", "seed", "settings", "notes",
+                "history", "candidates")
+    missing = [k for k in required if k not in state]
+    if missing:
+      raise ValueError(f"missing fields {missing}")
+    unknown = sorted(set(state) - set(required))
+    if unknown:
+      raise ValueError(f"unknown fields {unknown}")
+    for k in ("workdir", "checkpoint", "source"):
+      if not isinstance(state[k], str) or (k != "source" and not state[k]):
+        raise ValueError(f"{k} must be a non-empty string, got {str(state[k])[:60]}")
+    if not (_is_int(state["seed"]) and 0 <= state["seed"] <= sample_lib.SEED_MAX):
+      raise ValueError(f"seed must be an int in 0..{sample_lib.SEED_MAX}, got "
+                       f"{str(state['seed'])[:40]}")
+    check_settings(state["settings"])
+    _check_rows(state["notes"], "notes")
+    for key, limit in (("history", MAX_HISTORY), ("candidates", MAX_CANDIDATES)):
+      if not isinstance(state[key], list):
+        raise ValueError(f"{key} must be a list, got {type(state[key]).__name__}")
+      if len(state[key]) > limit:
+        raise ValueError(f"{key} holds {len(state[key])} entries, more than {limit}")
+      for i, rows in enumerate(state[key]):
+        _check_rows(rows, f"{key}[{i}]")
+  except ValueError as e:
+    raise SampleError(f"session file {file} is damaged: {e}") from None
+  return state
 
 
 def _rows(notes: encoding.Notes) -> list[list[int]]:
@@ -65,6 +176,8 @@ class Session:
     self.path = os.path.abspath(path)
     self.state = state
     self._run = None
+    self._enc = None
+    self.last_samples = []  # continue_'s Samples (with why each stopped).
 
   # ---------------------------------------------------------------- persistence
   @property
@@ -101,17 +214,14 @@ class Session:
     try:
       with open(file, encoding="utf-8") as f:
         state = json.load(f)
-      if state.get("version") != VERSION:
-        raise ValueError(f"version {state.get('version')!r}, expected {VERSION}")
-      for key in ("workdir", "settings", "notes", "history", "candidates", "seed"):
-        if key not in state:
-          raise KeyError(key)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, RecursionError) as e:
       raise SampleError(f"session file {file} is damaged ({type(e).__name__}: {e})") from e
-    return cls(path, state)
+    return cls(path, validate_state(state, file))
 
   def save(self) -> None:
-    """Atomic write (a crash never leaves a half-written state file)."""
+    """Atomic write (a crash never leaves a half-written state file) of a state that passes
+    validate_state (an invalid one is never written)."""
+    validate_state(json.loads(json.dumps(self.state)), self.state_file)
     tmp = self.state_file + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump(self.state, f)
@@ -134,38 +244,67 @@ class Session:
       self._run = sample_lib.load_run(self.state["workdir"], self.state["checkpoint"])
     return self._run
 
+  @property
+  def enc_config(self) -> encoding.EncodingConfig:
+    """The run's encoding, from its config.json/encoding.json (no model, no JAX)."""
+    if self._run is not None:
+      return self._run.enc_config
+    if self._enc is None:
+      self._enc = sample_lib.load_codec(self.state["workdir"])[2].config
+    return self._enc
+
+  def set_settings(self, **changes) -> Settings:
+    """Makes `changes` (None: unchanged) the session's settings for later blocks; saves."""
+    settings = self._merged(changes)
+    self.state["settings"] = dataclasses.asdict(settings)
+    self.save()
+    return settings
+
+  def _merged(self, changes) -> Settings:
+    """The settings with `changes` applied (None: unchanged; instruments="any": no
+    restriction); SampleError naming the flag of a bad value."""
+    upd = {k: v for k, v in changes.items() if v is not None}
+    if upd.get("instruments") == "any":
+      upd["instruments"] = None
+    settings = dataclasses.replace(self.settings, **upd)
+    try:
+      check_settings(dataclasses.asdict(settings), prefix="--")
+    except ValueError as e:
+      raise SampleError(str(e).replace("--block_notes", "--notes").replace(
+          "--block_seconds", "--seconds")) from None
+    return settings
+
   # ---------------------------------------------------------------- actions
-  def continue_(self, run: Optional[sample_lib.Run] = None, **changes) -> list[encoding.Notes]:
+  def block_settings(self, **changes) -> Settings:
+    """The settings one `continue` uses: the session's, with `changes` (None: unchanged)."""
+    return self._merged(changes)
+
+  def continue_(self, run: Optional[sample_lib.Run] = None, *, keep: bool = False,
+                **changes) -> list[encoding.Notes]:
     """Generates candidate blocks after the composition; returns the candidates' full notes.
 
-    `changes` update the settings first (temperature, top_k, top_p, block_notes,
-    block_seconds, candidates, instruments) and are kept for later blocks.
+    `changes` (temperature, top_k, top_p, block_notes, block_seconds, candidates,
+    instruments) apply to this block only, unless `keep` makes them the session's settings.
     """
+    settings = self.block_settings(**changes)  # Checked before the model loads.
     run = run or self.run()
-    settings = dataclasses.replace(self.settings, **{k: v for k, v in changes.items()
-                                                     if v is not None})
-    if settings.block_notes < 1 and settings.block_seconds <= 0:
-      raise SampleError("a block needs --notes >= 1 or --seconds > 0")
-    if settings.candidates < 1:
-      raise SampleError(f"--candidates must be >= 1, got {settings.candidates}")
-    per_note = (run.codec.tokens_per_note if run.kind == "token" else run.codec.num_fields + 1)
     if settings.block_seconds > 0:
-      max_tokens = int(run.config.sample.max_new_tokens)
       max_notes, max_seconds = None, settings.block_seconds
     else:
-      # Room for the notes plus the wait ids between them; the note limit stops it.
-      max_tokens = settings.block_notes * per_note * 2 + 16
       max_notes, max_seconds = settings.block_notes, None
     composition = self.notes
+    # max_tokens=None: the budget is sized to fit the block (sample.token_budget).
     request = sample_lib.SampleRequest(
         num_samples=settings.candidates, seed=self.state["seed"],
         temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-        max_tokens=max_tokens, max_notes=max_notes, max_seconds=max_seconds,
+        max_tokens=None, max_notes=max_notes, max_seconds=max_seconds,
         prompt_notes=composition if len(composition) else None,
         instruments=settings.instruments)
     samples = sample_lib.generate(run, request)
-    self.state["settings"] = dataclasses.asdict(settings)
-    self.state["seed"] = int(self.state["seed"]) + 1
+    self.last_samples = samples
+    if keep:
+      self.state["settings"] = dataclasses.asdict(settings)
+    self.state["seed"] = (int(self.state["seed"]) + 1) % (sample_lib.SEED_MAX + 1)
     self.state["candidates"] = [_rows(s.notes) for s in samples]
     self.save()
     return [s.notes for s in samples]
@@ -201,18 +340,19 @@ class Session:
     notes = self.notes
     if not len(notes):
       raise SampleError(f"session {self.path} has no notes yet (run continue and accept first)")
-    return sample_lib.write_piece(notes, self.run().enc_config, stem, sf2=sf2, audio=audio,
+    return sample_lib.write_piece(notes, self.enc_config, stem, sf2=sf2, audio=audio,
                                   title=f"composition ({len(notes)} notes)")
 
   def describe(self) -> str:
     s = self.state
-    enc = self._run.enc_config if self._run else encoding.EncodingConfig()
+    enc = self.enc_config
     lines = [f"session {self.path}: model {s['workdir']} ({s['checkpoint']}), started from "
              f"{s['source']}",
              f"composition: {sample_lib.summarize(self.notes, enc)}",
              f"undo steps: {len(s['history'])}; candidates pending: {len(s['candidates'])}; "
              f"next seed: {s['seed']}",
-             f"settings: {s['settings']}"]
+             f"settings in force for the next continue (change them with `compose set`): "
+             + ", ".join(f"{k}={v}" for k, v in s["settings"].items())]
     for i, c in enumerate(self.candidates()):
       lines.append(f"  candidate {i}: +{len(c) - len(self.notes)} notes -> "
                    f"{sample_lib.summarize(c, enc)}")
@@ -257,7 +397,7 @@ def _first_notes(notes: encoding.Notes, n: int) -> encoding.Notes:
 
 # ---------------------------------------------------------------------------- the binary
 
-COMMANDS = ("start", "continue", "accept", "undo", "show", "export")
+COMMANDS = ("start", "continue", "set", "accept", "undo", "show", "export")
 
 
 def _define_flags():
@@ -273,18 +413,41 @@ def _define_flags():
                    "of --midi (0 = all).")
   f.DEFINE_bool("overwrite", False, "start: replace an existing session.")
   f.DEFINE_integer("seed", 0, "start: the first block's seed (each continue adds one).")
-  f.DEFINE_integer("notes", None, "continue: notes per block.")
-  f.DEFINE_float("seconds", None, "continue: seconds per block (instead of notes).")
-  f.DEFINE_integer("candidates", None, "continue: candidate blocks to generate.")
-  f.DEFINE_float("temperature", None, "continue: sampling temperature (0 = greedy).")
-  f.DEFINE_integer("top_k", None, "continue: top-k (0 = off).")
-  f.DEFINE_float("top_p", None, "continue: top-p (1.0 = off).")
-  f.DEFINE_list("instruments", None, "continue: restrict to these instruments (128 = drums).")
+  f.DEFINE_integer("notes", None, "continue/set: notes per block.")
+  f.DEFINE_float("seconds", None, "continue/set: seconds per block (instead of notes).")
+  f.DEFINE_integer("candidates", None, "continue/set: candidate blocks to generate.")
+  f.DEFINE_float("temperature", None, "continue/set: sampling temperature (0 = greedy).")
+  f.DEFINE_integer("top_k", None, "continue/set: top-k (0 = off).")
+  f.DEFINE_float("top_p", None, "continue/set: top-p (1.0 = off).")
+  f.DEFINE_list("instruments", None, "continue/set: restrict to these instruments (128 = "
+                "drums); 'any' lifts the restriction.")
+  f.DEFINE_bool("keep", False, "continue: also make this block's flags the session's settings "
+                "(as `set` does); without it they apply to this block only.")
   f.DEFINE_integer("candidate", 0, "accept: which candidate.")
   f.DEFINE_string("out", None, "export: output stem (default <session>/composition).")
   f.DEFINE_string("sf2", None, "export: soundfont for the WAV.")
   f.DEFINE_bool("audio", True, "export: also write a WAV when FluidSynth is installed.")
   return flags.FLAGS
+
+
+def _setting_changes(f) -> dict:
+  """The settings flags given (continue / set), checked before anything loads."""
+  instruments = None
+  if f.instruments is not None:
+    if [x.strip().lower() for x in f.instruments] == ["any"]:
+      instruments = "any"
+    else:
+      instruments = sample_lib.parse_instruments(f.instruments)
+  sample_lib.check_knobs(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p)
+  changes = dict(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
+                 candidates=f.candidates, instruments=instruments)
+  if f.seconds is not None and f.notes is not None:
+    raise SampleError("give --notes or --seconds per block, not both")
+  if f.seconds is not None:
+    changes["block_seconds"], changes["block_notes"] = f.seconds, 0
+  elif f.notes is not None:
+    changes["block_notes"], changes["block_seconds"] = f.notes, 0.0
+  return changes
 
 
 def _command(cmd: str, f) -> None:
@@ -293,12 +456,19 @@ def _command(cmd: str, f) -> None:
       raise SampleError("start needs --workdir (the trained run)")
     if f.midi and f.song is not None:
       raise SampleError("start takes --midi or --song, not both")
-    run = sample_lib.load_run(f.workdir, f.checkpoint)
+    sample_lib.check_knobs(seed=f.seed)
+    if f.prompt_notes < 0:
+      raise SampleError(f"--prompt_notes must be >= 0, got {f.prompt_notes}")
+    if os.path.exists(os.path.join(f.session, STATE_FILE)) and not f.overwrite:
+      raise SampleError(f"session {os.path.abspath(f.session)} already exists (pass --overwrite "
+                        "to start over, or use continue/accept/undo to go on with it)")
     notes, source = None, "nothing"
-    if f.midi:
-      notes = sample_lib.read_prompt_midi(f.midi, run.enc_config, last_notes=f.prompt_notes)
-      notes, source = run.codec.quantize(notes) if run.kind == "token" else notes, f.midi
-    elif f.song is not None:
+    if f.midi:  # Read with the codec alone, before the model loads.
+      _, kind, codec = sample_lib.load_codec(f.workdir)
+      notes = sample_lib.read_prompt_midi(f.midi, codec.config, last_notes=f.prompt_notes)
+      notes, source = codec.quantize(notes) if kind == "token" else notes, f.midi
+    run = sample_lib.load_run(f.workdir, f.checkpoint)
+    if f.song is not None:
       title, notes = dataset_song(run, f.song, f.split)
       notes, source = _first_notes(notes, f.prompt_notes), f"dataset song {title!r}"
     session = Session.create(f.session, f.workdir, checkpoint=f.checkpoint, notes=notes,
@@ -311,26 +481,31 @@ def _command(cmd: str, f) -> None:
     else:
       print(f"Started {session.path} from nothing")
     return
+  changes = _setting_changes(f) if cmd in ("continue", "set") else {}
   session = Session.load(f.session)
   if cmd == "continue":
-    instruments = [int(x) for x in f.instruments] if f.instruments else None
-    changes = dict(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
-                   block_notes=f.notes, candidates=f.candidates, instruments=instruments)
-    if f.seconds is not None:
-      changes["block_seconds"] = f.seconds
-    elif f.notes is not None:
-      changes["block_notes"], changes["block_seconds"] = f.notes, 0.0
-    before = len(session.notes)
-    cands = session.continue_(**changes)
-    enc = session.run().enc_config
+    settings = session.block_settings(**changes)  # Checked before the model loads.
+    before, seed = len(session.notes), session.state["seed"]
+    cands = session.continue_(keep=f.keep, **changes)
+    enc = session.enc_config
+    kept = " (kept as the session's settings)" if f.keep else " (this block only)"
+    print(f"block: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items())
+          + kept + f"; seed {seed}")
     for i, c in enumerate(cands):
       stem = os.path.join(session.path, f"candidate_{i:02d}")
       paths = sample_lib.write_piece(c, enc, stem, audio=False,
                                      title=f"candidate {i}: +{len(c) - before} notes")
-      print(f"candidate {i}: +{len(c) - before} notes -> {sample_lib.summarize(c, enc)} -> "
-            f"{', '.join(paths)}")
+      stopped = session.last_samples[i].stopped
+      print(f"candidate {i}: +{len(c) - before} notes -> {sample_lib.summarize(c, enc)}; "
+            f"stopped: {stopped} -> {', '.join(paths)}")
     print(f"accept one with: python -m virtuoso_jax.compose accept --session={f.session} "
           f"--candidate=N")
+  elif cmd == "set":
+    if not any(v is not None for v in changes.values()):
+      raise SampleError("set needs at least one of --notes, --seconds, --candidates, "
+                        "--temperature, --top_k, --top_p, --instruments")
+    settings = session.set_settings(**changes)
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items()))
   elif cmd == "accept":
     notes = session.accept(f.candidate)
     paths = session.export()
@@ -353,11 +528,14 @@ def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: python -m virtuoso_jax.compose {{{'|'.join(COMMANDS)}}} "
-                         "--session=DIR [flags]")
+  del app
+  usage = f"python -m virtuoso_jax.compose {{{'|'.join(COMMANDS)}}} --session=DIR [flags]"
+  if len(argv) < 2:
+    raise SystemExit(f"error: no command; usage: {usage}")
+  if len(argv) > 2 or argv[1] not in COMMANDS:
+    raise SystemExit(f"error: unknown command {' '.join(argv[1:])!r}; usage: {usage}")
   if not FLAGS.session:
-    raise app.UsageError("--session is required")
+    raise SystemExit("error: --session is required (the session folder)")
   try:
     _command(argv[1], FLAGS)
   except (SampleError, FileNotFoundError) as e:

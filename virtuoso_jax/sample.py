@@ -32,10 +32,52 @@ import numpy as np
 from virtuoso_jax import encoding
 
 ENCODING_FILE = "encoding.json"
+SEED_MAX = 2**32 - 1  # Seeds are uint32 (what every PRNG here and in numpy takes).
+MAX_TOKENS = 1_000_000  # Per sample: the sampler's history buffer is [samples, prompt + this].
+DEFAULT_MAX_TOKENS = 1024  # No length asked for at all (the library's default).
 
 
 class SampleError(ValueError):
   """A bad sampling request: missing workdir/checkpoint, unreadable prompt, config mismatch."""
+
+
+def check_knobs(*, temperature=None, top_k=None, top_p=None, seed=None, prefix="--") -> None:
+  """SampleError naming every sampling knob (given, i.e. not None) that means nothing: the
+  binaries call it before loading a model, SampleRequest after taking the config's defaults."""
+  bad = []
+  if temperature is not None and not (isinstance(temperature, (int, float)) and
+                                      0 <= temperature < float("inf")):
+    bad.append(f"{prefix}temperature must be >= 0 (0 = greedy), got {temperature}")
+  if top_k is not None and not (isinstance(top_k, (int, np.integer)) and
+                                not isinstance(top_k, bool) and 0 <= top_k <= MAX_TOKENS):
+    bad.append(f"{prefix}top_k must be an int in 0..{MAX_TOKENS} (0 = off), got {top_k}")
+  if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    bad.append(f"{prefix}top_p must be in (0, 1] (1 = off), got {top_p}")
+  if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed <= SEED_MAX):
+    bad.append(f"{prefix}seed must be an int in 0..{SEED_MAX}, got {seed}")
+  if bad:
+    raise SampleError("; ".join(bad))
+
+
+def parse_instruments(values, flag: str = "--instruments") -> Optional[list[int]]:
+  """A list of GM programs (0..127, 128 = drums) from flag strings or ints; None stays None.
+  SampleError naming the flag and the bad value."""
+  if values is None:
+    return None
+  if not values:
+    raise SampleError(f"{flag} is empty; give GM programs (0..127, 128 = drums), e.g. "
+                      f"{flag}=0,40,128, or leave the flag out for any")
+  out = []
+  for v in values:
+    try:
+      i = int(str(v).strip())
+    except ValueError:
+      i = None
+    if i is None or isinstance(v, bool) or not 0 <= i <= 128:
+      raise SampleError(f"{flag} must be GM programs 0..127 or 128 (drums), got {v!r} in "
+                        f"{','.join(map(str, values))}")
+    out.append(i)
+  return out
 
 
 # ---------------------------------------------------------------------------- the run
@@ -93,6 +135,112 @@ def _load_codec(workdir: str, config, kind: str):
   return codec
 
 
+def load_codec(workdir: str):
+  """(config, kind, codec) of a training run, without JAX, a model or a checkpoint (what
+  compose's accept/undo/show/export and prompt reading need).
+
+  config.json is validated with config_lib.validate first: a hand-edited config is a
+  SampleError naming the file and the field before anything else is touched."""
+  from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top  (no jax)
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise SampleError(f"workdir {workdir} does not exist (train first: python -m "
+                      f"virtuoso_jax.main --config=configs/rga.py:tiny --workdir={workdir})")
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise SampleError(f"{cfg_path} not found: {workdir} is not a training workdir")
+  try:
+    config = _with_schema_defaults(config_lib.from_json_file(cfg_path))
+    config_lib.validate(config)
+    kind = config_lib.encoding_kind(config)
+    if not (isinstance(config.model.vocab_size, int) and config.model.vocab_size > 0):
+      raise ValueError(f"model.vocab_size={config.model.vocab_size!r} (a trained run's is > 0)")
+  except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+    raise SampleError(f"{cfg_path} is not a valid virtuoso_jax run config: "
+                      f"{e if isinstance(e, config_lib.ConfigError) else f'{type(e).__name__}: {e}'}"
+                      ) from e
+  codec = _load_codec(workdir, config, kind)
+  if config.model.vocab_size < codec.vocab_size:
+    raise SampleError(f"{cfg_path}: model.vocab_size={config.model.vocab_size} is smaller than "
+                      f"the codec's vocabulary ({codec.vocab_size}); the config does not belong "
+                      "to this dataset")
+  return config, kind, codec
+
+
+def _with_schema_defaults(config):
+  """A run's config.json over today's schema (configs/default.py): a field added to the schema
+  after the run was trained takes its default, so older runs still validate and sample."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top
+  default_file = config_lib.REPO_ROOT / "configs" / "default.py"
+  if not default_file.is_file():
+    return config
+  merged = config_lib.load_config(str(default_file)).to_dict()
+
+  def overlay(base, top):
+    for k, v in top.items():
+      if isinstance(v, dict) and isinstance(base.get(k), dict):
+        overlay(base[k], v)
+      else:
+        base[k] = v
+
+  overlay(merged, config.to_dict())
+  return ml_collections.ConfigDict(merged)
+
+
+def _saved_param_shapes(workdir: str, step_arg: dict) -> tuple[int, dict[str, tuple]]:
+  """(step, {param path: shape}) of the checkpoint to restore, from Orbax's metadata alone
+  (no array is read). Restoring arrays of other shapes fails inside Orbax with reads still in
+  flight, whose callbacks then hit a closed asyncio loop at exit ('RuntimeError: Event loop is
+  closed' after the error); comparing first means a mismatch never starts a restore."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  directory = checkpointing.checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise SampleError(f"no checkpoint to sample from: no checkpoints in {directory} (has "
+                      f"{workdir} been trained?)")
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notices about the other items.
+  manager = ocp.CheckpointManager(directory,
+                                  item_handlers={"params": ocp.StandardCheckpointHandler()},
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    step = step_arg.get("step")
+    if step is None and step_arg.get("best"):
+      scored = [(m["eval/loss"], s) for s in manager.all_steps()
+                if (m := manager.metrics(s)) and "eval/loss" in m]
+      if not scored:
+        raise SampleError(f"no checkpoint to sample from: no checkpoint in {directory} has an "
+                          "eval/loss metric (use --checkpoint=latest)")
+      step = min(scored)[1]
+    elif step is None:
+      step = manager.latest_step()
+    if step is None:
+      raise SampleError(f"no checkpoint to sample from: no checkpoints in {directory}")
+    if step not in manager.all_steps():
+      raise SampleError(f"no checkpoint to sample from: step {step} is not in {directory} "
+                        f"(steps: {', '.join(map(str, manager.all_steps())) or 'none'})")
+    try:
+      tree = manager.item_metadata(step)["params"]
+    except Exception as e:  # pylint: disable=broad-except  (a damaged step: say which)
+      raise SampleError(f"checkpoint step {step} in {directory} is unreadable: "
+                        f"{type(e).__name__}: {str(e)[:300]}") from e
+    tree = getattr(tree, "tree", tree)
+    shapes = {_path_key(p): tuple(m.shape) for p, m in
+              jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(m, "shape")}
+    return int(step), shapes
+  finally:
+    manager.close()
+    absl_logging.set_verbosity(level)
+
+
+def _path_key(path) -> str:
+  parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+  return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
+
+
 def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   """Loads a training run for sampling (parameters only, never the optimizer state).
 
@@ -109,23 +257,8 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   from virtuoso_jax import checkpointing, config_lib, models, sampling  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
-  if not os.path.isdir(workdir):
-    raise SampleError(f"workdir {workdir} does not exist (train first: python -m "
-                      f"virtuoso_jax.main --config=configs/rga.py:tiny --workdir={workdir})")
   cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(cfg_path):
-    raise SampleError(f"{cfg_path} not found: {workdir} is not a training workdir")
-  try:
-    config = config_lib.from_json_file(cfg_path)
-    kind = config_lib.encoding_kind(config)
-  except (OSError, ValueError, KeyError, AttributeError) as e:
-    raise SampleError(f"{cfg_path} is not a valid virtuoso_jax config "
-                      f"({type(e).__name__}: {e})") from e
-  codec = _load_codec(workdir, config, kind)
-  if config.model.vocab_size < codec.vocab_size:
-    raise SampleError(f"{cfg_path}: model.vocab_size={config.model.vocab_size} is smaller than "
-                      f"the codec's vocabulary ({codec.vocab_size}); the config does not belong "
-                      "to this dataset")
+  config, kind, codec = load_codec(workdir)
   step_arg = {"best": True} if checkpoint == "best" else {}
   if checkpoint not in ("latest", "best"):
     try:
@@ -139,8 +272,19 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           params)
+  step, saved = _saved_param_shapes(workdir, step_arg)
+  wanted = {_path_key(p): tuple(a.shape)
+            for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
+  bad = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+  if bad:
+    raise SampleError(
+        f"the checkpoint in {checkpointing.checkpoint_dir(workdir)} (step {step}) does not match "
+        f"{cfg_path} (model {config.model.name}, {config.model.num_layers} layers, width "
+        f"{config.model.emb_dim}, vocab {config.model.vocab_size}): parameter {bad[0]} has shape "
+        f"{saved.get(bad[0], 'none')} in the checkpoint but {wanted.get(bad[0], 'none')} in the "
+        f"config ({len(bad)} differ)")
   try:
-    step, restored = checkpointing.restore_params(workdir, abstract, **step_arg)
+    step, restored = checkpointing.restore_params(workdir, abstract, step=step)
   except FileNotFoundError as e:
     raise SampleError(f"no checkpoint to sample from: {e}") from e
   # Orbax reports shape/structure mismatches with several exception types.
@@ -168,14 +312,18 @@ def read_prompt_midi(path: str, enc_config: encoding.EncodingConfig, *, last_not
                      last_seconds: float = 0.0) -> encoding.Notes:
   """The last `last_notes` notes (or those starting in the last `last_seconds` seconds; 0: all)
   of a MIDI file, shifted to start at 0. Raises SampleError naming the file and the reason."""
+  if last_notes < 0 or last_seconds < 0:
+    raise SampleError("--prompt_notes and --prompt_seconds must be >= 0")
   if not os.path.isfile(path):
     raise SampleError(f"prompt MIDI {path} does not exist")
   try:
     notes = encoding.midi_to_notes(path, enc_config)
   except encoding.MidiError as e:
     raise SampleError(f"prompt MIDI {path} is unreadable: {e}") from e
-  if last_notes < 0 or last_seconds < 0:
-    raise SampleError("--prompt_notes and --prompt_seconds must be >= 0")
+  except Exception as e:  # pylint: disable=broad-except  (any unreadable prompt is the user's file)
+    raise SampleError(f"prompt MIDI {path} is unreadable: {type(e).__name__}: {e}") from e
+  if not len(notes):
+    raise SampleError(f"prompt MIDI {path} holds no notes to continue")
   idx = np.arange(len(notes))
   if last_notes:
     idx = idx[-last_notes:]
@@ -202,7 +350,7 @@ class SampleRequest:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
-  max_tokens: int = 1024
+  max_tokens: Optional[int] = None  # None: sized to fit max_notes / max_seconds (else 1024).
   max_notes: Optional[int] = None
   max_seconds: Optional[float] = None
   prompt_notes: Optional[encoding.Notes] = None  # Continue these notes.
@@ -213,14 +361,20 @@ class SampleRequest:
     """Counts and limits that cannot mean anything are a SampleError naming the flag (the
     sampling knobs are checked by sampling.SampleOptions)."""
     bad = [f"--{flag} must be {what}, got {value}" for flag, value, ok, what in (
-        ("num_samples", self.num_samples, self.num_samples >= 1, ">= 1"),
-        ("max_tokens", self.max_tokens, self.max_tokens >= 1, ">= 1"),
-        ("max_notes", self.max_notes, self.max_notes is None or self.max_notes >= 1, ">= 1"),
-        ("max_seconds", self.max_seconds, self.max_seconds is None or self.max_seconds > 0,
-         "> 0"),
+        ("num_samples", self.num_samples, 1 <= self.num_samples <= 4096, "in 1..4096"),
+        ("max_tokens", self.max_tokens,
+         self.max_tokens is None or 1 <= self.max_tokens <= MAX_TOKENS, f"in 1..{MAX_TOKENS}"),
+        ("max_notes", self.max_notes, self.max_notes is None or 1 <= self.max_notes <= MAX_TOKENS,
+         f"in 1..{MAX_TOKENS}"),
+        ("max_seconds", self.max_seconds,
+         self.max_seconds is None or 0 < self.max_seconds < float("inf"), "> 0"),
     ) if not ok]
     if bad:
       raise SampleError("; ".join(bad))
+    check_knobs(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                seed=self.seed)
+    if self.instruments is not None:
+      self.instruments = parse_instruments(self.instruments)
 
 
 @dataclasses.dataclass
@@ -234,6 +388,7 @@ class Sample:
   new_notes: int
   text: Optional[str] = None  # char models
   tokens_per_s: float = 0.0
+  stopped: str = ""  # Why generation stopped: "EOS", "notes", "seconds" or "tokens" (+ detail).
 
 
 def build_prompt(run: Run, request: SampleRequest) -> tuple[np.ndarray, int, np.ndarray]:
@@ -267,9 +422,56 @@ def build_prompt(run: Run, request: SampleRequest) -> tuple[np.ndarray, int, np.
   return run.codec.text_to_ids(text).astype(np.int32), state, flags
 
 
+def _length_units(codec) -> tuple[int, int, int]:
+  """(ids per note, ids per wait, grid units one wait covers) of a codec."""
+  if isinstance(codec, encoding.TokenCodec):
+    return int(codec.tokens_per_note), 1, int(codec.wait_units)
+  return int(codec.num_fields) + 1, 2, int(codec.max_value)  # Lines end with "\n".
+
+
+def token_budget(codec, request: SampleRequest) -> tuple[int, str]:
+  """(tokens per sample, why): the generation buffer a request needs.
+
+  A length asked for is honoured: `max_notes` N and `max_seconds` S size the budget so that
+  they, not the buffer, stop generation. Generation stops at N notes or S seconds, whichever
+  first, so with both it never needs more than N notes plus the waits of S seconds; notes alone
+  get one wait per note; seconds alone one note per grid step (the codec's time resolution)
+  plus the waits of S seconds. An explicit `max_tokens` below that is refused with the reason;
+  without N or S it is the length (default DEFAULT_MAX_TOKENS).
+  """
+  if not request.max_notes and not request.max_seconds:
+    n = request.max_tokens or DEFAULT_MAX_TOKENS
+    return n, f"{n} tokens"
+  per_note, per_wait, wait_units = _length_units(codec)
+  grid_ms = codec.config.grid_ms
+  units = None
+  if request.max_seconds:
+    units = max(1, int(np.ceil(min(request.max_seconds * 1000.0 / grid_ms, 1e15))))
+  notes = request.max_notes or units
+  waits = (units // wait_units + 1) if units else notes
+  need = notes * per_note + waits * per_wait
+  asked = " and ".join(x for x in (
+      f"--max_notes={request.max_notes}" if request.max_notes else "",
+      f"--max_seconds={request.max_seconds:g}" if request.max_seconds else "") if x)
+  how = (f"{notes} notes x {per_note} + {waits} waits x {per_wait}" if request.max_notes else
+         f"{units} grid steps of {grid_ms:g} ms at up to one note each: "
+         f"{notes} x {per_note} + {waits} waits x {per_wait}")
+  if need > MAX_TOKENS:
+    raise SampleError(f"{asked} can need up to {need:,} tokens per sample ({how}), more than "
+                      f"the sampler's limit of {MAX_TOKENS:,}; ask for less")
+  if request.max_tokens is not None and request.max_tokens < need:
+    raise SampleError(f"--max_tokens={request.max_tokens} is too small for {asked}: that can "
+                      f"take up to {need} tokens ({how}); raise --max_tokens or leave it out "
+                      "(the budget is then sized to fit)")
+  n = request.max_tokens or need
+  return n, f"{n} tokens, sized for {asked}"
+
+
 def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[Sample]:
-  """Generates `request.num_samples` pieces in one compiled loop; returns them decoded."""
+  """Generates `request.num_samples` pieces in one compiled loop; returns them decoded, each
+  with the reason it stopped (`Sample.stopped`)."""
   from virtuoso_jax import sampling  # pylint: disable=g-import-not-at-top
+  max_tokens, _ = token_budget(run.codec, request)
   ids, state, flags = build_prompt(run, request)
   allowed = None
   if request.instruments:
@@ -287,7 +489,7 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
     raise SampleError(str(e)) from e
   t = time.perf_counter()
   res = sampling.generate(run.model, ids, run.tables, options, seed=request.seed,
-                          num_samples=request.num_samples, max_new_tokens=request.max_tokens,
+                          num_samples=request.num_samples, max_new_tokens=max_tokens,
                           max_notes=request.max_notes, max_units=max_units, allowed_ids=allowed,
                           prompt_state=state, prompt_boundaries=flags, context=run.context,
                           cached=cached)
@@ -295,7 +497,16 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
   tps = float(res.lengths.sum()) / max(seconds, 1e-9)
   out = []
   for b in range(request.num_samples):
-    gen = sampling.drop_partial_note(res.tokens[b, :res.lengths[b]], run.tables, state)
+    raw = res.tokens[b, :res.lengths[b]]
+    if run.tables.eos_id >= 0 and len(raw) and raw[-1] == run.tables.eos_id:
+      stopped = "EOS"
+    elif request.max_notes and res.notes[b] >= request.max_notes:
+      stopped = f"notes ({request.max_notes} reached)"
+    elif max_units is not None and res.units[b] >= max_units:
+      stopped = f"seconds ({request.max_seconds:g} s reached)"
+    else:
+      stopped = f"tokens (all {max_tokens} used)"
+    gen = sampling.drop_partial_note(raw, run.tables, state)
     if max_units is not None:
       gen = sampling.trim_to_units(gen, run.tables, max_units, state)
     full = np.concatenate([ids, gen]).astype(np.int32)
@@ -305,7 +516,7 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
       notes = run.codec.decode(text)
     else:
       notes = run.codec.decode(full)
-    out.append(Sample(notes, full, len(ids), len(gen), int(res.notes[b]), text, tps))
+    out.append(Sample(notes, full, len(ids), len(gen), int(res.notes[b]), text, tps, stopped))
   return out
 
 
@@ -357,8 +568,9 @@ def write_outputs(run: Run, samples: Sequence[Sample], out_dir: str, *,
                         title=f"{os.path.basename(run.workdir)} step {run.step}: {prefix} {i}")
     written += paths
     print(f"{os.path.basename(stem)}: {summarize(s.notes, run.enc_config)}; {s.new_tokens} new "
-          f"tokens, {s.new_notes} new notes ({s.tokens_per_s:.0f} tokens/s over the batch, "
-          f"compilation included) -> {', '.join(paths)}", flush=True)
+          f"tokens, {s.new_notes} new notes, stopped: {s.stopped or 'unknown'} "
+          f"({s.tokens_per_s:.0f} tokens/s over the batch, compilation included) -> "
+          f"{', '.join(paths)}", flush=True)
     audio = audio and paths[-1].endswith(".wav")  # Say "skipping audio" once.
   return written
 
@@ -394,36 +606,49 @@ def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # Orbax's INFO chatter; our lines are printed.
+  del app
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise SystemExit(f"error: unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
   f = FLAGS
-  if not f.workdir:
-    raise app.UsageError("--workdir is required")
   try:
-    run = load_run(f.workdir, f.checkpoint)
-    s = run.config.sample
+    if not f.workdir:
+      raise SampleError("--workdir is required (the training run to sample from)")
+    # Everything the flags alone decide is checked before the model loads (seconds).
+    check_knobs(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed)
+    instruments = parse_instruments(f.instruments)
+    pick = lambda flag, default: default if flag is None else flag
+    lengths = SampleRequest(num_samples=pick(f.num_samples, 1), max_tokens=f.max_tokens,
+                            max_notes=f.max_notes, max_seconds=f.max_seconds,
+                            instruments=instruments)
+    if f.prompt_notes < 0 or f.prompt_seconds < 0:
+      raise SampleError("--prompt_notes and --prompt_seconds must be >= 0")
+    if f.prompt_midi and f.prompt_text is not None:
+      raise SampleError("give --prompt_midi or --prompt_text, not both")
+    if f.prompt_midi and not os.path.isfile(f.prompt_midi):
+      raise SampleError(f"prompt MIDI {f.prompt_midi} does not exist")
+    # The codec alone (no JAX) reads the prompt, so a bad prompt never waits for the model.
+    _, _, codec = load_codec(f.workdir)
     prompt_notes = None
     if f.prompt_midi:
-      prompt_notes = read_prompt_midi(f.prompt_midi, run.enc_config, last_notes=f.prompt_notes,
+      prompt_notes = read_prompt_midi(f.prompt_midi, codec.config, last_notes=f.prompt_notes,
                                       last_seconds=f.prompt_seconds)
-    instruments = None
-    if f.instruments is not None:
-      if not f.instruments:
-        raise SampleError("--instruments is empty; give GM programs (0..127, 128 = drums), "
-                          "e.g. --instruments=0,40,128, or leave the flag out for any")
-      try:
-        instruments = [int(x) for x in f.instruments]
-      except ValueError as e:
-        raise SampleError(f"--instruments must be integers 0..128, got {f.instruments}") from e
-    pick = lambda flag, default: default if flag is None else flag
+    token_budget(codec, lengths)  # A length that cannot be honoured is refused here.
+    run = load_run(f.workdir, f.checkpoint)
+    s = run.config.sample
+    # Without a length flag the config's max_new_tokens is the length; with one, the budget is
+    # sized to fit it (an explicit --max_tokens too small for it is refused).
+    max_tokens = f.max_tokens
+    if max_tokens is None and not f.max_notes and not f.max_seconds:
+      max_tokens = s.max_new_tokens
     request = SampleRequest(
-        num_samples=pick(f.num_samples, s.num_samples), seed=f.seed,
-        temperature=pick(f.temperature, s.temperature), top_k=pick(f.top_k, s.top_k),
-        top_p=pick(f.top_p, s.top_p), max_tokens=pick(f.max_tokens, s.max_new_tokens),
+        num_samples=lengths.num_samples if f.num_samples is not None else s.num_samples,
+        seed=f.seed, temperature=pick(f.temperature, s.temperature), top_k=pick(f.top_k, s.top_k),
+        top_p=pick(f.top_p, s.top_p), max_tokens=max_tokens,
         max_notes=f.max_notes, max_seconds=f.max_seconds, prompt_notes=prompt_notes,
         prompt_text=f.prompt_text, instruments=instruments)
+    _, why = token_budget(run.codec, request)
     out = f.out or os.path.join(run.workdir, "samples")
-    print(f"Sampling {request.num_samples} x up to {request.max_tokens} tokens from "
+    print(f"Sampling {request.num_samples} x up to {why} from "
           f"{run.workdir} ({run.config.model.name}, {run.kind} codec, step {run.step}); "
           f"temperature {request.temperature}, top_k {request.top_k}, top_p {request.top_p}, "
           f"seed {request.seed}", flush=True)
