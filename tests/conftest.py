@@ -10,6 +10,8 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+import hermetic_corpus  # noqa: E402  (tests/ is on sys.path; imports no jax)
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The one place tests find the real MIDI corpora (never copied into the repo).
 CORPORA_DIR = pathlib.Path(os.environ.get("VIRTUOSO_CORPORA", REPO_ROOT.parent / "shared" / "corpora"))
@@ -17,8 +19,10 @@ CORPORA_DIR = pathlib.Path(os.environ.get("VIRTUOSO_CORPORA", REPO_ROOT.parent /
 
 @pytest.fixture(scope="session")
 def corpora_dir() -> pathlib.Path:
-  """The real-MIDI corpora folder. Absent: the test is skipped with a clear reason, unless
-  VIRTUOSO_REQUIRE_CORPORA=1 (CI sets it), where it fails."""
+  """The real-MIDI corpora folder, for the few tests *about* those corpora (round trips over
+  every file, the Tegridy sources). Absent: the test is skipped with a clear reason, unless
+  VIRTUOSO_REQUIRE_CORPORA=1 (CI sets it), where it fails. Every other test runs on
+  `fixture_corpus`, which every machine can make."""
   if not CORPORA_DIR.is_dir():
     msg = (f"real MIDI corpora not found at {CORPORA_DIR}; set VIRTUOSO_CORPORA to a folder of "
            "corpora (the layout of ../shared/corpora)")
@@ -26,3 +30,24 @@ def corpora_dir() -> pathlib.Path:
       pytest.fail(msg)
     pytest.skip(msg)
   return CORPORA_DIR
+
+
+def session_shared_dir(tmp_path_factory, name: str) -> pathlib.Path:
+  """A folder shared by every xdist worker of this pytest session (build it under a lock)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # The session's folder above the workers' own basetemps.
+  return root / name
+
+
+@pytest.fixture(scope="session")
+def fixture_corpus(tmp_path_factory) -> pathlib.Path:
+  """The hermetic MIDI corpus (tests/hermetic_corpus.py; layout of ../shared/corpora): synthetic
+  multi-instrument songs with drums and music21's Bach chorales, made once per session."""
+  return hermetic_corpus.build(session_shared_dir(tmp_path_factory, "fixture_corpus"))
+
+
+@pytest.fixture(scope="session")
+def prompt_midi(fixture_corpus) -> pathlib.Path:  # pylint: disable=redefined-outer-name
+  """A MIDI prompt for the sample and compose tests: several instruments and drums."""
+  return hermetic_corpus.prompt_path(fixture_corpus)
