@@ -133,6 +133,23 @@ def test_any_failure_of_one_file_is_that_files_skip(tmp_path, monkeypatch, hosti
   for name, (_, reason, detail) in HOSTILE.items():
     assert listed[name][0] == reason and detail in listed[name][1], (name, listed[name])
   assert report["files_read"] == len(goods) + len(HOSTILE)
+  # Every skip is also in skipped.tsv next to the shards (the metadata lists up to 200 a reason).
+  tsv = pathlib.Path(report["skipped_list"])
+  assert tsv.parent == pathlib.Path(builder.data_dir) and tsv.name == processing.SKIPPED_TSV
+  rows = [l.split("\t") for l in tsv.read_text().splitlines()[1:]]
+  assert {n: r for r, n, _ in rows} == {n: v[1] for n, v in HOSTILE.items()}
+
+
+def test_every_skip_is_listed_even_past_the_metadata_cap():
+  report = processing.ReportBuilder()
+  n = processing.MAX_LISTED_PER_REASON + 50
+  for i in range(n):
+    report.skip(f"bad_{i}.mid", "corrupt", f"reason\twith tab {i}")
+  stored = report.as_dict(encoding="token")
+  assert len(stored["skipped_files"]["corrupt"]) == processing.MAX_LISTED_PER_REASON
+  lines = report.skipped_tsv().splitlines()
+  assert lines[0] == "reason\tname\tdetail" and len(lines) == n + 1
+  assert lines[-1] == f"corrupt\tbad_{n - 1}.mid\treason with tab {n - 1}"
 
 
 def test_keyboard_interrupt_is_not_swallowed(monkeypatch, tmp_path):

@@ -57,8 +57,10 @@ SPLITS = (("train", 0.90), ("validation", 0.05), ("test", 0.05))
 # archive member the build does not read (a link, a path outside the archive, an archive inside
 # an archive, a device file).
 SKIP_REASONS = ("corrupt", "empty", "over_limit", "duplicate", "unsupported")
-# At most this many file names are listed per skip reason in the stored report.
+# At most this many file names are listed per skip reason in the stored report (metadata);
+# every skipped file is in `SKIPPED_TSV` next to the dataset's shards.
 MAX_LISTED_PER_REASON = 200
+SKIPPED_TSV = "skipped.tsv"
 
 
 def log(message: str) -> None:
@@ -1049,6 +1051,7 @@ class ReportBuilder:
     self.recovered = 0
     self.skipped = collections.Counter({r: 0 for r in SKIP_REASONS})
     self.skipped_files: dict[str, list[dict[str, str]]] = {r: [] for r in SKIP_REASONS}
+    self.all_skips: list[tuple[str, str, str]] = []  # (reason, name, detail), every one.
     self.notes = 0
     self.length = 0
     self.seconds = 0.0
@@ -1061,6 +1064,7 @@ class ReportBuilder:
     if reason not in SKIP_REASONS:
       raise ValueError(f"unknown skip reason {reason!r} for {name}")
     self.skipped[reason] += 1
+    self.all_skips.append((reason, name, detail))
     if len(self.skipped_files[reason]) < MAX_LISTED_PER_REASON:
       self.skipped_files[reason].append({"name": name, "detail": detail})
 
@@ -1079,6 +1083,13 @@ class ReportBuilder:
     self.seconds += outcome.seconds
     self.clipped += outcome.clipped
     self.splits[split] = self.splits.get(split, 0) + 1
+
+  def skipped_tsv(self) -> str:
+    """Every skipped file, one `reason<TAB>name<TAB>detail` line each, after a header."""
+    clean = lambda t: " ".join(str(t).split("\t")).replace("\n", " ").replace("\r", " ")
+    rows = ["reason\tname\tdetail"]
+    rows += [f"{clean(r)}\t{clean(n)}\t{clean(d)}" for r, n, d in self.all_skips]
+    return "\n".join(rows) + "\n"
 
   def as_dict(self, *, encoding: str) -> dict[str, Any]:
     """The JSON-safe report stored in `DatasetInfo.metadata["report"]`."""
@@ -1117,7 +1128,10 @@ def format_report(report: dict[str, Any]) -> str:
     for entry in files[:10]:
       lines.append(f"    {reason}: {entry['name']}: {entry['detail']}")
     if report["skipped"][reason] > 10:
-      lines.append(f"    {reason}: ... {report['skipped'][reason] - 10} more (see metadata)")
+      where = report.get("skipped_list") or "metadata"
+      lines.append(f"    {reason}: ... {report['skipped'][reason] - 10} more (all in {where})")
+  if report.get("skipped_list"):
+    lines.append(f"  every skipped file: {report['skipped_list']}")
   lines.extend(f"  note: {n}" for n in report["source_notes"])
   return "\n".join(lines)
 

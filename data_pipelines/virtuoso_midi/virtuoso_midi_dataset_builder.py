@@ -478,6 +478,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if self.builder_config.source == "manual":
       # Which folder this build read: training checks it against its data.manual_dir.
       report["manual_dir"] = os.path.abspath(os.fspath(dl_manager.manual_dir))
+    if self._report.all_skips:
+      # Every skipped file (the metadata lists up to MAX_LISTED_PER_REASON per reason). Written
+      # into the folder being prepared (TFDS renames it to the final one when we return).
+      (epath.Path(self.data_dir) / processing.SKIPPED_TSV).write_text(self._report.skipped_tsv())
+      final_dir = epath.Path(self.data_dir).parent / str(self.version)
+      report["skipped_list"] = os.fspath(final_dir / processing.SKIPPED_TSV)
     self.info.metadata["report"] = report
     if processing.verbose():
       print(flush=True)  # Off the end of TFDS's progress bars.
