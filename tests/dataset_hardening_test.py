@@ -255,6 +255,23 @@ def test_tar_tricks_are_not_read_and_each_is_reported(tmp_path):
     assert listed[name][0] == reason and detail in listed[name][1], (name, listed[name])
 
 
+def test_a_tar_never_fills_the_disk(tmp_path, monkeypatch):
+  with tarfile.open(tmp_path / "many.tar", "w") as tar:
+    for i in range(3):
+      tar_add(tar, f"m/{i}.mid", song(i))
+  real = processing.shutil.disk_usage
+  # Free space as each member is about to be extracted: room for the first one only.
+  frees = iter([processing.MIN_FREE_BYTES + MIB] + [processing.MIN_FREE_BYTES + 10] * 2)
+  monkeypatch.setattr(processing.shutil, "disk_usage", lambda p: real(p)._replace(free=next(frees)))
+  listing = processing.Listing()
+  items = processing.tar_items(processing.epath.Path(tmp_path / "many.tar"), "many.tar",
+                               os.fspath(tmp_path / "x"), MIB, listing)
+  assert [i.name for i in items] == ["many.tar/m/0.mid"]
+  assert [(n, r) for n, r, _ in listing.skips] == [("many.tar/m/1.mid", "over_limit"),
+                                                   ("many.tar/m/2.mid", "over_limit")]
+  assert "VIRTUOSO_BUILD_TMP" in listing.skips[0][2]
+
+
 def test_zip_member_names_are_safe_readable_and_unique(tmp_path):
   corpus = tmp_path / "midis"
   corpus.mkdir()

@@ -293,6 +293,10 @@ def zip_items(archive_path: epath.Path, prefix: str, listing: Listing | None = N
   return items
 
 
+# Tar members are not extracted when the build's temporary folder would be left with less.
+MIN_FREE_BYTES = 1 << 30
+
+
 def tar_items(archive_path: epath.Path, prefix: str, extract_dir: str, max_bytes: int,
               listing: Listing | None = None) -> list[Item]:
   """The MIDI members of a tar archive (`.tar`, `.tar.gz`, `.tgz`), extracted one by one into
@@ -301,7 +305,8 @@ def tar_items(archive_path: epath.Path, prefix: str, extract_dir: str, max_bytes
 
   Not extracted, each in `listing.skips` with why: links (symbolic and hard), members outside
   the archive (`../`, absolute), devices, archives inside the archive (`unsupported`), and
-  members over `max_bytes` (`over_limit`: by the tar header, and by a bounded copy). An archive
+  members over `max_bytes` (`over_limit`: by the tar header, and by a bounded copy) or that
+  would leave less than `MIN_FREE_BYTES` free in `extract_dir` (`over_limit`). An archive
   that breaks part way keeps the members read before, and is itself reported as corrupt.
   """
   listing = listing if listing is not None else Listing()
@@ -330,6 +335,14 @@ def tar_items(archive_path: epath.Path, prefix: str, extract_dir: str, max_bytes
           listing.skip(f"{prefix}/{name}", "over_limit",
                        f"member is {member.size} bytes (tar header), over the limit "
                        f"max_file_bytes={max_bytes}; not extracted")
+          continue
+        free = shutil.disk_usage(extract_dir).free
+        if free - member.size < MIN_FREE_BYTES:
+          # A tar bomb of many members each under the limit must not fill the disk.
+          listing.skip(f"{prefix}/{name}", "over_limit",
+                       f"not extracted: the build's temporary folder would have less than "
+                       f"{MIN_FREE_BYTES >> 20} MiB free ({free} bytes free); set "
+                       "$VIRTUOSO_BUILD_TMP to a folder on a larger disk")
           continue
         target = os.path.join(extract_dir, f"{len(items):07d}.mid")
         try:
