@@ -167,3 +167,95 @@ def test_decode_legacy_dataset_with_many_songs_and_ms_times():
   assert report["char_offset"] == 33 and report["time_denominator"] == 1
   assert songs[0][1] == expected_legacy(ROWS, ["VEL", "CHA"])
   assert len(songs[1][1]) == len(ROWS) - 1
+
+
+# ----------------------------------------------------------------------------- hostile text
+
+from virtuoso_jax.encoding import char_codec  # noqa: E402
+
+
+def test_decode_onsets_past_int32_are_skipped_and_counted():
+  # Was: ValueError "Notes.onset values do not fit int32" from a decoder documented never to
+  # raise. The widest wait (char_max_value 55262) needs 38.9k wait lines to pass 2^31 units.
+  c = CharCodec(EncodingConfig(char_max_value=0xD7FF - 33))
+  wait = chr(c.max_value + 33) + "\n"
+  note = chr(33) + chr(33 + 5) + chr(33 + 60) + chr(33 + 80) + chr(33) + "\n"
+  text = "SONG=x\n" + note + wait * (2**31 // c.max_value + 1) + note * 3
+  notes, rep = c.decode(text, return_report=True)
+  assert len(notes) == 1 and rep["out_of_range_notes"] == 3 and rep["skipped_lines"] == 0
+
+
+def test_text_over_the_size_limit_raises_text_too_large(monkeypatch):
+  c = CharCodec(EncodingConfig())
+  text = "SONG=x\n" + "!#]z!\n" * 300
+  monkeypatch.setattr(char_codec, "MAX_TEXT_CHARS", 1000)
+  for fn in (c.decode, c.decode_legacy, c.split_songs):
+    with pytest.raises(char_codec.TextTooLarge, match="over the limit MAX_TEXT_CHARS=1000"):
+      fn(text)
+  assert issubclass(char_codec.TextTooLarge, ValueError)
+  assert len(c.decode(text[:1000])) > 100  # At the limit: decodes.
+  monkeypatch.setattr(char_codec, "MAX_LEGACY_SONGS", 10)
+  with pytest.raises(char_codec.TextTooLarge, match="MAX_LEGACY_SONGS=10"):
+    c.decode_legacy("SONG=a\n!!!!!\n" * 11)
+
+
+def test_decode_legacy_hostile_values_are_skipped_and_counted():
+  c = CharCodec(EncodingConfig())
+  good = legacy_text(ROWS, den=10)
+  # TIME_DENOMINATOR absurd (was OverflowError / negative onsets): ignored, counted, default 1.
+  for den in ("9" * 40, "-5", "0", "x"):
+    text = good.replace("TIME_DENOMINATOR=10", f"TIME_DENOMINATOR={den}")
+    ((_, notes),), rep = c.decode_legacy(text, return_report=True)
+    assert rep["ignored_headers"] == 1 and rep["time_denominator"] == 1 and len(notes) == 5
+  with pytest.raises(ValueError, match="time_denominator"):
+    c.decode_legacy(good, time_denominator=10**30)
+  # A STA below the char offset (was: shifted every later note, onsets < 0 -> ValueError).
+  lines = good.split("\n")
+  song = lines.index("SONG=s1_with_5_notes")
+  lines.insert(song + 2, " " + lines[song + 2][1:])
+  (_, notes), = c.decode_legacy("\n".join(lines))
+  assert notes == expected_legacy(ROWS, ["VEL", "CHA"])  # The bad row neither counts nor shifts.
+  # Times past 2^31 grid units (huge STA code points x 10000 ms): skipped and counted.
+  big = chr(0x10FFFF)
+  text = ("TIME_DENOMINATOR=10000\nSONG=a\n" + "!#]z!\n" * 2 + (big + "#]z!\n") * 3
+          + "!#]z!\n" * 2)
+  songs, rep = c.decode_legacy(text, return_report=True)
+  assert rep["skipped"] >= 3 and songs[0][1].onset.min() >= 0
+
+
+def test_decode_legacy_time_and_memory_are_linear():
+  # 8M characters of random 5-character lines (was: ~0.5-4 us and ~60-80 bytes per character
+  # in Python lists); loose bound for a loaded 2-core machine.
+  import time  # pylint: disable=g-import-not-at-top
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  cps = rng.integers(33, 200, 8_000_000, dtype=np.uint32)
+  cps[5::6] = 10
+  text = cps.astype("<u4").tobytes().decode("utf-32-le")
+  c = CharCodec(EncodingConfig())
+  tracemalloc.start()
+  t = time.perf_counter()
+  songs, rep = c.decode_legacy(text, return_report=True)
+  seconds = time.perf_counter() - t
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert rep["songs"] == 1 and len(songs[0][1]) > 50_000
+  assert seconds < 30 and peak < 60 * len(text), (seconds, peak / len(text))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.one_of(
+    st.text(min_size=1, max_size=6),
+    st.lists(st.integers(0, 0x10FFFF), min_size=1, max_size=5).map(
+        lambda cps: "".join(map(chr, cps))),
+    st.sampled_from([chr(33 + 1000), "TIME_DENOMINATOR=99999999999", "SONG=x",
+                     "CHARS_ENCODING_OFFSET=-7", "LEGEND=STA-DUR-PTC", "\r"])), max_size=60))
+def test_hostile_lines_never_raise(lines):
+  c = CharCodec(EncodingConfig())
+  text = "\n".join(lines)
+  notes, rep = c.decode(text, return_report=True)
+  assert rep["notes"] == len(notes)
+  try:
+    c.decode_legacy(text)
+  except ValueError as e:  # Only an unsupported LEGEND= is refused.
+    assert "unsupported legend" in str(e)

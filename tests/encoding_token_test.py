@@ -225,3 +225,27 @@ def test_config_round_trips_through_dict():
   with pytest.raises(ValueError, match="token_layout"):
     EncodingConfig(token_layout="fancy")
   assert TokenCodec(cfg).vocab_size == TokenCodec(EncodingConfig.from_dict(cfg.to_dict())).vocab_size
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_decode_never_raises_on_hostile_sequences(layout):
+  c = codec(layout)
+  group = c.encode(Notes.from_rows([(3, 5, 60, 80, 0)]), add_bos=False, add_eos=False)
+  hostile = [
+      [2**70, -2**70, 2**63 - 1, -2**63],  # Python ints past int64: object array
+      np.array([2**64 - 1, 2**63], np.uint64),
+      np.array([np.nan, np.inf, -np.inf, 1e300, -0.5]),
+      ["a", None, b"q", object(), 2**80, "7"],  # was: ValueError from astype(float64)
+      [[1, 2], [3]],  # ragged: was ValueError from np.asarray
+      np.full((4, 3), c.vocab_size + 9, np.int64),
+      list(group) + [-1] * 5 + list(group),
+  ]
+  for ids in hostile:
+    notes, rep = c.decode(ids, return_report=True)
+    assert isinstance(notes, Notes) and rep["notes"] == len(notes)
+  notes, rep = c.decode(list(group) + [-1] * 5 + list(group), return_report=True)
+  assert len(notes) == 2 and rep["skipped_fragments"] == 1
+  # Onsets past int32 by WAITs: dropped and counted.
+  waits = np.full(2**31 // c.wait_units + 1, c.wait_id, np.int64)
+  notes, rep = c.decode(np.concatenate([group, waits, group, group]), return_report=True)
+  assert len(notes) == 1 and rep["out_of_range_notes"] == 2

@@ -13,6 +13,11 @@ U+0085 are field values, never separators).
 
 Vocabulary (`text_to_ids` / `ids_to_text`): PAD = 0, '\\n' = 1, code points 32 .. 33 +
 char_max_value -> 2 .. vocab_size - 1.
+
+Size limits: `decode`, `split_songs` and `decode_legacy` refuse a text longer than
+`MAX_TEXT_CHARS` code points with `TextTooLarge` (a ValueError) naming the limit; below it they
+run in time and memory linear in the text (numpy over int32 code points; no per-character
+Python). `decode_legacy` also refuses more than `MAX_LEGACY_SONGS` songs.
 """
 
 from __future__ import annotations
@@ -27,14 +32,27 @@ from virtuoso_jax.encoding.notes import DRUMS, EncodingConfig, Notes
 OFFSET = 33
 NEWLINE = 10
 _HEADER = "SONG="
-_HEADER_CP = np.array([ord(c) for c in _HEADER], np.int64)
+_HEADER_CP = np.array([ord(c) for c in _HEADER], np.int32)
 # The original's fixed output patches per MIDI channel ("MuseNet compatible", spec §1.11).
 MUSENET_PATCHES = (0, 24, 32, 40, 42, 46, 56, 71, 73, 0, 0, 0, 0, 0, 0, 0)
 LEGACY_HEADER_KEYS = (
     "SONG", "DATASET", "CREATED_ON", "CHARS_ENCODING_OFFSET", "TIME_DENOMINATOR", "TRANSFORM",
     "PERFECT_TIMINGS", "MUSENET_ENCODING", "TRANSPOSED_BY", "TRANSPOSED_AND_FLIPPED", "LEGEND",
     "TOTAL_SONGS_IN_DATASET")
-_LEGACY_HEADER_RE = re.compile(r"^(%s)=" % "|".join(LEGACY_HEADER_KEYS))
+_INT32_MAX = 2**31 - 1
+MAX_TEXT_CHARS = 16 * 1024 * 1024  # Longest text (code points) decode/decode_legacy accept.
+MAX_LEGACY_SONGS = 100_000  # Most SONG= headers decode_legacy accepts in one text.
+MAX_TIME_DENOMINATOR = 10_000  # Largest legacy TIME_DENOMINATOR (ms per time unit) honoured.
+
+
+class TextTooLarge(ValueError):
+  """A text over `MAX_TEXT_CHARS` (or, for decode_legacy, `MAX_LEGACY_SONGS` songs)."""
+
+
+def _check_size(text: str, what: str) -> None:
+  if len(text) > MAX_TEXT_CHARS:
+    raise TextTooLarge(f"{what}: text is {len(text)} characters, over the limit "
+                       f"MAX_TEXT_CHARS={MAX_TEXT_CHARS}")
 
 
 def sanitize_name(name: str) -> str:
@@ -44,7 +62,8 @@ def sanitize_name(name: str) -> str:
 
 
 def _codepoints(text: str) -> np.ndarray:
-  return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4").astype(np.int64)
+  """int32 code points (<= 0x10FFFF; lone surrogates kept as their values)."""
+  return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4").astype(np.int32)
 
 
 def _lines(cp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +134,7 @@ class CharCodec:
   def _is_header(self, cp, starts, lengths) -> np.ndarray:
     h = len(_HEADER_CP)
     is_header = lengths > max(self.num_fields, h)
-    padded = np.concatenate([cp, np.zeros(h, np.int64)])
+    padded = np.concatenate([cp, np.zeros(h, cp.dtype)])
     for j in range(h):
       is_header &= padded[starts + j] == _HEADER_CP[j]
     return is_header
@@ -128,7 +147,10 @@ class CharCodec:
     return None
 
   def split_songs(self, text: str) -> list[tuple[str | None, str]]:
-    """Splits a multi-song text at its `SONG=` headers: [(name, song text), ...]."""
+    """Splits a multi-song text at its `SONG=` headers: [(name, song text), ...].
+
+    Raises TextTooLarge over `MAX_TEXT_CHARS`."""
+    _check_size(text, "CharCodec.split_songs")
     cp = _codepoints(text)
     starts, lengths = _lines(cp)
     heads = np.flatnonzero(self._is_header(cp, starts, lengths))
@@ -146,13 +168,17 @@ class CharCodec:
     return out
 
   def decode(self, text: str, *, return_report: bool = False):
-    """TXT -> canonical Notes of the first song in `text`. Never raises on any string.
+    """TXT -> canonical Notes of the first song in `text`. Never raises on any string of at most
+    `MAX_TEXT_CHARS` code points (longer: `TextTooLarge`, a ValueError naming the limit).
 
     Malformed lines (wrong length, a value out of range) are skipped and counted; they do not
-    advance time. With `return_report=True` returns `(notes, report)`.
+    advance time. A note whose end would pass 2^31 - 1 grid units (hundreds of thousands of wait
+    lines) is dropped and counted too. With `return_report=True` returns `(notes, report)`:
+    `notes`, `skipped_lines`, `wait_lines`, `out_of_range_notes`.
     """
     if not isinstance(text, str):
       text = str(text)
+    _check_size(text, "CharCodec.decode")
     cp = _codepoints(text)
     starts, lengths = _lines(cp)
     is_header = self._is_header(cp, starts, lengths)
@@ -170,12 +196,15 @@ class CharCodec:
     starts, lengths = starts[first:last], lengths[first:last]
     f = self.num_fields
     m = self.max_value
-    is_wait = lengths == 1
-    is_note = lengths == f
-    padded = np.concatenate([cp, np.zeros(f, np.int64)])
-    vals = padded[starts[:, None] + np.arange(f)] - OFFSET  # [lines, f]
-    wait_ok = is_wait & (vals[:, 0] >= 0) & (vals[:, 0] <= m)
-    ok = is_note & (vals[:, 0] >= 0) & (vals[:, 0] <= m) & (vals[:, 1] >= 1) & (vals[:, 1] <= m)
+    # Values only for lines of a note's or a wait's length ([lines, f] for all lines would be
+    # f times the text in int64).
+    note_idx = np.flatnonzero(lengths == f)
+    wait_idx = np.flatnonzero(lengths == 1)
+    vals = (cp[starts[note_idx][:, None] + np.arange(f)].astype(np.int64) - OFFSET
+            if len(note_idx) else np.zeros((0, f), np.int64))
+    wait_val = cp[starts[wait_idx]].astype(np.int64) - OFFSET
+    wait_ok = (wait_val >= 0) & (wait_val <= m)
+    ok = (vals[:, 0] >= 0) & (vals[:, 0] <= m) & (vals[:, 1] >= 1) & (vals[:, 1] <= m)
     ok &= (vals[:, 2] >= 0) & (vals[:, 2] <= 127)
     col = 3
     if self.config.char_velocity:
@@ -183,16 +212,20 @@ class CharCodec:
       col += 1
     if self.config.char_instrument:
       ok &= (vals[:, col] >= 0) & (vals[:, col] <= DRUMS)
-    inc = np.where(ok | wait_ok, vals[:, 0], 0)
-    onset = np.cumsum(inc)[ok]
+    inc = np.zeros(len(starts), np.int64)
+    inc[note_idx[ok]] = vals[ok, 0]
+    inc[wait_idx[wait_ok]] = wait_val[wait_ok]
+    onset = np.cumsum(inc)[note_idx[ok]]
     v = vals[ok]
+    fits = onset + v[:, 1] <= _INT32_MAX
+    onset, v = onset[fits], v[fits]
     velocity = v[:, 3] if self.config.char_velocity else np.full(len(v), 90, np.int64)
     instrument = v[:, -1] if self.config.char_instrument else np.zeros(len(v), np.int64)
     notes = Notes(onset, v[:, 1], v[:, 2], velocity, instrument).canonical()
     if return_report:
-      skipped = int(((lengths > 0) & ~ok & ~wait_ok).sum())
+      skipped = int((lengths > 0).sum()) - int(ok.sum()) - int(wait_ok.sum())
       return notes, {"notes": len(notes), "skipped_lines": skipped,
-                     "wait_lines": int(wait_ok.sum())}
+                     "wait_lines": int(wait_ok.sum()), "out_of_range_notes": int((~fits).sum())}
     return notes
 
   # ------------------------------------------------------------------ vocabulary
@@ -243,40 +276,101 @@ class CharCodec:
       return_report: also return counts of skipped lines.
 
     Returns:
-      A list of `(name, Notes)`, one per song, on this codec's grid (or `(songs, report)`).
+      A list of `(name, Notes)`, one per song, on this codec's grid (or `(songs, report)`):
+      report = {"songs", "skipped" (lines of a length that is not a multiple of the layout's,
+      notes with a value out of range or whose time passes 2^31 - 1 grid units), "char_offset",
+      "time_denominator", "legend", "ignored_headers" (CHARS_ENCODING_OFFSET= /
+      TIME_DENOMINATOR= values that are not usable: not an integer, or outside 1..
+      MAX_TIME_DENOMINATOR)}.
+
+    Raises:
+      TextTooLarge: over `MAX_TEXT_CHARS` code points or `MAX_LEGACY_SONGS` songs.
+      ValueError: an unsupported legend, or `time_denominator` outside 1..MAX_TIME_DENOMINATOR.
+
+    Time and memory are linear in the text (numpy over code points; Python work per song only).
     """
-    lines = text.split("\n")
+    if not isinstance(text, str):
+      text = str(text)
+    _check_size(text, "CharCodec.decode_legacy")
+    if time_denominator is not None and not 1 <= int(time_denominator) <= MAX_TIME_DENOMINATOR:
+      raise ValueError(f"decode_legacy: time_denominator must be in 1..{MAX_TIME_DENOMINATOR}, "
+                       f"got {time_denominator}")
+    cp = _codepoints(text)
+    starts, lengths = _lines(cp)
+    padded = np.concatenate([cp, np.zeros(32, np.int32)])
+    # Lines end at '\n'; a '\r' before it is dropped.
+    cr = (lengths > 0) & (padded[starts + lengths - 1] == 13)
+    lengths = lengths - cr
+    # Header lines `KEY=...`: compared column by column on the lines that could be one.
+    key_of = np.full(len(starts), -1, np.int64)
+    first_letters = np.array(sorted({ord(k[0]) for k in LEGACY_HEADER_KEYS}), np.int32)
+    cand = np.flatnonzero((lengths >= 5) & np.isin(padded[starts], first_letters))
+    song_key = LEGACY_HEADER_KEYS.index("SONG")
+    order = [song_key] + [k for k in range(len(LEGACY_HEADER_KEYS)) if k != song_key]
+    for ki in order:
+      key = LEGACY_HEADER_KEYS[ki]
+      pattern = key + "="
+      m = lengths[cand] >= len(pattern)
+      for j, ch in enumerate(pattern):
+        m &= padded[starts[cand] + j] == ord(ch)
+      key_of[cand[m]] = ki
+      if ki == song_key and int(m.sum()) > MAX_LEGACY_SONGS:
+        raise TextTooLarge(f"CharCodec.decode_legacy: text holds {int(m.sum())} songs, over "
+                           f"the limit MAX_LEGACY_SONGS={MAX_LEGACY_SONGS}")
     headers: dict[str, str] = {}
-    songs: list[tuple[str, list[str]]] = []
-    for line in lines:
-      line = line.rstrip("\r")
-      m = _LEGACY_HEADER_RE.match(line)
-      if m:
-        key, value = m.group(1), line[m.end():]
-        if key == "SONG":
-          name = re.sub(r"_with_\d+_notes$", "", value)
-          songs.append((name, []))
-        else:
-          headers.setdefault(key, value)
-        continue
-      if not line:
-        continue
-      if not songs:
-        songs.append(("song", []))
-      songs[-1][1].append(line)
+    for ki, key in enumerate(LEGACY_HEADER_KEYS):
+      if ki != song_key:
+        hit = np.flatnonzero(key_of == ki)
+        if len(hit):
+          a = int(starts[hit[0]])
+          headers[key] = text[a + len(key) + 1:a + int(lengths[hit[0]])]
+    song_lines = np.flatnonzero(key_of == song_key)
+    note_line = (key_of < 0) & (lengths > 0)
+    song_of_line = np.cumsum(key_of == song_key) - 1  # -1: before the first SONG= header
+    names = []
+    if note_line.any() and song_of_line[np.flatnonzero(note_line)[0]] < 0:
+      names.append("song")
+      song_of_line = song_of_line + 1
+    if len(song_lines) + len(names) > MAX_LEGACY_SONGS:
+      raise TextTooLarge(f"CharCodec.decode_legacy: text holds {len(song_lines) + len(names)} "
+                         f"songs, over the limit MAX_LEGACY_SONGS={MAX_LEGACY_SONGS}")
+    for i in song_lines.tolist():
+      a = int(starts[i])
+      value = text[a + len("SONG="):a + int(lengths[i])]
+      names.append(re.sub(r"_with_\d+_notes$", "", value))
+    ignored = 0
+    lines_idx = np.flatnonzero(note_line)
+    if char_offset is None and "CHARS_ENCODING_OFFSET" in headers:
+      char_offset = _int_or(headers["CHARS_ENCODING_OFFSET"], None)
+      if char_offset is None or not 0 <= char_offset <= 0x10FFFF:
+        char_offset, ignored = None, ignored + 1
     if char_offset is None:
-      char_offset = _int_or(headers.get("CHARS_ENCODING_OFFSET"), None)
-    if char_offset is None:
-      chars = [ord(c) for _, ls in songs for ln in ls[:50] for c in ln]
-      char_offset = 30000 if chars and min(chars) >= 30000 else 33
+      # The smallest character of each song's first 50 lines.
+      sel = lines_idx
+      if len(sel):
+        song = song_of_line[sel]
+        first_of_song = np.searchsorted(song, song)
+        sel = sel[np.arange(len(sel)) - first_of_song < 50]
+      lo = 0
+      if len(sel):
+        # Per-line minima: each segment [start_i, start_i+1) holds line i and its '\n' (masked).
+        masked = np.concatenate([cp, [0x7FFFFFFF]]).astype(np.int32)
+        masked[:-1][cp == NEWLINE] = 0x7FFFFFFF
+        masked[(starts + lengths)[cr]] = 0x7FFFFFFF
+        lo = int(np.minimum.reduceat(masked, starts)[sel].min())
+      char_offset = 30000 if len(sel) and lo >= 30000 else 33
     if time_denominator is None:
-      time_denominator = _int_or(headers.get("TIME_DENOMINATOR"), 1)
+      time_denominator = _int_or(headers.get("TIME_DENOMINATOR"), None)
+      if time_denominator is None or not 1 <= time_denominator <= MAX_TIME_DENOMINATOR:
+        ignored += "TIME_DENOMINATOR" in headers
+        time_denominator = 1
+    time_denominator = int(time_denominator)
     if legend is None:
       legend = headers.get("LEGEND")
     if legend:
       fields = legend.strip().upper().split("-")
     else:
-      counts = np.bincount([len(ln) for _, ls in songs for ln in ls] or [0])
+      counts = np.bincount(np.minimum(lengths[lines_idx], 6)) if len(lines_idx) else np.zeros(1)
       common = int(np.argmax(counts[:6])) if len(counts) > 3 else 3
       fields = {3: ["STA", "DUR", "PTC"], 4: ["STA", "DUR", "PTC", "CHA"]}.get(
           common, ["STA", "DUR", "PTC", "VEL", "CHA"])
@@ -285,40 +379,57 @@ class CharCodec:
       raise ValueError(f"decode_legacy: unsupported legend {legend!r}")
     step = len(fields)
     grid = self.config.grid_ms
-    out, skipped = [], 0
-    for name, song_lines in songs:
-      groups = []
-      for ln in song_lines:
-        if len(ln) % step:
-          skipped += 1
-          continue
-        vals = [ord(c) - char_offset for c in ln]
-        groups.extend(vals[i:i + step] for i in range(0, len(vals), step))
-      if shift and groups:
-        groups = groups[1:]
-      if not groups:
-        out.append((name, Notes.empty()))
+    usable = lines_idx[lengths[lines_idx] % step == 0]
+    skipped = len(lines_idx) - len(usable)
+    # The characters of the usable lines, in order: groups of `step` values (a one-byte mask
+    # over the text, +1 at each usable line's start and -1 at its end, summed).
+    ln = lengths[usable]
+    edge = np.zeros(len(cp) + 1, np.int8)
+    edge[starts[usable]] = 1
+    edge[starts[usable] + ln] -= 1
+    g = (cp[np.cumsum(edge[:-1], dtype=np.int8).view(bool)] - np.int32(min(char_offset, 2**30))
+         ).reshape(-1, step).astype(np.int64)
+    del edge
+    song = np.repeat(song_of_line[usable], ln // step)
+    num_songs = len(names)
+    if shift and len(song):
+      first = np.concatenate([[True], song[1:] != song[:-1]])
+      g, song = g[~first], song[~first]
+    sta_ok = g[:, 0] >= 0
+    sta_ms = np.where(sta_ok, g[:, 0], 0) * time_denominator
+    # Onsets within each song: a running sum restarted at each song (before or after the
+    # line's own delta, as the shift says).
+    csum = np.cumsum(sta_ms)
+    bounds = np.searchsorted(song, np.arange(num_songs + 1))
+    base = np.concatenate([[0], csum])[bounds[:-1]]
+    start_ms = csum - np.repeat(base, np.diff(bounds)) - (sta_ms if shift else 0)
+    dur_ms = g[:, 1] * time_denominator
+    pitch = g[:, 2]
+    vel = g[:, fields.index("VEL")] if "VEL" in fields else np.full(len(g), default_velocity)
+    chan = g[:, fields.index("CHA")] if "CHA" in fields else np.zeros(len(g), np.int64)
+    onset = (2 * start_ms + grid) // (2 * grid)
+    end = (2 * (start_ms + dur_ms) + grid) // (2 * grid)
+    duration = np.maximum(end - onset, 1)
+    keep = (pitch >= 0) & (pitch <= 127) & (chan >= 0) & (chan <= 15) & sta_ok & (dur_ms >= 0)
+    keep &= onset + duration <= _INT32_MAX
+    skipped += int((~keep).sum())
+    chan = np.clip(chan, 0, 15)
+    inst = np.where(chan == 9, DRUMS, np.asarray(patches, np.int64)[chan])
+    vel = np.clip(vel, 1, 127)
+    out = []
+    empty = Notes.empty()
+    for k, name in enumerate(names):
+      a, b = int(bounds[k]), int(bounds[k + 1])
+      kk = keep[a:b]
+      if not kk.any():
+        out.append((name, empty))
         continue
-      g = np.asarray(groups, np.int64)
-      sta_ms = g[:, 0] * time_denominator
-      start_ms = np.cumsum(sta_ms) - (sta_ms if shift else 0)
-      dur_ms = g[:, 1] * time_denominator
-      pitch = g[:, 2]
-      vel = g[:, fields.index("VEL")] if "VEL" in fields else np.full(len(g), default_velocity)
-      chan = g[:, fields.index("CHA")] if "CHA" in fields else np.zeros(len(g), np.int64)
-      keep = (pitch >= 0) & (pitch <= 127) & (chan >= 0) & (chan <= 15) & (g[:, 0] >= 0) & (
-          dur_ms >= 0)
-      skipped += int((~keep).sum())
-      chan = np.clip(chan, 0, 15)
-      inst = np.where(chan == 9, DRUMS, np.asarray(patches, np.int64)[chan])
-      onset = np.floor(start_ms / grid + 0.5).astype(np.int64)
-      end = np.floor((start_ms + dur_ms) / grid + 0.5).astype(np.int64)
-      notes = Notes(onset[keep], np.maximum(end - onset, 1)[keep], pitch[keep],
-                    np.clip(vel, 1, 127)[keep], inst[keep]).canonical()
-      out.append((name, notes))
+      out.append((name, Notes(onset[a:b][kk], duration[a:b][kk], pitch[a:b][kk], vel[a:b][kk],
+                              inst[a:b][kk]).canonical()))
     if return_report:
       return out, {"songs": len(out), "skipped": skipped, "char_offset": char_offset,
-                   "time_denominator": time_denominator, "legend": "-".join(fields)}
+                   "time_denominator": time_denominator, "legend": "-".join(fields),
+                   "ignored_headers": ignored}
     return out
 
 

@@ -206,16 +206,25 @@ class TokenCodec:
     return k, np.flatnonzero(valid)
 
   def decode(self, ids, *, return_report: bool = False):
-    """Ids -> canonical Notes. Never raises on any integer sequence.
+    """Ids -> canonical Notes. Never raises on any sequence (ids that are not integers in the
+    vocabulary, e.g. negative, huge, NaN or not numbers, are skipped like other bad fragments;
+    a note whose onset plus duration passes 2^31 - 1 units, e.g. after 2^23 WAITs, is dropped and
+    counted in `out_of_range_notes`). Time and memory are linear in `len(ids)`.
 
     With `return_report=True` returns `(notes, report)`, report = {"notes", "skipped_fragments"
     (maximal runs of ids outside well-formed note groups), "skipped_ids", "after_eos" (non-PAD ids
     after the first EOS), "out_of_range_notes" (notes whose time overflowed)}.
     """
-    ids = np.asarray(ids).reshape(-1)
+    try:
+      ids = np.asarray(ids).reshape(-1)
+    except (TypeError, ValueError):  # Ragged nesting: each element on its own.
+      ids = np.array(list(ids) + [None], dtype=object)[:-1]
     if ids.dtype.kind not in "iu":
-      ids = np.asarray(np.nan_to_num(ids.astype(np.float64)), np.float64)
-      ids = np.clip(ids, -1, self.vocab_size).astype(np.int64)
+      try:
+        as_float = ids.astype(np.float64)
+      except (TypeError, ValueError, OverflowError):  # Strings, objects: each on its own.
+        as_float = np.array([_as_number(x) for x in ids.tolist()], np.float64)
+      ids = np.clip(np.nan_to_num(as_float), -1, self.vocab_size).astype(np.int64)
     ids = ids.astype(np.int64, copy=False)
     eos = np.flatnonzero(ids == EOS)
     after_eos = 0
@@ -354,3 +363,11 @@ class TokenCodec:
   def describe(self) -> dict[str, Any]:
     return {"layout": self.layout, "vocab_size": self.vocab_size,
             "tokens_per_note": self.tokens_per_note, "ranges": self.field_ranges()}
+
+
+def _as_number(x) -> float:
+  """float(x), or -1.0 (an invalid id) when x is not a number."""
+  try:
+    return float(x)
+  except (TypeError, ValueError, OverflowError):
+    return -1.0
