@@ -152,6 +152,26 @@ def test_every_skip_is_listed_even_past_the_metadata_cap():
   assert lines[-1] == f"corrupt\tbad_{n - 1}.mid\treason with tab {n - 1}"
 
 
+def test_one_worker_loses_no_file_queued_behind_a_crash(tmp_path, monkeypatch):
+  """The files sent to a worker behind the one that kills it are requeued, in order."""
+  monkeypatch.syspath_prepend(os.fspath(pathlib.Path(__file__).parent))
+  contents = [song(1), b"SEGV", song(2), b"EXIT", song(3), b"RAISE:ValueError", song(4)]
+  items = []
+  for i, data in enumerate(contents):
+    (tmp_path / f"{i}.mid").write_bytes(data)
+    items.append(processing.Item(f"{i}.mid", os.fspath(tmp_path / f"{i}.mid")))
+  settings = processing.Settings("token", EncodingConfig().to_dict(), parser=HOSTILE_PARSER)
+  spill = tmp_path / "spill"
+  spill.mkdir()
+  outcomes = list(processing.encode_items(items, settings, os.fspath(spill), num_workers=1,
+                                          timeout_s=60))
+  assert [o.name for o in outcomes] == [i.name for i in items]
+  assert [o.status for o in outcomes] == ["ok", "corrupt", "ok", "corrupt", "ok", "corrupt", "ok"]
+  reader = processing.SpillReader()
+  assert [reader.load(o.spill)["name"] for o in outcomes if o.spill] == ["0.mid", "2.mid", "4.mid", "6.mid"]
+  reader.close()
+
+
 def test_keyboard_interrupt_is_not_swallowed(monkeypatch, tmp_path):
   (tmp_path / "a.mid").write_bytes(song(1))
   def interrupted(*args, **kwargs):

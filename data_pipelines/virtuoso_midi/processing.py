@@ -693,7 +693,9 @@ def _death_text(exitcode: int | None) -> str:
 
 
 class _EncodeWorker:
-  """One spawned `_encode_worker` process and the item it is on."""
+  """One spawned `_encode_worker` process and the items sent to it, in the order it works on
+  them: `tasks[0]` is the one it is on (since `head_start`), the others wait in its pipe (so it
+  never idles between files while the parent answers)."""
 
   def __init__(self, settings: Settings, spill_file: str):
     ctx = multiprocessing.get_context("spawn")
@@ -702,12 +704,15 @@ class _EncodeWorker:
     with _spawnable(_encode_worker.__module__):
       self.proc.start()
     child.close()
-    self.task: tuple[int, float] | None = None  # (item index, start time)
+    self.tasks: collections.deque[int] = collections.deque()
+    self.head_start = 0.0
     self.done = 0
 
   def give(self, index: int, item: Item) -> None:
     self.conn.send((index, item))
-    self.task = (index, time.monotonic())
+    if not self.tasks:
+      self.head_start = time.monotonic()
+    self.tasks.append(index)
 
   def stop(self, *, kill: bool) -> None:
     if not kill:
@@ -722,6 +727,8 @@ class _EncodeWorker:
     self.conn.close()
 
 
+# Files sent to a worker ahead of its answers (it starts the next while the parent reads one).
+_IN_FLIGHT = 2
 # Workers that die before finishing any file, with no file finished by any worker yet, after
 # which the build stops (a broken environment, not a bad file).
 _MAX_STARTUP_DEATHS = 3
@@ -757,10 +764,8 @@ def encode_items(items: Sequence[Item], settings: Settings, spill_dir: str, *,
     return _EncodeWorker(settings, os.path.join(spill_dir, f"worker-{spawned:05d}.pkl"))
 
   def feed(worker: _EncodeWorker) -> None:
-    if pending:
+    while pending and len(worker.tasks) < _IN_FLIGHT:
       worker.give(*pending.popleft())
-    else:
-      worker.task = None
 
   workers: list[_EncodeWorker] = []
   ok = False
@@ -775,26 +780,29 @@ def encode_items(items: Sequence[Item], settings: Settings, spill_dir: str, *,
         next_out += 1
       if next_out >= total:
         break
-      busy = [w for w in workers if w.task is not None]
+      busy = [w for w in workers if w.tasks]
       now = time.monotonic()
-      wait_s = min([max(0.0, w.task[1] + timeout_s - now) for w in busy] + [5.0])
+      wait_s = min([max(0.0, w.head_start + timeout_s - now) for w in busy] + [5.0])
       mp_connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], wait_s)
       for i, w in enumerate(workers):
-        if w.task is None:
-          continue
-        index = w.task[0]
-        if w.conn.poll():
+        answered = False
+        while w.tasks and w.conn.poll():
           try:
             got, outcome = w.conn.recv()
           except (EOFError, OSError):
-            pass  # Died mid-answer: handled below as a death.
-          else:
-            assert got == index, (got, index)
-            results[index] = outcome
-            w.done += 1
-            any_done = True
-            feed(w)
-            continue
+            break  # Died mid-answer: handled below as a death.
+          index = w.tasks.popleft()
+          assert got == index, (got, index)
+          results[index] = outcome
+          w.done += 1
+          w.head_start = time.monotonic()
+          answered = any_done = True
+        if answered:
+          feed(w)
+          continue
+        if not w.tasks:
+          continue
+        index = w.tasks[0]
         if not w.proc.is_alive():
           reason = _death_text(w.proc.exitcode)
           results[index] = Outcome(name=items[index].name, status="corrupt",
@@ -805,7 +813,7 @@ def encode_items(items: Sequence[Item], settings: Settings, spill_dir: str, *,
             if startup_deaths >= _MAX_STARTUP_DEATHS:
               raise RuntimeError(f"{startup_deaths} build worker processes died before "
                                  f"finishing any file ({reason}); see their errors above")
-        elif time.monotonic() - w.task[1] > timeout_s:
+        elif time.monotonic() - w.head_start > timeout_s:
           results[index] = Outcome(
               name=items[index].name, status="over_limit",
               detail=f"took more than {timeout_s:g} s to read and parse (the per-file time "
@@ -813,6 +821,9 @@ def encode_items(items: Sequence[Item], settings: Settings, spill_dir: str, *,
           log(f"{desc}: {items[index].name} took more than {timeout_s:g} s; stopped it")
         else:
           continue
+        # The files queued behind the culprit were not started: back to the front of the line.
+        w.tasks.popleft()
+        pending.extendleft((j, items[j]) for j in reversed(w.tasks))
         w.stop(kill=True)
         workers[i] = spawn()
         feed(workers[i])
