@@ -152,6 +152,28 @@ def test_every_skip_is_listed_even_past_the_metadata_cap():
   assert lines[-1] == f"corrupt\tbad_{n - 1}.mid\treason with tab {n - 1}"
 
 
+def test_a_fuzzed_corpus_builds_and_accounts_for_every_file(tmp_path):
+  """The real parser on malformed MIDI (tests/midi_fuzz.py): every file is written or listed
+  in skipped.tsv with a reason, and no good file is lost."""
+  midi_fuzz = pytest.importorskip("midi_fuzz")
+  corpus = tmp_path / "midis"
+  hostile = midi_fuzz.make_hostile_corpus(corpus / "fuzz", n=64, seed=3)
+  goods = [f"good/g{i}.mid" for i in range(8)]
+  (corpus / "good").mkdir()
+  for i, name in enumerate(goods):
+    (corpus / name).write_bytes(song(100 + i))
+  builder = build(tmp_path / "tfds", "token", corpus, num_workers=2)
+  report = builder.info.metadata["report"]
+  written = written_names(builder)
+  assert set(goods) <= set(written)
+  rows = [l.split("\t") for l in pathlib.Path(report["skipped_list"]).read_text().splitlines()[1:]]
+  skipped_names = [n for _, n, _ in rows]
+  assert all(r in processing.SKIP_REASONS and d for r, _, d in rows), rows
+  everything = sorted(goods + [f"fuzz/{p.name}" for p, _ in hostile])
+  assert sorted(written + skipped_names) == everything
+  assert report["files_read"] == len(everything)
+
+
 def test_one_worker_loses_no_file_queued_behind_a_crash(tmp_path, monkeypatch):
   """The files sent to a worker behind the one that kills it are requeued, in order."""
   monkeypatch.syspath_prepend(os.fspath(pathlib.Path(__file__).parent))
