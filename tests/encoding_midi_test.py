@@ -173,6 +173,9 @@ def test_bad_input_raises_midi_error_with_reason(case, tmp_path):
   assert str(path) in str(e.value)
   assert reason in str(e.value)
   assert e.value.reason
+  assert e.value.kind == {"no_notes": "no_notes", "format2": "unsupported", "absurd_delta":
+                          "over_limit", "long_vlq_delta": "over_limit",
+                          "tick_wrap_at_tempo_1": "over_limit"}.get(case, "unreadable")
   assert ": )" not in str(e.value) and "()" not in str(e.value)  # No reason left empty.
   with pytest.raises(MidiError):
     midi_to_notes(data)
@@ -185,8 +188,9 @@ def test_limits_raise_midi_error_naming_the_limit(limit, value, reason, tmp_path
   path = tmp_path / "x.mid"
   path.write_bytes(GOOD)
   assert len(midi_to_notes(path)) == 3
-  with pytest.raises(MidiError, match=reason):
+  with pytest.raises(MidiError, match=reason) as e:
     midi_to_notes(path, EncodingConfig(**{limit: value}))
+  assert e.value.kind == "over_limit"
 
 
 def test_file_size_limit_message_and_no_read(tmp_path):

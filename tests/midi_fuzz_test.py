@@ -14,6 +14,7 @@ import pytest
 
 import midi_fuzz
 from virtuoso_jax.encoding import MidiError, Notes, midi_to_notes
+from virtuoso_jax.encoding.midi_io import MIDI_ERROR_KINDS
 from virtuoso_jax.encoding.notes import FIELDS
 
 SEEDS = midi_fuzz.seed_midis(8, seed=0)
@@ -25,6 +26,7 @@ def _outcome(src) -> str:
     notes = midi_to_notes(src)
   except MidiError as e:
     assert e.reason and e.reason.strip(), f"empty reason: {e!r}"
+    assert e.kind in MIDI_ERROR_KINDS
     return "error"
   assert isinstance(notes, Notes)
   Notes(*(getattr(notes, f) for f in FIELDS))  # Re-validates every column.

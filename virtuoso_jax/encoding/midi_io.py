@@ -50,12 +50,21 @@ _MIDO_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, 
                 struct.error)
 
 
-class MidiError(ValueError):
-  """Unreadable or absurd MIDI input. The message names the source and the reason."""
+MIDI_ERROR_KINDS = ("unreadable", "unsupported", "over_limit", "no_notes")
 
-  def __init__(self, source: str, reason: str):
+
+class MidiError(ValueError):
+  """Unreadable or absurd MIDI input. The message names the source and the reason.
+
+  `kind` (machine-readable): "unreadable" (damaged, truncated, not MIDI), "unsupported" (SMF
+  format 2, SMPTE division), "over_limit" (a stated limit: max_file_bytes, max_tracks, max_notes,
+  max_seconds, MAX_TICK; the reason names it as `NAME=value` or `MAX_TICK`), "no_notes".
+  """
+
+  def __init__(self, source: str, reason: str, kind: str = "unreadable"):
     self.source = source
     self.reason = reason
+    self.kind = kind
     super().__init__(f"{source}: {reason}")
 
 
@@ -131,7 +140,7 @@ def _limit(n: int) -> str:
 
 def _too_big(name: str, size: int, limit: int) -> MidiError:
   return MidiError(name, f"file is {_size(size)}, over the {_limit(limit)} limit "
-                   f"(max_file_bytes={limit})")
+                   f"(max_file_bytes={limit})", kind="over_limit")
 
 
 def _read_source(src: Source, config: EncodingConfig) -> tuple[bytes, str]:
@@ -167,16 +176,18 @@ def _check_header(data: bytes, name: str, config: EncodingConfig) -> tuple[int, 
   if length < 6:
     raise MidiError(name, f"MThd header length {length} < 6")
   if fmt == 2:
-    raise MidiError(name, "SMF format 2 (independent sequences) is not supported")
+    raise MidiError(name, "SMF format 2 (independent sequences) is not supported",
+                    kind="unsupported")
   if fmt > 2:
-    raise MidiError(name, f"unknown SMF format {fmt}")
+    raise MidiError(name, f"unknown SMF format {fmt}", kind="unsupported")
   if division & 0x8000:
-    raise MidiError(name, "SMPTE time division is not supported (only ticks per quarter)")
+    raise MidiError(name, "SMPTE time division is not supported (only ticks per quarter)",
+                    kind="unsupported")
   if division == 0:
     raise MidiError(name, "ticks per quarter is 0")
   if ntrks > config.max_tracks:
     raise MidiError(name, f"file declares {ntrks} tracks, over the limit max_tracks="
-                    f"{config.max_tracks}")
+                    f"{config.max_tracks}", kind="over_limit")
   if len(data) < 14 + 8:
     raise MidiError(name, "truncated: no track chunk after the header")
   return fmt, ntrks
@@ -211,10 +222,10 @@ def _scan_chunks(data: bytes, name: str, ntrks: int, config: EncodingConfig) -> 
       tracks += 1
       if tracks > config.max_tracks:
         raise MidiError(name, f"file holds more than {config.max_tracks} track chunks, over the "
-                        f"limit max_tracks={config.max_tracks}")
+                        f"limit max_tracks={config.max_tracks}", kind="over_limit")
     if k > config.max_tracks + 1024:
       raise MidiError(name, f"file holds more than {config.max_tracks + 1024} chunks "
-                      f"(max_tracks={config.max_tracks} plus 1024 others)")
+                      f"(max_tracks={config.max_tracks} plus 1024 others)", kind="over_limit")
     if end > n:
       break
     pos = end
@@ -368,7 +379,7 @@ def _parse_mido_or_raise(data: bytes, config: EncodingConfig, name: str,
   try:
     return _mido_columns(mf, config)
   except _TickWrap:
-    raise MidiError(name, _TICK_REASON + " (tolerant parser)") from None
+    raise MidiError(name, _TICK_REASON + " (tolerant parser)", kind="over_limit") from None
 
 
 def _close_all_ends(tr: _Track) -> np.ndarray:
@@ -445,7 +456,7 @@ def _to_notes(parsed: _Parsed, config: EncodingConfig, name: str) -> tuple[Notes
     return Notes.empty(), 0, 0
   n_total = sum(len(t.start) for t in tracks)
   if n_total > config.max_notes:
-    raise MidiError(name, f"more than max_notes={config.max_notes} notes")
+    raise MidiError(name, f"more than max_notes={config.max_notes} notes", kind="over_limit")
   ends, extended = [], 0
   for tr in tracks:
     tr.end = _close_all_ends(tr)
@@ -461,10 +472,10 @@ def _to_notes(parsed: _Parsed, config: EncodingConfig, name: str) -> tuple[Notes
                          parsed.tempo_mspq)
   if len(sec) and not sec.max() <= config.max_seconds:  # `not <=`: NaN is refused too.
     raise MidiError(name, f"song lasts {sec.max():.0f} s, over the limit max_seconds="
-                    f"{config.max_seconds:g} (absurd delta times?)")
+                    f"{config.max_seconds:g} (absurd delta times?)", kind="over_limit")
   if len(sec) and sec.max() * (1000.0 / config.grid_ms) >= _INT32_MAX:
     raise MidiError(name, f"song lasts {sec.max():.0f} s: more than 2^31 - 1 grid units of "
-                    f"{config.grid_ms} ms (raise grid_ms or lower max_seconds)")
+                    f"{config.grid_ms} ms (raise grid_ms or lower max_seconds)", kind="over_limit")
   units = quantize_seconds(sec, config.grid_ms)
   onset, off = units[:n_total], units[n_total:]
   duration = off - onset
@@ -536,15 +547,16 @@ def midi_to_notes(src: Source, config: EncodingConfig = _DEFAULT_CONFIG, *,
     try:
       parsed = _symusic_columns(score, config)
     except _TickWrap:
-      raise MidiError(name, _TICK_REASON) from None
+      raise MidiError(name, _TICK_REASON, kind="over_limit") from None
     del score
   if parsed.tpq <= 0:
     raise MidiError(name, f"ticks per quarter is {parsed.tpq}")
   if parsed.num_notes > config.max_notes:
-    raise MidiError(name, f"more than max_notes={config.max_notes} notes")
+    raise MidiError(name, f"more than max_notes={config.max_notes} notes", kind="over_limit")
   notes, extended, short = _to_notes(parsed, config, name)
   if not len(notes) and not config.allow_empty:
-    raise MidiError(name, "no notes" + (f" (tolerant parser used: {reason})" if reason else ""))
+    raise MidiError(name, "no notes" + (f" (tolerant parser used: {reason})" if reason else ""),
+                    kind="no_notes")
   if return_info:
     info = MidiInfo(source=name, parser=parser, recovered=parser == "mido",
                     recover_reason=reason, smf_format=fmt, num_tracks=ntrks,
