@@ -96,7 +96,7 @@ HOSTILE = {
     "raise_runtime.mid": (b"RAISE:RuntimeError", "corrupt", "RuntimeError: hostile file"),
     "raise_key.mid": (b"RAISE:KeyError", "corrupt", "KeyError:"),
     "raise_type.mid": (b"RAISE:TypeError", "corrupt", "TypeError: hostile file"),
-    "raise_memory.mid": (b"RAISE:MemoryError", "corrupt", "MemoryError: hostile file"),
+    "raise_memory.mid": (b"RAISE:MemoryError", "over_limit", "MemoryError: hostile file"),
     "raise_recursion.mid": (b"RAISE:RecursionError", "corrupt", "RecursionError:"),
     "exits.mid": (b"EXIT", "corrupt", "the parser process died on it (exit code 3)"),
     "segfaults.mid": (b"SEGV", "corrupt", "the parser process died on it (killed by SIGSEGV)"),

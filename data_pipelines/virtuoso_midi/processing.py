@@ -539,10 +539,15 @@ def _error_text(e: BaseException) -> str:
   return text if len(text) <= 500 else text[:497] + "..."
 
 
+def _error_status(e: BaseException) -> str:
+  """A file that exhausts the worker's memory is over a limit; any other error, corrupt."""
+  return "over_limit" if isinstance(e, MemoryError) else "corrupt"
+
+
 def process_item(item: Item, settings: Settings) -> tuple[Outcome, dict[str, Any] | None]:
   """Turns one file into an example, or into the reason it was skipped. Never raises for bad
-  input (any `Exception` of one file, MemoryError included, is that file's skip, as corrupt
-  with its type and message): a bad file must not stop a build. KeyboardInterrupt and
+  input: any `Exception` of one file is that file's skip with its type and message (corrupt;
+  a MemoryError, over_limit): a bad file must not stop a build. KeyboardInterrupt and
   SystemExit do propagate.
 
   Returns:
@@ -552,7 +557,7 @@ def process_item(item: Item, settings: Settings) -> tuple[Outcome, dict[str, Any
   try:
     return _process_item(item, settings, out)
   except Exception as e:  # pylint: disable=broad-except
-    out.status, out.detail = "corrupt", f"unexpected error: {_error_text(e)}"
+    out.status, out.detail = _error_status(e), f"unexpected error: {_error_text(e)}"
     return out, None
 
 
@@ -581,7 +586,7 @@ def _process_item(item: Item, settings: Settings, out: Outcome):
     return out, None
   except Exception as e:  # pylint: disable=broad-except
     # The parser's contract is MidiError; anything else is still this file's problem only.
-    out.status, out.detail = "corrupt", f"parser error: {_error_text(e)}"
+    out.status, out.detail = _error_status(e), f"parser error: {_error_text(e)}"
     return out, None
   out.recovered = info.recovered
   if not len(notes):
