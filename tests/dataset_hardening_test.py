@@ -345,6 +345,14 @@ def test_zip_member_names_are_safe_readable_and_unique(tmp_path):
   assert "a symbolic link" in listed["songs.zip/link.mid"][1]
 
 
+def test_a_fifo_named_like_midi_is_not_read(tmp_path):
+  os.mkfifo(tmp_path / "pipe.mid")
+  item = processing.Item("pipe.mid", os.fspath(tmp_path / "pipe.mid"))
+  outcome, example = processing.process_item(
+      item, processing.Settings("token", EncodingConfig().to_dict()))
+  assert example is None and outcome.status == "unsupported" and "fifo" in outcome.detail
+
+
 def test_unique_names():
   items = [processing.Item(n, "p") for n in ("a/x.mid", "a/x.mid", "a/x~2.mid", "a/x.mid", "b")]
   assert [i.name for i in processing.unique_names(items)] == [

@@ -175,6 +175,9 @@ def read_item(item: Item, max_bytes: int | None = None) -> bytes:
   """
   limit = max_bytes if max_bytes is not None else (1 << 62)
   if not item.member:
+    if "://" not in item.path and not stat.S_ISREG(os.stat(item.path).st_mode):
+      # A fifo would block the read forever; a device could be endless.
+      raise SkipFile("unsupported", "not read: not a regular file (fifo, device, socket)")
     path = epath.Path(item.path)
     size = path.stat().length
     if size > limit:
