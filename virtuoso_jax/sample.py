@@ -361,11 +361,14 @@ class SampleRequest:
     """Counts and limits that cannot mean anything are a SampleError naming the flag (the
     sampling knobs are checked by sampling.SampleOptions)."""
     bad = [f"--{flag} must be {what}, got {value}" for flag, value, ok, what in (
-        ("num_samples", self.num_samples, 1 <= self.num_samples <= 4096, "in 1..4096"),
-        ("max_tokens", self.max_tokens,
-         self.max_tokens is None or 1 <= self.max_tokens <= MAX_TOKENS, f"in 1..{MAX_TOKENS}"),
-        ("max_notes", self.max_notes, self.max_notes is None or 1 <= self.max_notes <= MAX_TOKENS,
-         f"in 1..{MAX_TOKENS}"),
+        ("num_samples", self.num_samples, self.num_samples >= 1, ">= 1"),
+        ("num_samples", self.num_samples, self.num_samples <= 4096, "at most 4096"),
+        ("max_tokens", self.max_tokens, self.max_tokens is None or self.max_tokens >= 1, ">= 1"),
+        ("max_tokens", self.max_tokens, self.max_tokens is None or self.max_tokens <= MAX_TOKENS,
+         f"at most {MAX_TOKENS} (the sampler's limit)"),
+        ("max_notes", self.max_notes, self.max_notes is None or self.max_notes >= 1, ">= 1"),
+        ("max_notes", self.max_notes, self.max_notes is None or self.max_notes <= MAX_TOKENS,
+         f"at most {MAX_TOKENS}"),
         ("max_seconds", self.max_seconds,
          self.max_seconds is None or 0 < self.max_seconds < float("inf"), "> 0"),
     ) if not ok]
