@@ -82,15 +82,13 @@ class _OrbaxNoticeFilter(logging.Filter):
 
   EXPECTED = ("Given directory is read only", "CheckpointManagerOptions.read_only=True",
               "Requested `tracked_metric`; did not provide metrics")
-  EXPECTED_IN = ("[wait_until_finished] Save Finalize thread", "Save Finalize thread failed",
-                 "[wait_until_finished] Save")
+  FAILED_SAVE = ("[wait_until_finished] Save Finalize thread", "in background save thread")
 
   def filter(self, record: logging.LogRecord) -> bool:
     msg = record.getMessage()
     if msg.startswith(self.EXPECTED):
       return False
-    return not (record.levelno >= logging.ERROR and "failed" in msg
-                and any(s in msg for s in self.EXPECTED_IN))
+    return not (record.levelno >= logging.ERROR and any(s in msg for s in self.FAILED_SAVE))
 
 
 logging.getLogger("absl").addFilter(_OrbaxNoticeFilter())
