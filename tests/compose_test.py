@@ -12,12 +12,12 @@ from virtuoso_jax import encoding
 
 
 @pytest.fixture(scope="module")
-def token_run(tmp_path_factory, corpora_dir):
-  return trained_workdir(tmp_path_factory, corpora_dir, "token")
+def token_run(tmp_path_factory, fixture_corpus):
+  return trained_workdir(tmp_path_factory, fixture_corpus, "token")
 
 
-def test_start_continue_accept_undo_resume(token_run, corpora_dir, tmp_path):
-  midi = sorted((corpora_dir / "Tegridy-Children-Songs").glob("*.mid"))[0]
+def test_start_continue_accept_undo_resume(token_run, prompt_midi, tmp_path):
+  midi = prompt_midi  # Several instruments and drums (tests/hermetic_corpus.py).
   path = str(tmp_path / "session")
   # Every step reloads the session from its file, as separate processes would.
   s = compose.Session.create(path, token_run, source=str(midi))

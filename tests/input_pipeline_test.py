@@ -1,12 +1,12 @@
 """Input pipeline: windows cover every target once, batches are deterministic and independent
 of the process layout, transposition leaves drums alone, eval is deterministic, the grain
-iterator resumes exactly. Runs on a small array_record dataset built here from real MIDI
-(`corpora_dir`), read by name with tfds.data_source like the real `virtuoso_midi`.
+iterator resumes exactly. Runs on a small array_record dataset built here from the hermetic MIDI
+corpus (`fixture_corpus`, tests/hermetic_corpus.py: synthetic multi-instrument songs with drums
+and music21's Bach chorales), read by name with tfds.data_source like the real `virtuoso_midi`.
 
 `build_fixture_dataset` is also used by train_test.py and multiprocess_test.py.
 """
 
-import hashlib
 import os
 import pathlib
 
@@ -14,30 +14,39 @@ import jax
 import numpy as np
 import pytest
 
+import hermetic_corpus  # tests/ is on sys.path (pytest rootdir-relative import).
 from virtuoso_jax import config_lib
 from virtuoso_jax import encoding
 from virtuoso_jax import input_pipeline
 from virtuoso_jax import sharding
 
 FIXTURE_NAME = "virtuoso_midi_fixture"
-FIXTURE_SOURCES = ("Tegridy-Piano-Violin", "Tegridy-Children-Songs")
-FIXTURE_FILES = 48
+FIXTURE_SOURCES = hermetic_corpus.SOURCES
+FIXTURE_SPLITS = ("train", "validation", "test")
 
 
-def build_fixture_dataset(data_dir: str, corpora_dir: pathlib.Path) -> str:
-  """Builds `virtuoso_midi_fixture/{token,char}` (same features/metadata as virtuoso_midi).
+def fixture_split(position: int) -> str:
+  """The split of a source's `position`-th file (by name): 6 of 8 train, 1 validation, 1 test,
+  so every split holds songs of every source, whatever the files' bytes."""
+  return {3: "validation", 7: "test"}.get(position % 8, "train")
+
+
+def build_fixture_dataset(data_dir: str, corpus_dir: pathlib.Path) -> str:
+  """Builds `virtuoso_midi_fixture/{token,char}` (same features/metadata as virtuoso_midi) from
+  the corpus folder `corpus_dir` (`fixture_corpus`: the FIXTURE_SOURCES folders).
 
   Returns the data_dir. Idempotent.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  files = []
+  by_split = {s: [] for s in FIXTURE_SPLITS}
   for src in FIXTURE_SOURCES:
-    files += sorted((corpora_dir / src).glob("*.mid"))[:FIXTURE_FILES // len(FIXTURE_SOURCES)]
+    for i, f in enumerate(sorted((pathlib.Path(corpus_dir) / src).glob("*.mid"))):
+      by_split[fixture_split(i)].append(f)
   enc_config = encoding.EncodingConfig()
 
   class VirtuosoMidiFixture(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Real MIDI from the corpora, encoded like virtuoso_midi (test fixture)."""
+    """The hermetic corpus's MIDI, encoded like virtuoso_midi (test fixture)."""
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="token"), tfds.core.BuilderConfig(name="char")]
 
@@ -53,11 +62,7 @@ def build_fixture_dataset(data_dir: str, corpora_dir: pathlib.Path) -> str:
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      def split_of(f):
-        h = int(hashlib.sha256(f.read_bytes()).hexdigest()[:8], 16) % 8
-        return "validation" if h == 0 else "train"
-      return {s: self._generate_examples(s, [f for f in files if split_of(f) == s])
-              for s in ("train", "validation")}
+      return {s: self._generate_examples(s, by_split[s]) for s in FIXTURE_SPLITS}
 
     def _generate_examples(self, split, split_files):
       del split
@@ -80,8 +85,8 @@ def build_fixture_dataset(data_dir: str, corpora_dir: pathlib.Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, corpora_dir):
-  return build_fixture_dataset(str(tmp_path_factory.mktemp("tfds")), corpora_dir)
+def data_dir(tmp_path_factory, fixture_corpus):
+  return build_fixture_dataset(str(tmp_path_factory.mktemp("tfds")), fixture_corpus)
 
 
 def _config(data_dir, kind="token", **overrides):
@@ -96,6 +101,30 @@ def _pipeline(config, mesh_shape=(1, -1, 1)):
   config.parallel.mesh_shape = mesh_shape
   mesh = sharding.create_mesh(config.parallel)
   return input_pipeline.InputPipeline(config, batch_sharding=sharding.batch_sharding(mesh))
+
+
+def test_fixture_corpus_has_what_the_end_to_end_tests_need(fixture_corpus, prompt_midi):
+  """The hermetic corpus is made on every machine; these are the properties the tests built on
+  it rely on (drums for transposition, several instruments for the instrument restriction of
+  sampling, every split non-empty, a rest longer than one time-delta token, determinism)."""
+  cfg = encoding.EncodingConfig()
+  by_split = {s: [] for s in FIXTURE_SPLITS}
+  for src in FIXTURE_SOURCES:
+    songs = sorted((fixture_corpus / src).glob("*.mid"))
+    assert len(songs) >= 8, src
+    for i, f in enumerate(songs):
+      by_split[fixture_split(i)].append(encoding.midi_to_notes(f.read_bytes(), cfg))
+  for split, songs in by_split.items():
+    assert any(encoding.DRUMS in n.instrument for n in songs), split
+    assert len({int(i) for n in songs for i in n.instruments()}) >= 3, split
+  train = by_split["train"]
+  assert len({int(i) for n in train for i in n.instruments()}) >= 10
+  assert any(np.diff(np.unique(n.onset)).max() > cfg.max_time_shift for n in train)
+  prompt = encoding.midi_to_notes(prompt_midi.read_bytes(), cfg)
+  assert len(prompt) > 100 and encoding.DRUMS in prompt.instrument
+  assert set(prompt.instruments().tolist()) - {0, encoding.DRUMS}  # Not only piano + drums.
+  assert prompt_midi.read_bytes() == encoding.notes_to_midi(
+      hermetic_corpus.synthetic_song(0), name="synthetic band 00")
 
 
 def test_build_windows_cover_each_target_once():
@@ -124,12 +153,8 @@ def test_windows_stay_inside_songs_and_start_with_bos(data_dir):
     batch = maker(b)
     for r in range(config.batch_size):
       j = b * config.batch_size + r
-      n = len(p.train_index)
-      import grain  # pylint: disable=g-import-not-at-top
-      k = grain.experimental.index_shuffle(j % n, max_index=n - 1,
-                                           seed=input_pipeline._seed(config.seed, j // n), rounds=4)
-      song = src[int(p.train_index.song[k])]
-      st = int(p.train_index.start[k])
+      s, st, _, _ = maker.window(j)  # Each epoch has its own phased windows (windowing_test).
+      song = src[s]
       piece = song[st:st + config.model.max_len + 1]
       np.testing.assert_array_equal(batch["inputs"][r][:len(piece) - 1], piece[:-1])
       if st == 0:

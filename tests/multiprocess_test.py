@@ -12,9 +12,9 @@ import train_test
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, corpora_dir):
+def data_dir(tmp_path_factory, fixture_corpus):
   return input_pipeline_test.build_fixture_dataset(str(tmp_path_factory.mktemp("tfds")),
-                                                   corpora_dir)
+                                                   fixture_corpus)
 
 
 def _free_port() -> int:

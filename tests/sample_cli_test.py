@@ -1,4 +1,4 @@
-"""`python -m virtuoso_jax.sample` on really trained tiny runs (a few steps on real MIDI).
+"""`python -m virtuoso_jax.sample` on really trained tiny runs (a few steps on hermetic MIDI).
 
 `trained_workdir(kind)` trains once per test session (shared across xdist workers through a
 lock file) and is also used by compose_test.py.
@@ -23,9 +23,9 @@ REPO = str(config_lib.REPO_ROOT)
 SPECS = {"token": "configs/rga.py:tiny", "char": "configs/char_gpt.py:tiny"}
 
 
-def _train(root, corpora_dir, kind: str) -> str:
+def _train(root, corpus_dir, kind: str) -> str:
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
-  data_dir = input_pipeline_test.build_fixture_dataset(os.path.join(root, "tfds"), corpora_dir)
+  data_dir = input_pipeline_test.build_fixture_dataset(os.path.join(root, "tfds"), corpus_dir)
   o = {"data.data_dir": data_dir, "data.tfds_name": input_pipeline_test.FIXTURE_NAME,
        "data.tfds_config": kind, "model.max_len": 48, "model.num_layers": 1,
        "model.emb_dim": 32, "model.mlp_dim": 64, "model.num_heads": 2, "batch_size": 8,
@@ -39,8 +39,8 @@ def _train(root, corpora_dir, kind: str) -> str:
   return workdir
 
 
-def trained_workdir(tmp_path_factory, corpora_dir, kind: str) -> str:
-  """A tiny run trained for 3 steps on the real-MIDI fixture dataset (built once)."""
+def trained_workdir(tmp_path_factory, corpus_dir, kind: str) -> str:
+  """A tiny run trained for 3 steps on the fixture dataset of `corpus_dir` (built once)."""
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent  # Shared by the xdist workers of this session.
@@ -50,19 +50,19 @@ def trained_workdir(tmp_path_factory, corpora_dir, kind: str) -> str:
   with open(os.path.join(root, "lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not os.path.exists(done):
-      _train(root, corpora_dir, kind)
+      _train(root, corpus_dir, kind)
       open(done, "w").close()
   return os.path.join(root, kind)
 
 
 @pytest.fixture(scope="session")
-def token_run(tmp_path_factory, corpora_dir):
-  return trained_workdir(tmp_path_factory, corpora_dir, "token")
+def token_run(tmp_path_factory, fixture_corpus):
+  return trained_workdir(tmp_path_factory, fixture_corpus, "token")
 
 
 @pytest.fixture(scope="session")
-def char_run(tmp_path_factory, corpora_dir):
-  return trained_workdir(tmp_path_factory, corpora_dir, "char")
+def char_run(tmp_path_factory, fixture_corpus):
+  return trained_workdir(tmp_path_factory, fixture_corpus, "char")
 
 
 def run_cli(*args, module="virtuoso_jax.sample"):
@@ -86,9 +86,9 @@ def test_default_command_writes_readable_samples(token_run):
   assert os.path.getsize(os.path.join(folder, "sample_00.png")) > 1000
 
 
-def test_continuation_keeps_prompt_and_restricts_instruments(token_run, corpora_dir, tmp_path):
+def test_continuation_keeps_prompt_and_restricts_instruments(token_run, prompt_midi, tmp_path):
   run = sample.load_run(token_run)
-  midi = sorted((corpora_dir / input_pipeline_test.FIXTURE_SOURCES[0]).glob("*.mid"))[0]
+  midi = prompt_midi  # Several instruments and drums; the continuation may use only 0 and 128.
   prompt = sample.read_prompt_midi(str(midi), run.enc_config, last_notes=12)
   assert len(prompt) == 12 and prompt.onset.min() == 0
   request = sample.SampleRequest(num_samples=3, seed=1, max_tokens=150, max_notes=10,

@@ -2,8 +2,9 @@
 (2, 2, 2) == 1 device, kill -9 + restart == uninterrupted (bitwise), SIGTERM saves, NaN stops
 without overwriting the last good checkpoint.
 
-Runs on the real-MIDI fixture dataset of input_pipeline_test.py (same features and metadata as
-`virtuoso_midi`), with small shapes.
+Runs on the fixture dataset of input_pipeline_test.py (same features and metadata as
+`virtuoso_midi`), built from the hermetic corpus (tests/hermetic_corpus.py: synthetic songs with
+drums and music21's Bach chorales), with small shapes.
 """
 
 import json
@@ -31,9 +32,9 @@ SPECS = {"rga": "configs/rga.py:tiny", "gpt": "configs/gpt.py:tiny",
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, corpora_dir):
+def data_dir(tmp_path_factory, fixture_corpus):
   return input_pipeline_test.build_fixture_dataset(str(tmp_path_factory.mktemp("tfds")),
-                                                   corpora_dir)
+                                                   fixture_corpus)
 
 
 def small(data_dir, kind="token", **extra):
