@@ -104,6 +104,46 @@ def test_bits_per_second_of_a_uniform_model_is_its_entropy_rate():
   assert {v["instrument"] for v in by_inst.values()} == set(np.unique(notes.instrument).tolist())
 
 
+def _notes_with_long_gaps(seed, n=60):
+  """Random notes with gaps longer than one time-delta id / char value (WAITs, wait lines)."""
+  rng = np.random.default_rng(seed)
+  gaps = rng.choice([0, 0, 1, 3, 17, 90, 250, 1000], size=n)
+  onset = np.cumsum(gaps)
+  return Notes(onset, rng.integers(1, 300, n), rng.integers(20, 100, n),
+               rng.integers(1, 128, n), rng.choice([0, 40, 128], n)).canonical()
+
+
+@pytest.mark.parametrize("kind", ["token", "compact", "char"])
+def test_time_advance_sums_to_onsets_and_target_seconds_to_song_length(kind):
+  from virtuoso_jax.encoding import CharCodec  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  cfg = EncodingConfig(token_layout="compact" if kind == "compact" else "default")
+  for seed in range(5):
+    notes = _notes_with_long_gaps(seed)
+    if kind == "char":
+      codec = CharCodec(cfg)
+      ids = input_pipeline.char_ids(codec, codec.encode(notes, name="x"))
+      # Note lines are the lines of num_fields characters; their first id carries the onset.
+      marks, pos = [], 0
+      for line in codec.ids_to_text(ids).split("\n"):
+        if len(line) == codec.num_fields:
+          marks.append(pos)
+        pos += len(line) + 1
+    else:
+      codec = TokenCodec(cfg)
+      ids = codec.encode(notes)
+      marks = np.flatnonzero(codec.kinds(ids) == 4)  # K_DT: each note's time-delta id.
+    clock = np.cumsum(codec.time_advance(ids))
+    decoded = evaluation.ids_to_notes(codec, ids)
+    np.testing.assert_array_equal(clock[marks], decoded.onset)
+    seconds = evaluation.target_seconds(codec, ids)
+    assert len(seconds) == len(ids) - 1 and (seconds >= 0).all()
+    assert seconds.sum() == pytest.approx(evaluation.song_seconds(decoded, cfg.grid_ms))
+    # Durations here are below both codecs' caps, so the song keeps its exact length.
+    assert seconds.sum() == pytest.approx(
+        (notes.onset.astype(np.int64) + notes.duration).max() * cfg.grid_ms / 1000)
+
+
 def test_note_instruments_follow_the_note_groups():
   codec = TokenCodec(EncodingConfig())
   notes, ids = _song(codec, 12, 5)

@@ -231,6 +231,13 @@ def test_eval_is_deterministic_and_complete(data_dir):
   counted = sum(b["mask"].sum() for b in runs[0])
   lengths = [len(p.eval_maker.source[i]) for i in range(len(p.eval_maker.source))]
   assert counted == sum(n - 1 for n in lengths)  # Every eval target exactly once.
+  # The rows' seconds of music add up to the songs' lengths (the trainer's bits per second).
+  from virtuoso_jax import evaluation  # pylint: disable=g-import-not-at-top
+  grid = p.codec.config.grid_ms
+  want = sum(evaluation.song_seconds(evaluation.ids_to_notes(p.codec, p.eval_maker.source[i]),
+                                     grid) for i in range(len(p.eval_maker.source)))
+  got = sum(float(np.asarray(b["seconds"], np.float64).sum()) for b in runs[0])
+  assert want > 0 and got == pytest.approx(want, rel=1e-5)
 
 
 def test_iterator_state_resumes_exactly(data_dir):

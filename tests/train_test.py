@@ -89,7 +89,12 @@ def test_two_step_smoke_of_tiny_variants(name, data_dir, tmp_path):
     jax.config.update("jax_disable_most_optimizations", False)
   assert last["step"] == 2 and math.isfinite(last["train/loss"])
   assert math.isfinite(last["eval/loss"]) and last["eval/nll_per_note"] > 0
+  # Bits per second of music: the scored NLL in bits over the seconds the scored targets span.
+  assert last["eval/seconds"] > 0
+  assert last["eval/bits_per_second"] == pytest.approx(
+      last["eval/loss"] * last["eval/tokens"] / math.log(2) / last["eval/seconds"], rel=1e-5)
   rows = metrics_lib.read_metrics(str(tmp_path))
+  assert "eval/bits_per_second" in rows[-1]
   assert [r["step"] for r in rows] == [1, 2]
   for key in ("train/loss", "perf/step_time_s", "perf/tokens_per_s", "perf/mfu"):
     assert key in rows[-1]

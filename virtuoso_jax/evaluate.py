@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from virtuoso_jax import encoding
+from virtuoso_jax import evaluation
 from virtuoso_jax import music_stats
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -73,12 +74,6 @@ def read_midi_dir(path: str, enc_config: encoding.EncodingConfig
   return good, skipped
 
 
-def _ids_to_notes(run, ids: np.ndarray) -> encoding.Notes:
-  if run.kind == "char":
-    return run.codec.decode(run.codec.ids_to_text(ids))
-  return run.codec.decode(ids)
-
-
 def _notes_to_ids(run, name: str, notes: encoding.Notes) -> np.ndarray:
   if run.kind == "char":
     from virtuoso_jax import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -96,7 +91,7 @@ def split_songs(run, split: str) -> list[tuple[str, np.ndarray, encoding.Notes]]
   out = []
   for i in range(len(source)):
     ids = source[i]
-    out.append((f"{split}[{i}]", ids, _ids_to_notes(run, ids)))
+    out.append((f"{split}[{i}]", ids, evaluation.ids_to_notes(run.codec, ids)))
   return out
 
 
@@ -105,7 +100,6 @@ def split_songs(run, split: str) -> list[tuple[str, np.ndarray, encoding.Notes]]
 
 def likelihood(run, songs: Sequence[tuple[str, np.ndarray, encoding.Notes]], *,
                stride: int | None, batch_size: int) -> dict[str, Any]:
-  from virtuoso_jax import evaluation  # pylint: disable=g-import-not-at-top
   scorer = evaluation.Scorer(run, stride=stride, batch_size=batch_size)
   grid = run.enc_config.grid_ms
   print(f"Scoring {len(songs)} songs with windows of {scorer.context} tokens, stride "

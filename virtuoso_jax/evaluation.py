@@ -196,6 +196,30 @@ def per_song(scores: Sequence[SongScore]) -> list[dict[str, Any]]:
           for s in scores]
 
 
+def ids_to_notes(codec, ids) -> encoding.Notes:
+  """A song's ids -> Notes, for either codec (char ids are read back as text)."""
+  if hasattr(codec, "ids_to_text"):
+    return codec.decode(codec.ids_to_text(ids))
+  return codec.decode(ids)
+
+
+def target_seconds(codec, ids) -> np.ndarray:
+  """float64[len(ids) - 1]: seconds of music each target (ids[1:]) accounts for.
+
+  A target advances the clock as `codec.time_advance` says; the last target also carries the
+  song's tail (from the last onset to the end of the last note). So the whole vector sums to
+  `song_seconds` of the decoded song, and any tiling of a song's targets (the trainer's eval
+  windows, the scorer's strided windows) splits its seconds exactly.
+  """
+  ids = np.asarray(ids, np.int64).reshape(-1)
+  unit = codec.config.seconds_per_unit
+  out = codec.time_advance(ids)[1:].astype(np.float64) * unit
+  if len(out):
+    notes = ids_to_notes(codec, ids)
+    out[-1] += max(0.0, song_seconds(notes, codec.config.grid_ms) - float(out.sum()))
+  return out
+
+
 def song_seconds(notes: encoding.Notes, grid_ms: int) -> float:
   """A song's length: from 0 to the end of its last note."""
   if not len(notes):

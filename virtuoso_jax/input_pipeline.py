@@ -28,7 +28,9 @@ Windowing (`config.data.windowing`):
     per-epoch random order and cut into L+1 chunks: no padding at all.
 Eval always uses "window" with phase 0 over the eval split, in order, so it is deterministic and
 covers every target once (EOS lands at position (n-2) mod L, varying with the song's length,
-never slid back to L-1); the padding rows of the last batch are masked. Eval losses of runs
+never slid back to L-1); the padding rows of the last batch are masked. Each eval row also
+carries `seconds`, the music its scored targets span (`evaluation.target_seconds`), so the
+trainer reports bits per second; over the whole split they sum to the songs' lengths. Eval losses of runs
 before 2026-12-02 used slid-back last windows (tail targets with more context, EOS at L-1) and
 are not exactly comparable (benchmarks/eos_position_bench.py scores a run under both).
 
@@ -49,6 +51,7 @@ import grain
 import numpy as np
 
 from virtuoso_jax import config_lib
+from virtuoso_jax import evaluation
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +351,7 @@ class BatchMaker:
     mode: "window", "pack" or "eval".
     seed: shuffle / augmentation seed.
     transpose: max |shift| in semitones (0 = off).
-    codec: needed for transposition only.
+    codec: needed for transposition, and in eval mode for each row's seconds of music.
   """
   source: SongSource
   index: WindowIndex | None
@@ -369,6 +372,9 @@ class BatchMaker:
     lo, hi = self.rows
     tokens = np.full((hi - lo, self.seq_len + 1), self.pad_id, np.int32)
     mask = np.zeros((hi - lo, self.seq_len), np.float32)
+    # Eval: the seconds of music each scored target accounts for (rank 2, like the mask, so it
+    # shards the same way).
+    seconds = np.zeros((hi - lo, self.seq_len), np.float32)
     for r in range(lo, hi):
       j = int(b) * self.global_batch + r  # Global sample number.
       if self.mode == "pack":
@@ -384,10 +390,16 @@ class BatchMaker:
           s, st, mf, mt = self.window(j)
         t, m = _window_example(self._song(int(s)), int(st), int(mf), int(mt), self.seq_len,
                                self.pad_id)
+        if self.mode == "eval":
+          scored = np.flatnonzero(m)
+          seconds[r - lo, scored] = self._target_seconds(int(s))[int(st) + scored]
       if self.transpose:
         t = self._transpose(t, j)
       tokens[r - lo], mask[r - lo] = t, m
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+    if self.mode == "eval":
+      batch["seconds"] = seconds
+    return batch
 
   # Window mode: epoch e lays every song's targets on a grid shifted by the song's phase
   # window_phases(seed, e) (see build_windows), so an epoch holds a few more windows than
@@ -491,6 +503,15 @@ class BatchMaker:
     return ids
 
 
+  def _target_seconds(self, i: int) -> np.ndarray:
+    """evaluation.target_seconds of song `i` (the last one computed is kept)."""
+    last = self.__dict__.get("_last_seconds")
+    if last is None or last[0] != i:
+      last = (i, evaluation.target_seconds(self.codec, self._song(i)))
+      self.__dict__["_last_seconds"] = last
+    return last[1]
+
+
 def _seed(seed: int, epoch: int) -> int:
   return (int(seed) * 1_000_003 + int(epoch)) % (2**32)
 
@@ -559,7 +580,7 @@ class InputPipeline:
     self.eval_maker = BatchMaker(
         source=evals, index=self.eval_index, lengths=eval_lengths, seq_len=self.seq_len,
         global_batch=self.global_batch, rows=self.rows, pad_id=pad, mode="eval",
-        seed=config.seed)
+        seed=config.seed, codec=self.codec)
     counts = self._unigram_counts(train, vocab)
     probs = (counts + 1.0) / (counts.sum() + vocab)  # Add-one smoothing.
     note_end = None

@@ -4,7 +4,8 @@
   {"step": 100, "train/loss": 2.31, "perf/step_time_s": 0.21, "perf/tokens_per_s": 19500.0,
    "perf/mfu": 0.41, "train/learning_rate": 0.001}
 and, at eval steps, "eval/loss", "eval/accuracy", "eval/perplexity", "eval/nll_per_note",
-"eval/unigram_nll_per_note". `<workdir>/tensorboard/` holds the same scalars as event files
+"eval/unigram_nll_per_note", "eval/bits_per_second" (NLL in bits over the seconds of music the
+scored targets span; compares char and token models), "eval/seconds". `<workdir>/tensorboard/` holds the same scalars as event files
 (no TensorFlow needed: `tensorboard --logdir <workdir>/tensorboard`).
 """
 

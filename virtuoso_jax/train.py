@@ -183,13 +183,14 @@ def train_step(state, batch, *, graphdef, rest, tx, accum_steps: int):
 
 
 def eval_step(params, batch, log_unigram, note_table, *, graphdef, rest):
-  """Sums over one eval batch: nll, targets, correct, notes, unigram-baseline nll."""
+  """Sums over one eval batch: nll, targets, correct, notes, seconds of music, unigram nll."""
   model = nnx.merge(graphdef, params, rest)
   logits = model(batch["inputs"], deterministic=True)
   nll, correct = _token_stats(logits, batch["targets"], batch["mask"])
   mask = batch["mask"]
   return {"nll": jnp.sum(nll), "count": jnp.sum(mask), "correct": jnp.sum(correct),
           "notes": jnp.sum(note_table[batch["targets"]] * mask),
+          "seconds": jnp.sum(batch["seconds"]),
           "unigram_nll": -jnp.sum(log_unigram[batch["targets"]] * mask)}
 
 
@@ -201,7 +202,11 @@ def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
           "eval/perplexity": math.exp(min(loss, 50.0)), "eval/nll_per_note": sums["nll"] / notes,
           "eval/unigram_nll": sums["unigram_nll"] / count,
           "eval/unigram_nll_per_note": sums["unigram_nll"] / notes,
-          "eval/tokens": sums["count"], "eval/notes": sums["notes"]}
+          # Bits per second of music compares models across codecs (evaluation.py).
+          "eval/bits_per_second": (sums["nll"] / math.log(2) / sums["seconds"]
+                                   if sums.get("seconds", 0) > 0 else float("nan")),
+          "eval/tokens": sums["count"], "eval/notes": sums["notes"],
+          "eval/seconds": sums.get("seconds", 0.0)}
 
 
 def note_marker_table(codec, kind: str) -> np.ndarray:
@@ -521,9 +526,10 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
           eval_metrics = trainer.evaluate()
           scalars.update(eval_metrics)
           log.info("eval at step %d: loss %.4f, accuracy %.3f, NLL/note %.3f (unigram "
-                       "baseline %.3f), perplexity %.2f", step, eval_metrics["eval/loss"],
-                       eval_metrics["eval/accuracy"], eval_metrics["eval/nll_per_note"],
-                       eval_metrics["eval/unigram_nll_per_note"], eval_metrics["eval/perplexity"])
+                   "baseline %.3f), %.1f bits/s of music, perplexity %.2f", step,
+                   eval_metrics["eval/loss"], eval_metrics["eval/accuracy"],
+                   eval_metrics["eval/nll_per_note"], eval_metrics["eval/unigram_nll_per_note"],
+                   eval_metrics["eval/bits_per_second"], eval_metrics["eval/perplexity"])
           window_t = time.perf_counter()  # Do not count eval time as step time.
         if scalars:
           writer.write(step, scalars)
@@ -560,7 +566,8 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     if "eval/loss" in last:
       lines[0] += (f" Eval NLL {last['eval/loss']:.3f} nats/token (unigram baseline "
                    f"{last['eval/unigram_nll']:.3f}), {last['eval/nll_per_note']:.2f} per note "
-                   f"(baseline {last['eval/unigram_nll_per_note']:.2f}).")
+                   f"(baseline {last['eval/unigram_nll_per_note']:.2f}), "
+                   f"{last['eval/bits_per_second']:.1f} bits per second of music.")
     lines += [f"  checkpoints: {ckpt.directory if ckpt else '(disabled: ckpt.enabled=False)'}",
               f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}"]
     if config.tensorboard:

@@ -228,6 +228,22 @@ class CharCodec:
                      "wait_lines": int(wait_ok.sum()), "out_of_range_notes": int((~fits).sum())}
     return notes
 
+  def time_advance(self, ids) -> np.ndarray:
+    """int64[len(ids)]: grid units each id moves the clock: a note line's STA character and a
+    wait line's character (as `decode` reads them) advance it by their value; header lines and
+    every other id by 0. For an encoded song, the cumulative sum at a note line's first id is
+    that note's onset."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    cp = np.where(ids == self.newline_id, NEWLINE, ids + 30)
+    starts, lengths = _lines(cp)
+    keep = ((lengths == self.num_fields) | (lengths == 1)) & ~self._is_header(cp, starts, lengths)
+    starts = starts[keep]
+    value = cp[starts] - OFFSET
+    ok = (value >= 0) & (value <= self.max_value)
+    out = np.zeros(len(ids), np.int64)
+    out[starts[ok]] = value[ok]
+    return out
+
   # ------------------------------------------------------------------ vocabulary
   def text_to_ids(self, text: str) -> np.ndarray:
     """TXT -> int32 ids. Raises ValueError naming the first character outside the vocabulary."""

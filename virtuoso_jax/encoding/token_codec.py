@@ -360,6 +360,15 @@ class TokenCodec:
     prev_wait = np.concatenate([[False], k[:-1] == K_WAIT])
     return np.flatnonzero(starts & ~prev_wait)
 
+  def time_advance(self, ids) -> np.ndarray:
+    """int64[len(ids)]: grid units each id moves the clock (a time-delta id its delta, WAIT
+    `max_time_shift + 1`, others 0). For an encoded song, the cumulative sum at a note's
+    time-delta id is that note's onset."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    k = self.kinds(ids)
+    return np.where(k == K_DT, ids - self._ranges["time"][0],
+                    np.where(k == K_WAIT, self.wait_units, 0)).astype(np.int64)
+
   def describe(self) -> dict[str, Any]:
     return {"layout": self.layout, "vocab_size": self.vocab_size,
             "tokens_per_note": self.tokens_per_note, "ranges": self.field_ranges()}
