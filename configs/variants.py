@@ -38,6 +38,23 @@ def tiny(config, sample_tokens: int):
   config.sample.max_new_tokens = sample_tokens
 
 
+def bach(config):
+  """The reference model: the best found for about one hour on a 2-core CPU on the embedded Bach
+  chorales (bach_token). 4 x 256 with 512 context (a chorale is ~700 ids), dropout against the
+  small corpus (305 training chorales), transposition augmentation. docs/benchmarks.md holds its
+  measured figures and the command that reproduces them."""
+  set_shape(config, 4, 8, 256, 1024, 512)
+  config.model.max_relative = 512
+  config.batch_size = 16
+  config.num_train_steps = 3000
+  config.log_every_steps = 50
+  config.eval_every_steps = 250
+  config.num_eval_batches = 0  # The whole validation split: 24 chorales, a few seconds.
+  o = config.optim
+  o.learning_rate, o.warmup_steps = 1e-3, 200
+  config.ckpt.every_steps = 250
+
+
 def long(config, max_len: int):
   """Long context with per-block rematerialisation."""
   config.model.max_len = max_len
@@ -60,6 +77,6 @@ def pod(config, tfds_config: str):
   config.data.worker_count = 8
 
 
-def unknown(path: str, variant: str):
+def unknown(path: str, variant: str, names=("original", "tiny", "long", "pod")):
   return ValueError(f"{path}: unknown variant {variant!r}; "
-                    "expected one of: original, tiny, long, pod (or none)")
+                    f"expected one of: {', '.join(names)} (or none)")

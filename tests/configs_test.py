@@ -8,7 +8,7 @@ from virtuoso_jax import config_lib
 
 VARIANTS = {
     "default.py": [None],
-    "rga.py": [None, "original", "tiny", "long", "pod"],
+    "rga.py": [None, "original", "tiny", "bach", "long", "pod"],
     "gpt.py": [None, "original", "tiny", "long", "pod"],
     "char_gpt.py": [None, "original", "tiny", "long", "pod"],
 }
