@@ -50,6 +50,7 @@ setuptools.setup(
             "virtuoso-train=virtuoso_jax.main:run",
             "virtuoso-sample=virtuoso_jax.sample:run",
             "virtuoso-compose=virtuoso_jax.compose:run",
+            "virtuoso-evaluate=virtuoso_jax.evaluate:run",
             "virtuoso-encode=virtuoso_jax.encoding.__main__:main",
         ],
     },

@@ -30,15 +30,24 @@ DEFAULT_CORPORA = os.environ.get("VIRTUOSO_CORPORA", str(REPO_ROOT.parent / "sha
 
 
 def replicate(corpora: str, copies: int, tmp: str) -> str:
-  """A folder with `copies` symlinked copies of the corpus (copies > 1 parse and encode the
-  same files again, then collapse as duplicates: a bigger load for the parallel figure)."""
+  """A folder with `copies` copies of the corpus (copies > 1 parse and encode the same files
+  again, then collapse as duplicates: a bigger load for the parallel figure). Files are hard
+  links where the file system allows (else copies): the builder walks each real folder once, so
+  symlinked folders would be read once and the load would not grow."""
   if copies == 1:
     return corpora
   root = pathlib.Path(tmp) / "replicated"
+  src = pathlib.Path(corpora).resolve()
   for i in range(copies):
-    (root / f"copy{i:02d}").mkdir(parents=True)
-    for entry in sorted(pathlib.Path(corpora).iterdir()):
-      (root / f"copy{i:02d}" / entry.name).symlink_to(entry.resolve())
+    for path in sorted(src.rglob("*")):
+      if not path.is_file():
+        continue
+      dest = root / f"copy{i:02d}" / path.relative_to(src)
+      dest.parent.mkdir(parents=True, exist_ok=True)
+      try:
+        os.link(path, dest)
+      except OSError:  # Another file system, or links not allowed: copy the bytes.
+        shutil.copyfile(path, dest)
   return str(root)
 
 

@@ -112,7 +112,7 @@ def _mfu(impls, repeats: int) -> None:
       dt = time.perf_counter() - t0
       times.append(dt)
       peaks.append(peak)
-      mfus.append(batch * length * fpt / dt / peak)
+      mfus.append(flops.mfu(batch * length / dt, fpt, peak))
     common.emit("rga_original_train_step_time", min(times), "s", rel_impl=impl, batch=batch,
                 seq_len=length, times=[round(t, 2) for t in times])
     common.emit("rga_original_tokens_per_s", batch * length / min(times), "tokens/s",
@@ -121,7 +121,7 @@ def _mfu(impls, repeats: int) -> None:
                 all=[round(x / 1e9, 1) for x in peaks])
     # Conservative: the fastest step against the highest peak seen. (The best back-to-back
     # pair is not: one peak measured while a neighbour stole the CPU inflated it to 0.57.)
-    common.emit("rga_original_train_mfu", batch * length * fpt / min(times) / max(peaks),
+    common.emit("rga_original_train_mfu", flops.mfu(batch * length / min(times), fpt, max(peaks)),
                 "fraction", rel_impl=impl, flops_per_token=fpt,
                 pairs=[round(m, 3) for m in mfus],
                 note="fastest step / highest matmul peak of the same process; machine shared")

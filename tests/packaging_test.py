@@ -12,7 +12,8 @@ SCRIPTS = re.findall(r'"([\w-]+)=([\w.]+):(\w+)"', (REPO / "setup.py").read_text
 
 def test_setup_declares_the_documented_commands():
   assert {name for name, _, _ in SCRIPTS} >= {
-      "virtuoso-train", "virtuoso-sample", "virtuoso-compose", "virtuoso-encode"}
+      "virtuoso-train", "virtuoso-sample", "virtuoso-compose", "virtuoso-encode",
+      "virtuoso-evaluate"}
 
 
 def test_console_script_targets_exist():

@@ -536,6 +536,48 @@ def _read_only_manager(workdir: str) -> tuple[str, ocp.CheckpointManager]:
       options=ocp.CheckpointManagerOptions(read_only=True))
 
 
+def _choose_step(manager, directory: str, step: int | None, best: bool) -> int:
+  """The step to read: `step` if given (it must exist), else the best by eval loss with `best`,
+  else the latest. FileNotFoundError says which is missing."""
+  steps = manager.all_steps()
+  if step is None and best:
+    scored = [(m[BEST_METRIC], s) for s in steps
+              if (m := manager.metrics(s)) and BEST_METRIC in m]
+    if not scored:
+      raise FileNotFoundError(f"no checkpoint in {directory} has an {BEST_METRIC} metric (use "
+                              "the latest instead)")
+    step = min(scored)[1]
+  elif step is None:
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  if step not in steps:
+    raise FileNotFoundError(f"step {step} is not in {directory} (steps: "
+                            f"{', '.join(map(str, steps)) or 'none'})")
+  return int(step)
+
+
+def params_mismatch(workdir: str, abstract_params: Any, *, step: int | None = None,
+                    best: bool = False) -> tuple[int, list[str]]:
+  """(the step `restore_params` would read, how its saved parameters differ from
+  `abstract_params` in names, shapes and dtypes), from Orbax's metadata alone: no array is
+  read, so a mismatch never starts a restore (whose reads still in flight would hit a closed
+  event loop at exit). An empty list: they fit. Raises FileNotFoundError (no such checkpoint) or
+  CheckpointError (its metadata is unreadable)."""
+  directory, manager = _read_only_manager(workdir)
+  try:
+    step = _choose_step(manager, directory, step, best)
+    try:
+      saved = _saved_arrays(manager.item_metadata(step)["params"])
+    except Exception as e:  # pylint: disable=broad-exception-caught  (a damaged step: say which)
+      raise CheckpointError(f"checkpoint step {step} in {directory} is unreadable: "
+                            f"{type(e).__name__}: {str(e)[:300]}") from e
+    return step, _describe_mismatch(
+        "params", saved, _abstract_arrays(jax.tree.map(_abstract, abstract_params)))
+  finally:
+    manager.close()
+
+
 def restore_params(workdir: str, abstract_params: Any = None, *, step: int | None = None,
                    best: bool = False) -> tuple[int, Any]:
   """Model parameters only (no optimizer state), for the sampling binary.
@@ -553,16 +595,7 @@ def restore_params(workdir: str, abstract_params: Any = None, *, step: int | Non
   """
   directory, manager = _read_only_manager(workdir)
   try:
-    if step is None and best:
-      scored = [(m[BEST_METRIC], s) for s in manager.all_steps()
-                if (m := manager.metrics(s)) and BEST_METRIC in m]
-      if not scored:
-        raise FileNotFoundError(f"no checkpoint in {directory} has an {BEST_METRIC} metric")
-      step = min(scored)[1]
-    elif step is None:
-      step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoints in {directory}")
+    step = _choose_step(manager, directory, step, best)
     if abstract_params is None:
       restore = ocp.args.StandardRestore()
     else:

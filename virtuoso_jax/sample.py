@@ -188,59 +188,6 @@ def _with_schema_defaults(config):
   return ml_collections.ConfigDict(merged)
 
 
-def _saved_param_shapes(workdir: str, step_arg: dict) -> tuple[int, dict[str, tuple]]:
-  """(step, {param path: shape}) of the checkpoint to restore, from Orbax's metadata alone
-  (no array is read). Restoring arrays of other shapes fails inside Orbax with reads still in
-  flight, whose callbacks then hit a closed asyncio loop at exit ('RuntimeError: Event loop is
-  closed' after the error); comparing first means a mismatch never starts a restore."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  from virtuoso_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  directory = checkpointing.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise SampleError(f"no checkpoint to sample from: no checkpoints in {directory} (has "
-                      f"{workdir} been trained?)")
-  level = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notices about the other items.
-  manager = ocp.CheckpointManager(directory,
-                                  item_handlers={"params": ocp.StandardCheckpointHandler()},
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    step = step_arg.get("step")
-    if step is None and step_arg.get("best"):
-      scored = [(m["eval/loss"], s) for s in manager.all_steps()
-                if (m := manager.metrics(s)) and "eval/loss" in m]
-      if not scored:
-        raise SampleError(f"no checkpoint to sample from: no checkpoint in {directory} has an "
-                          "eval/loss metric (use --checkpoint=latest)")
-      step = min(scored)[1]
-    elif step is None:
-      step = manager.latest_step()
-    if step is None:
-      raise SampleError(f"no checkpoint to sample from: no checkpoints in {directory}")
-    if step not in manager.all_steps():
-      raise SampleError(f"no checkpoint to sample from: step {step} is not in {directory} "
-                        f"(steps: {', '.join(map(str, manager.all_steps())) or 'none'})")
-    try:
-      tree = manager.item_metadata(step)["params"]
-    except Exception as e:  # pylint: disable=broad-except  (a damaged step: say which)
-      raise SampleError(f"checkpoint step {step} in {directory} is unreadable: "
-                        f"{type(e).__name__}: {str(e)[:300]}") from e
-    tree = getattr(tree, "tree", tree)
-    shapes = {_path_key(p): tuple(m.shape) for p, m in
-              jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(m, "shape")}
-    return int(step), shapes
-  finally:
-    manager.close()
-    absl_logging.set_verbosity(level)
-
-
-def _path_key(path) -> str:
-  parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-  return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
-
-
 def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   """Loads a training run for sampling (parameters only, never the optimizer state).
 
@@ -272,17 +219,17 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           params)
-  step, saved = _saved_param_shapes(workdir, step_arg)
-  wanted = {_path_key(p): tuple(a.shape)
-            for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
-  bad = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+  try:
+    step, bad = checkpointing.params_mismatch(workdir, abstract, **step_arg)
+  except FileNotFoundError as e:
+    raise SampleError(f"no checkpoint to sample from: {e}") from e
+  except checkpointing.CheckpointError as e:
+    raise SampleError(str(e)) from e
   if bad:
     raise SampleError(
         f"the checkpoint in {checkpointing.checkpoint_dir(workdir)} (step {step}) does not match "
         f"{cfg_path} (model {config.model.name}, {config.model.num_layers} layers, width "
-        f"{config.model.emb_dim}, vocab {config.model.vocab_size}): parameter {bad[0]} has shape "
-        f"{saved.get(bad[0], 'none')} in the checkpoint but {wanted.get(bad[0], 'none')} in the "
-        f"config ({len(bad)} differ)")
+        f"{config.model.emb_dim}, vocab {config.model.vocab_size}): {'; '.join(bad)}")
   try:
     step, restored = checkpointing.restore_params(workdir, abstract, step=step)
   except FileNotFoundError as e:
@@ -294,13 +241,6 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
         f"{cfg_path} (model {config.model.name}, {config.model.num_layers} layers, width "
         f"{config.model.emb_dim}, vocab {config.model.vocab_size}): {type(e).__name__}: "
         f"{str(e)[:500]}") from e
-  bad = [(jax.tree_util.keystr(p), a.shape, b.shape) for (p, a), b in zip(
-      jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(restored))
-         if tuple(a.shape) != tuple(b.shape)]
-  if bad:
-    raise SampleError(f"the checkpoint in {checkpointing.checkpoint_dir(workdir)} (step {step}) "
-                      f"does not match {cfg_path}: parameter {bad[0][0]} has shape {bad[0][2]} in "
-                      f"the checkpoint but {bad[0][1]} in the config ({len(bad)} differ)")
   nnx.update(model, restored)
   return Run(workdir, config, kind, codec, model, int(step), sampling.grammar_tables(codec))
 
