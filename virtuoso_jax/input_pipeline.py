@@ -351,7 +351,8 @@ class BatchMaker:
     mode: "window", "pack" or "eval".
     seed: shuffle / augmentation seed.
     transpose: max |shift| in semitones (0 = off).
-    codec: needed for transposition, and in eval mode for each row's seconds of music.
+    codec: needed for transposition, and in eval mode for the batch's `seconds` of music
+      (without a codec an eval batch has none).
   """
   source: SongSource
   index: WindowIndex | None
@@ -390,14 +391,14 @@ class BatchMaker:
           s, st, mf, mt = self.window(j)
         t, m = _window_example(self._song(int(s)), int(st), int(mf), int(mt), self.seq_len,
                                self.pad_id)
-        if self.mode == "eval":
+        if self.mode == "eval" and self.codec is not None:
           scored = np.flatnonzero(m)
           seconds[r - lo, scored] = self._target_seconds(int(s))[int(st) + scored]
       if self.transpose:
         t = self._transpose(t, j)
       tokens[r - lo], mask[r - lo] = t, m
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
-    if self.mode == "eval":
+    if self.mode == "eval" and self.codec is not None:
       batch["seconds"] = seconds
     return batch
 
