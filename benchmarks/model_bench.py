@@ -121,7 +121,8 @@ def _mfu(impls, repeats: int) -> None:
                 all=[round(x / 1e9, 1) for x in peaks])
     # Conservative: the fastest step against the highest peak seen. (The best back-to-back
     # pair is not: one peak measured while a neighbour stole the CPU inflated it to 0.57.)
-    common.emit("rga_original_train_mfu", flops.mfu(batch * length / min(times), fpt, max(peaks)),
+    common.emit("rga_original_train_mfu",
+                flops.mfu(batch * length / min(times), fpt, max(peaks)),
                 "fraction", rel_impl=impl, flops_per_token=fpt,
                 pairs=[round(m, 3) for m in mfus],
                 note="fastest step / highest matmul peak of the same process; machine shared")

@@ -30,8 +30,8 @@ Eval always uses "window" with phase 0 over the eval split, in order, so it is d
 covers every target once (EOS lands at position (n-2) mod L, varying with the song's length,
 never slid back to L-1); the padding rows of the last batch are masked. Each eval row also
 carries `seconds`, the music its scored targets span (`evaluation.target_seconds`), so the
-trainer reports bits per second; over the whole split they sum to the songs' lengths. Eval losses of runs
-before 2026-12-02 used slid-back last windows (tail targets with more context, EOS at L-1) and
+trainer reports bits per second; over the whole split they sum to the songs' lengths. Eval
+losses of runs before 2026-12-02 used slid-back last windows (tail targets with more context, EOS at L-1) and
 are not exactly comparable (benchmarks/eos_position_bench.py scores a run under both).
 
 The iterator is a grain `DatasetIterator`: its state (position) is saved in checkpoints.
@@ -374,8 +374,9 @@ class BatchMaker:
     tokens = np.full((hi - lo, self.seq_len + 1), self.pad_id, np.int32)
     mask = np.zeros((hi - lo, self.seq_len), np.float32)
     # Eval: the seconds of music each scored target accounts for (rank 2, like the mask, so it
-    # shards the same way).
-    seconds = np.zeros((hi - lo, self.seq_len), np.float32)
+    # shards the same way). Train batches have none.
+    seconds = (np.zeros((hi - lo, self.seq_len), np.float32)
+               if self.mode == "eval" and self.codec is not None else None)
     for r in range(lo, hi):
       j = int(b) * self.global_batch + r  # Global sample number.
       if self.mode == "pack":
@@ -391,14 +392,14 @@ class BatchMaker:
           s, st, mf, mt = self.window(j)
         t, m = _window_example(self._song(int(s)), int(st), int(mf), int(mt), self.seq_len,
                                self.pad_id)
-        if self.mode == "eval" and self.codec is not None:
+        if seconds is not None:
           scored = np.flatnonzero(m)
           seconds[r - lo, scored] = self._target_seconds(int(s))[int(st) + scored]
       if self.transpose:
         t = self._transpose(t, j)
       tokens[r - lo], mask[r - lo] = t, m
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
-    if self.mode == "eval" and self.codec is not None:
+    if seconds is not None:
       batch["seconds"] = seconds
     return batch
 
@@ -502,7 +503,6 @@ class BatchMaker:
     ids = self.source[i]
     self.__dict__["_last_song"] = (i, ids)
     return ids
-
 
   def _target_seconds(self, i: int) -> np.ndarray:
     """evaluation.target_seconds of song `i` (the last one computed is kept)."""

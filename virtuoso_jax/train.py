@@ -204,9 +204,9 @@ def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
           "eval/unigram_nll_per_note": sums["unigram_nll"] / notes,
           # Bits per second of music compares models across codecs (evaluation.py).
           "eval/bits_per_second": (sums["nll"] / math.log(2) / sums["seconds"]
-                                   if sums.get("seconds", 0) > 0 else float("nan")),
+                                   if sums["seconds"] > 0 else float("nan")),
           "eval/tokens": sums["count"], "eval/notes": sums["notes"],
-          "eval/seconds": sums.get("seconds", 0.0)}
+          "eval/seconds": sums["seconds"]}
 
 
 def note_marker_table(codec, kind: str) -> np.ndarray:
