@@ -69,7 +69,7 @@ def main():
   parser.add_argument("--workers", default=f"1,{processing.default_num_workers()}",
                       help="comma-separated worker counts")
   parser.add_argument("--copies", type=int, default=1,
-                      help="build over this many copies of the corpus (symlinks)")
+                      help="build over this many copies of the corpus (hard links, else copies)")
   args = parser.parse_args()
   if not pathlib.Path(args.corpora).is_dir():
     sys.exit(f"corpora folder not found: {args.corpora} (set --corpora or VIRTUOSO_CORPORA)")
