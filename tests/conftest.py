@@ -17,21 +17,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CORPORA_DIR = pathlib.Path(os.environ.get("VIRTUOSO_CORPORA", REPO_ROOT.parent / "shared" / "corpora"))
 
 
-@pytest.fixture(scope="session")
-def corpora_dir() -> pathlib.Path:
-  """The real-MIDI corpora folder, for the few tests *about* those corpora (round trips over
-  every file, the Tegridy sources). Absent: the test is skipped with a clear reason, unless
-  VIRTUOSO_REQUIRE_CORPORA=1 (CI sets it), where it fails. Every other test runs on
-  `fixture_corpus`, which every machine can make."""
-  if not CORPORA_DIR.is_dir():
-    msg = (f"real MIDI corpora not found at {CORPORA_DIR}; set VIRTUOSO_CORPORA to a folder of "
-           "corpora (the layout of ../shared/corpora)")
-    if os.environ.get("VIRTUOSO_REQUIRE_CORPORA") == "1":
-      pytest.fail(msg)
-    pytest.skip(msg)
-  return CORPORA_DIR
-
-
 def session_shared_dir(tmp_path_factory, name: str) -> pathlib.Path:
   """A folder shared by every xdist worker of this pytest session (build it under a lock)."""
   root = tmp_path_factory.getbasetemp()
@@ -45,6 +30,22 @@ def fixture_corpus(tmp_path_factory) -> pathlib.Path:
   """The hermetic MIDI corpus (tests/hermetic_corpus.py; layout of ../shared/corpora): synthetic
   multi-instrument songs with drums and music21's Bach chorales, made once per session."""
   return hermetic_corpus.build(session_shared_dir(tmp_path_factory, "fixture_corpus"))
+
+
+@pytest.fixture(scope="session")
+def corpora_dir(tmp_path_factory, fixture_corpus) -> pathlib.Path:  # pylint: disable=redefined-outer-name
+  """The real-MIDI corpora folder, for the few tests *about* those corpora (round trips over
+  every file, the Tegridy sources). Absent: those tests run on a stand-in with the same folder
+  layout made of the hermetic corpus (hermetic_corpus.build_stand_in_corpora; its
+  `is_stand_in` tells them apart), so a fresh clone skips nothing; with
+  VIRTUOSO_REQUIRE_CORPORA=1 (CI sets it) an absent folder fails instead."""
+  if CORPORA_DIR.is_dir():
+    return CORPORA_DIR
+  if os.environ.get("VIRTUOSO_REQUIRE_CORPORA") == "1":
+    pytest.fail(f"real MIDI corpora not found at {CORPORA_DIR}; set VIRTUOSO_CORPORA to a folder "
+                "of corpora (the layout of ../shared/corpora)")
+  return hermetic_corpus.build_stand_in_corpora(
+      session_shared_dir(tmp_path_factory, "stand_in_corpora"), fixture_corpus)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import hermetic_corpus  # tests/ is on sys.path (imports no jax)
+
 from data_pipelines.virtuoso_midi import processing
 from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm
 from virtuoso_jax.encoding import CharCodec, EncodingConfig, Notes, TokenCodec, midi_to_notes, notes_to_midi
@@ -280,7 +282,10 @@ def test_tegridy_children_songs_decode_to_the_source_notes(tmp_path, corpora_dir
   report = builder.info.metadata["report"]
   assert report["files_read"] == len(list(folder.glob("*.mid*")))
   assert len(records) + sum(report["skipped"].values()) == report["files_read"]
-  assert len(records) > 150
+  # The real folder has 161 songs; the stand-in (no ../shared here) a quarter of the hermetic
+  # corpus, every file of which is good.
+  assert len(records) > 150 or (hermetic_corpus.is_stand_in(corpora_dir)
+                                and len(records) == report["files_read"] > 0)
   for ex in records:
     name = as_str(ex["name"])
     decoded, decode_report = codec.decode(ex["ids"], return_report=True)

@@ -15,7 +15,8 @@ Layout of ../shared/corpora (one folder of .mid files per source):
 tests/conftest.py's session fixture `fixture_corpus` builds it once per pytest session (shared
 by the xdist workers); `prompt_midi` (`prompt_path`) is the prompt of the sample and compose
 tests, a multi-instrument song with drums. Only the tests about the real corpora (round trips
-over every file, the Tegridy sources) use `corpora_dir` (../shared/corpora).
+over every file, the Tegridy sources) use `corpora_dir` (../shared/corpora); where that folder
+is absent they run on `build_stand_in_corpora`, the hermetic files in its folder layout.
 """
 
 from __future__ import annotations
@@ -132,6 +133,38 @@ def build(root: pathlib.Path) -> pathlib.Path:
 def files(root: pathlib.Path) -> list[pathlib.Path]:
   """Every .mid of the corpus, source by source in SOURCES order, sorted by name."""
   return [f for src in SOURCES for f in sorted((pathlib.Path(root) / src).glob("*.mid"))]
+
+
+# The folders of ../shared/corpora (the Tegridy sources the original trained on).
+CORPORA_FOLDERS = ("Endless-Piano-Carousel", "Endless-Violin-Carousel", "Tegridy-Children-Songs",
+                   "Tegridy-Piano-Violin")
+STAND_IN_MARK = ".stand_in"
+
+
+def build_stand_in_corpora(root: pathlib.Path, corpus: pathlib.Path) -> pathlib.Path:
+  """A stand-in for ../shared/corpora on machines without it: its folder names, each holding a
+  different quarter of the hermetic corpus `corpus` (hard links; distinct files, so the
+  builder's de-duplication keeps them all). Marked with STAND_IN_MARK so the tests about the
+  real corpora can tell (their size checks are for the real folders). Returns root."""
+  root = pathlib.Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / STAND_IN_MARK).exists():
+      songs = files(corpus)
+      for i, name in enumerate(CORPORA_FOLDERS):
+        (root / name).mkdir(exist_ok=True)
+        for song in songs[i::len(CORPORA_FOLDERS)]:
+          target = root / name / song.name
+          if not target.exists():
+            os.link(song, target)
+      (root / STAND_IN_MARK).touch()
+  return root
+
+
+def is_stand_in(corpora: pathlib.Path) -> bool:
+  """Whether `corpora` is build_stand_in_corpora's folder rather than the real corpora."""
+  return (pathlib.Path(corpora) / STAND_IN_MARK).exists()
 
 
 def prompt_path(root: pathlib.Path) -> pathlib.Path:
