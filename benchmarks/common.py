@@ -114,5 +114,7 @@ def run_worker(module: str, args: list[str], timeout: float):
 
 
 if __name__ == "__main__":
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_binary()  # What the binaries set on a CPU host, before JAX starts.
   emit("matmul_peak", matmul_peak_flops() / 1e9, "GFLOP/s", dtype="float32",
        backend=jax.default_backend())

@@ -174,4 +174,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_binary()  # What the binaries set on a CPU host, before JAX starts.
   main()

@@ -64,6 +64,14 @@ def get_config(arg=None):
   config.batch_size = 32  # Global batch, in sequences, across all devices and hosts.
   config.grad_accum_steps = 1  # Micro-batches per optimizer step (batch_size must divide by it).
   config.num_train_steps = 10_000
+  # Memory pre-flight (virtuoso_jax/preflight.py): after compiling, the train and eval steps'
+  # memory (XLA's estimate) is compared with what is free (host RAM on CPU, device memory on
+  # GPU/TPU) before the first step.
+  mem = config.memory = ml_collections.ConfigDict()
+  mem.check = "refuse"  # "refuse": stop with settings that fit; "warn": run anyway; "off".
+  mem.auto_grad_accum = False  # True: the smallest grad_accum_steps (>= the set one) that fits.
+  mem.limit_mib = 0  # At most this much (MiB: per process on CPU, per device else); 0 = all free.
+  mem.machine = ""  # The machine class a config is meant for, e.g. "a TPU pod" (said on a CPU).
   config.log_every_steps = 50
   config.eval_every_steps = 500
   config.num_eval_batches = 0  # 0 = the whole eval split (deterministic); n > 0 caps it.

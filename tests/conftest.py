@@ -11,6 +11,11 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 import hermetic_corpus  # noqa: E402  (tests/ is on sys.path; imports no jax)
+from virtuoso_jax import runtime  # noqa: E402  (no jax)
+
+# The test process runs as the binaries do (the library's import sets nothing itself).
+runtime.configure_binary()
+runtime.quiet_library_logs()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The one place tests find the real MIDI corpora (never copied into the repo).

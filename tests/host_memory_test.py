@@ -1,4 +1,4 @@
-"""virtuoso_jax keeps freed host memory for reuse (glibc), so repeated big buffers stop faulting."""
+"""The binaries keep freed host memory for reuse (glibc), so repeated big buffers stop faulting."""
 
 import subprocess
 import sys
@@ -11,7 +11,8 @@ from virtuoso_jax import host_memory
 
 _PROBE = r"""
 import resource, sys
-import virtuoso_jax  # noqa: F401  (the process set-up runs on import)
+from virtuoso_jax import runtime
+runtime.configure_binary()  # What the binaries do first (the library's import does nothing).
 import ctypes
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -30,7 +31,7 @@ print(faults_of_one_buffer())
 
 
 def _second_buffer_faults(env_value):
-  env = {"VIRTUOSO_KEEP_HOST_MEMORY": env_value, "PATH": "/usr/bin:/bin"}
+  env = {"VIRTUOSO_KEEP_HOST_MEMORY": env_value, "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
                        check=True, timeout=120)
   return int(out.stdout.split()[-1])

@@ -75,25 +75,6 @@ class _IntegrityError(Exception):
   """A step restored but its arrays differ from the digests saved with them."""
 
 
-class _OrbaxNoticeFilter(logging.Filter):
-  """Drops Orbax warnings about how this module uses it on purpose: a read-only manager for
-  sampling (three lines per restore), a preemption save without eval metrics, and the
-  traceback Orbax logs for a failed background save (this module raises it as one line)."""
-
-  EXPECTED = ("Given directory is read only", "CheckpointManagerOptions.read_only=True",
-              "Requested `tracked_metric`; did not provide metrics")
-  FAILED_SAVE = ("[wait_until_finished] Save Finalize thread", "in background save thread")
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    msg = record.getMessage()
-    if msg.startswith(self.EXPECTED):
-      return False
-    return not (record.levelno >= logging.ERROR and any(s in msg for s in self.FAILED_SAVE))
-
-
-logging.getLogger("absl").addFilter(_OrbaxNoticeFilter())
-
-
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 

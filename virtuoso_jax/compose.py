@@ -526,8 +526,8 @@ def _command(cmd: str, f) -> None:
 
 def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.quiet_library_logs()  # Orbax's INFO chatter; our lines are printed.
   del app
   usage = f"python -m virtuoso_jax.compose {{{'|'.join(COMMANDS)}}} --session=DIR [flags]"
   if len(argv) < 2:
@@ -548,6 +548,8 @@ FLAGS = None
 def run():
   """Console-script entry point (`virtuoso-compose`); `python -m` runs the same."""
   global FLAGS
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_binary()  # Before JAX starts: this process's CPU settings.
   from absl import app  # pylint: disable=g-import-not-at-top
   FLAGS = _define_flags()
   app.run(main)

@@ -191,6 +191,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(config.grad_accum_steps > 0 and config.batch_size % config.grad_accum_steps == 0,
          "grad_accum_steps", config.grad_accum_steps,
          f"must be positive and divide batch_size={config.batch_size}")
+  mem = config.memory
+  _check(mem.check in ("refuse", "warn", "off"), "memory.check", mem.check,
+         "expected 'refuse', 'warn' or 'off'")
+  _check(mem.limit_mib >= 0, "memory.limit_mib", mem.limit_mib,
+         "must be >= 0 (0 = all free memory)")
   for f in ("num_train_steps", "log_every_steps", "eval_every_steps"):
     _check(config[f] > 0, f, config[f], "must be positive")
   _check(config.num_eval_batches >= 0, "num_eval_batches", config.num_eval_batches, "must be >= 0")

@@ -372,8 +372,8 @@ def _generate(run, f, reference) -> tuple[list[encoding.Notes], list[encoding.No
 
 def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.quiet_library_logs()  # Orbax's INFO chatter; our lines are printed.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = FLAGS
@@ -396,6 +396,8 @@ def main(argv):
 def run():
   """Console-script entry point (`virtuoso-evaluate`)."""
   global FLAGS
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_binary()  # Before JAX starts: this process's CPU settings.
   from absl import app  # pylint: disable=g-import-not-at-top
   FLAGS = _define_flags()
   app.run(main)

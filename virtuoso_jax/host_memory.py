@@ -3,9 +3,9 @@
 XLA on CPU allocates each execution's temporaries (GBs for a train step) with malloc and frees
 them afterwards. glibc serves blocks that big with mmap and unmaps them on free, so every step
 page-faults all of it again: rga.py:original had 700k page faults and ~1.5 s of kernel time per
-4.5 s step. `keep_freed_memory` (run when `virtuoso_jax` is imported, before JAX starts its
-threads) makes malloc use one arena, no mmap and no trimming, so later steps reuse the same pages
-fault-free; the first execution of a big program pays the heap growth once, and the process
+4.5 s step. `keep_freed_memory` (run by the binaries on CPU hosts, virtuoso_jax.runtime, before
+JAX starts its threads) makes malloc use one arena, no mmap and no trimming, so later steps
+reuse the same pages fault-free; the first execution of a big program pays the heap growth once, and the process
 keeps its peak RSS. VIRTUOSO_KEEP_HOST_MEMORY=0 leaves malloc alone.
 
 A kept heap grows for good whenever two big allocations are live at once, so the train loop
@@ -70,6 +70,13 @@ def heap_in_use() -> Optional[int]:
   None where that is not known (memory not kept, other libc)."""
   mallinfo2 = _mallinfo2() if _kept else None
   return None if mallinfo2 is None else int(mallinfo2().uordblks)
+
+
+def free_kept_bytes() -> Optional[int]:
+  """Bytes of heap this process freed and keeps for reuse (free to it, though not counted in
+  the host's MemAvailable), or None where memory is not kept."""
+  mallinfo2 = _mallinfo2() if _kept else None
+  return None if mallinfo2 is None else int(mallinfo2().fordblks)
 
 
 def wait_for_release(baseline: Optional[int], nbytes: int, timeout_s: float = 2.0) -> bool:

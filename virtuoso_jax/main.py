@@ -58,7 +58,8 @@ def _initialize_distributed() -> None:
 
 def _setup_logging() -> None:
   """Our progress at INFO on stdout; libraries (Orbax, grain, absl) at WARNING."""
-  logging.set_verbosity(logging.WARNING)
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.quiet_library_logs()
   ours = py_logging.getLogger("virtuoso_jax")
   if not ours.handlers:
     handler = py_logging.StreamHandler(sys.stdout)
@@ -140,6 +141,8 @@ def _parse_flags(argv):
 
 def run():
   """Console-script entry point (`virtuoso-train`)."""
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_binary()  # Before JAX starts: this process's CPU settings.
   jax_config_with_absl()
   app.run(main, flags_parser=_parse_flags)
 

@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from virtuoso_jax import config_lib
 from virtuoso_jax import encoding
 
 ENCODING_FILE = "encoding.json"
@@ -296,6 +297,8 @@ class SampleRequest:
   prompt_notes: Optional[encoding.Notes] = None  # Continue these notes.
   prompt_text: Optional[str] = None  # Char models: a TXT prompt (e.g. "SONG=...").
   instruments: Optional[Sequence[int]] = None
+  memory_check: str = "refuse"  # The sampler's memory pre-flight: "refuse" | "warn" | "off".
+  memory_limit_mib: int = 0  # Plan for at most this much memory (0: all that is free).
 
   def __post_init__(self):
     """Counts and limits that cannot mean anything are a SampleError naming the flag (the
@@ -435,7 +438,8 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
                           num_samples=request.num_samples, max_new_tokens=max_tokens,
                           max_notes=request.max_notes, max_units=max_units, allowed_ids=allowed,
                           prompt_state=state, prompt_boundaries=flags, context=run.context,
-                          cached=cached)
+                          cached=cached, memory_check=request.memory_check,
+                          memory_limit_mib=request.memory_limit_mib)
   seconds = time.perf_counter() - t
   tps = float(res.lengths.sum()) / max(seconds, 1e-9)
   out = []
@@ -542,13 +546,17 @@ def _flags():
   f.DEFINE_list("instruments", None, "Restrict generated instruments (GM programs, 128 = drums).")
   f.DEFINE_string("sf2", None, "Soundfont for the WAV (default: pretty_midi's GM soundfont).")
   f.DEFINE_bool("audio", True, "Write a WAV when FluidSynth is installed.")
+  f.DEFINE_enum("memory_check", "refuse", ["refuse", "warn", "off"],
+                "Memory pre-flight of the compiled sampler (KV caches): refuse a batch that "
+                "cannot fit, naming one that does; warn; or off.")
+  f.DEFINE_integer("memory_limit_mib", 0, "Plan for at most this much memory (0 = all free).")
   return flags.FLAGS
 
 
 def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)  # Orbax's INFO chatter; our lines are printed.
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.quiet_library_logs()  # Orbax's INFO chatter; our lines are printed.
   del app
   if len(argv) > 1:
     raise SystemExit(f"error: unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
@@ -588,7 +596,8 @@ def main(argv):
         seed=f.seed, temperature=pick(f.temperature, s.temperature), top_k=pick(f.top_k, s.top_k),
         top_p=pick(f.top_p, s.top_p), max_tokens=max_tokens,
         max_notes=f.max_notes, max_seconds=f.max_seconds, prompt_notes=prompt_notes,
-        prompt_text=f.prompt_text, instruments=instruments)
+        prompt_text=f.prompt_text, instruments=instruments, memory_check=f.memory_check,
+        memory_limit_mib=f.memory_limit_mib)
     _, why = token_budget(run.codec, request)
     out = f.out or os.path.join(run.workdir, "samples")
     print(f"Sampling {request.num_samples} x up to {why} from "
@@ -599,7 +608,7 @@ def main(argv):
       print(f"Prompt: {f.prompt_midi}: {summarize(prompt_notes, run.enc_config)}", flush=True)
     samples = generate(run, request)
     write_outputs(run, samples, out, sf2=f.sf2, audio=f.audio)
-  except (SampleError, FileNotFoundError) as e:
+  except (SampleError, FileNotFoundError, config_lib.ConfigError) as e:  # (memory pre-flight too)
     raise SystemExit(f"error: {e}") from None
   print(f"Wrote {len(samples)} sample(s) to {out}", flush=True)
 
@@ -610,6 +619,8 @@ FLAGS = None
 def run():
   """Console-script entry point (`virtuoso-sample`); `python -m` runs the same."""
   global FLAGS
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_binary()  # Before JAX starts: this process's CPU settings.
   from absl import app  # pylint: disable=g-import-not-at-top
   FLAGS = _flags()
   app.run(main)

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from virtuoso_jax import preflight
+
 _NEG = -1e30  # Finite "minus infinity" for masked logits (exp() = 0, no inf - inf).
 NO_LIMIT = np.iinfo(np.int32).max
 
@@ -362,7 +364,8 @@ def generate(model, prompt, tables: GrammarTables, options: SampleOptions = Samp
              max_notes: Optional[int] = None, max_units: Optional[int] = None,
              allowed_ids: Optional[np.ndarray] = None, prompt_state: Optional[int] = None,
              prompt_boundaries: Optional[np.ndarray] = None, context: Optional[int] = None,
-             keep: Optional[int] = None, cached: bool = True) -> SampleResult:
+             keep: Optional[int] = None, cached: bool = True, memory_check: str = "refuse",
+             memory_limit_mib: int = 0) -> SampleResult:
   """Samples `num_samples` continuations of one prompt in one compiled loop.
 
   Args:
@@ -384,6 +387,10 @@ def generate(model, prompt, tables: GrammarTables, options: SampleOptions = Samp
     context: cache / window length (default `model.max_len`).
     keep: tokens kept when the window slides (default context // 2).
     cached: False runs the uncached reference (full forward per step).
+    memory_check: the memory pre-flight of the compiled sampler (its KV caches: rows x context x
+      layers) against the free memory (virtuoso_jax.preflight): "refuse" raises
+      preflight.OutOfMemoryError naming a num_samples or context that fits, "warn" logs, "off".
+    memory_limit_mib: plan for at most this much memory (0: all that is free).
 
   Returns:
     SampleResult (host numpy arrays).
@@ -417,6 +424,8 @@ def generate(model, prompt, tables: GrammarTables, options: SampleOptions = Samp
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if memory_check not in ("refuse", "warn", "off"):
+    raise ValueError(f"memory_check must be 'refuse', 'warn' or 'off', got {memory_check!r}")
   extra = np.ones(v, bool) if allowed_ids is None else np.asarray(allowed_ids, bool)
   if extra.shape != (v,):
     raise ValueError(f"allowed_ids must be bool[{v}], got shape {extra.shape}")
@@ -434,14 +443,39 @@ def generate(model, prompt, tables: GrammarTables, options: SampleOptions = Samp
   jt = (jnp.asarray(allowed), jnp.asarray(nxt, jnp.int32), jnp.asarray(completes),
         jnp.asarray(adv, jnp.int32), jnp.int32(tables.boundary_state), jnp.int32(tables.eos_id),
         jnp.int32(tables.pad_id))
-  out = _generate_jit(
-      state, jnp.asarray(np.broadcast_to(prompt, (b, len(prompt))), jnp.int32),
-      jnp.asarray(np.broadcast_to(prompt_boundaries, (b, len(prompt)))),
-      jnp.full((b,), prompt_state, jnp.int32), jnp.asarray(extra), jt,
-      jax.random.key(seed), jnp.int32(NO_LIMIT if max_notes is None else max_notes),
-      jnp.int32(NO_LIMIT if max_units is None else max_units),
-      graphdef=graphdef, options=options, prompt_len=len(prompt), max_new=int(max_new_tokens),
-      context=context, keep=keep, cached=cached)
+
+  def args(rows):
+    return (state, jnp.asarray(np.broadcast_to(prompt, (rows, len(prompt))), jnp.int32),
+            jnp.asarray(np.broadcast_to(prompt_boundaries, (rows, len(prompt)))),
+            jnp.full((rows,), prompt_state, jnp.int32), jnp.asarray(extra), jt,
+            jax.random.key(seed), jnp.int32(NO_LIMIT if max_notes is None else max_notes),
+            jnp.int32(NO_LIMIT if max_units is None else max_units))
+
+  def compiled(rows, ctx):  # JAX caches a repeated lower().compile() of the same program.
+    return _generate_jit.lower(*args(rows), graphdef=graphdef, options=options,
+                               prompt_len=len(prompt), max_new=int(max_new_tokens), context=ctx,
+                               keep=keep if ctx == context else max(1, ctx // 2),
+                               cached=cached).compile()
+
+  program = compiled(b, context)
+  if memory_check != "off":
+    budget = preflight.budget()
+    if budget is not None and memory_limit_mib:
+      budget = dataclasses.replace(budget, bytes=min(budget.bytes, memory_limit_mib << 20),
+                                   where="(memory limit)")
+    fewer = [r for r in (b // 2, b // 4, b // 8, 1) if 0 < r < b]
+    shorter = [c for c in (context // 2, context // 4) if c >= 64 and c > len(prompt)]
+    preflight.check(
+        f"the sampler ({b} rows x {context} tokens of KV cache)", preflight.footprint(program),
+        budget,
+        mode=memory_check, override="memory_check='warn' (the sample binary: --memory_check=warn)",
+        options=lambda: [
+            [preflight.Option(f"num_samples={r}", functools.partial(compiled, r, context),
+                              "run the rest in further calls") for r in sorted(set(fewer),
+                                                                               reverse=True)],
+            [preflight.Option(f"context={c}", functools.partial(compiled, b, c), "a shorter window")
+             for c in shorter]])
+  out = program(*args(b))
   gen, ngen, notes, units, slides = jax.device_get(out)
   return SampleResult(np.asarray(gen), np.asarray(ngen), np.asarray(notes), np.asarray(units),
                       int(slides))

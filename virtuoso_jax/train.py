@@ -15,6 +15,7 @@ accumulation and sharding do not change it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -26,6 +27,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,6 +39,7 @@ from virtuoso_jax import flops as flops_lib
 from virtuoso_jax import host_memory
 from virtuoso_jax import input_pipeline
 from virtuoso_jax import metrics as metrics_lib
+from virtuoso_jax import preflight
 from virtuoso_jax import sharding as sharding_lib
 
 log = logging.getLogger(__name__)
@@ -137,10 +140,17 @@ def _seeded(rest, key):
   def one(v):
     if isinstance(v, nnx.RngKey):
       return v.replace(jax.random.fold_in(key, next(counter)))
-    if isinstance(v, nnx.RngCount):
-      return v.replace(jnp.zeros_like(v.get_value()))
+    if isinstance(v, nnx.RngCount):  # Shape and dtype only: `rest` may be abstract.
+      value = v.get_value()
+      return v.replace(jnp.zeros(value.shape, value.dtype))
     return v
   return jax.tree.map(one, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _micro_batches(x, *, accum_steps: int):
+  """[B, ...] -> [A, B/A, ...]: micro-batch a = rows a, a+A, a+2A, ... (each stays spread over
+  every device of the batch sharding)."""
+  return jnp.swapaxes(x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]), 0, 1)
 
 
 def train_step(state, batch, *, graphdef, rest, tx, accum_steps: int):
@@ -159,9 +169,7 @@ def train_step(state, batch, *, graphdef, rest, tx, accum_steps: int):
   if accum_steps == 1:
     (loss, correct), grads = grad_fn(state["params"], batch, key)
   else:
-    def split(x):  # Micro-batch a = rows a, a+A, a+2A, ...
-      return jnp.swapaxes(x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]), 0, 1)
-    micro = jax.tree.map(split, batch)
+    micro = jax.tree.map(functools.partial(_micro_batches, accum_steps=accum_steps), batch)
 
     def body(carry, inputs):
       g_acc, l_acc, c_acc = carry
@@ -182,16 +190,27 @@ def train_step(state, batch, *, graphdef, rest, tx, accum_steps: int):
   return new_state, metrics
 
 
-def eval_step(params, batch, log_unigram, note_table, *, graphdef, rest):
-  """Sums over one eval batch: nll, targets, correct, notes, seconds of music, unigram nll."""
-  model = nnx.merge(graphdef, params, rest)
-  logits = model(batch["inputs"], deterministic=True)
-  nll, correct = _token_stats(logits, batch["targets"], batch["mask"])
-  mask = batch["mask"]
-  return {"nll": jnp.sum(nll), "count": jnp.sum(mask), "correct": jnp.sum(correct),
-          "notes": jnp.sum(note_table[batch["targets"]] * mask),
-          "seconds": jnp.sum(batch["seconds"]),
-          "unigram_nll": -jnp.sum(log_unigram[batch["targets"]] * mask)}
+def eval_step(params, batch, log_unigram, note_table, *, graphdef, rest, accum_steps: int = 1):
+  """Sums over one eval batch: nll, targets, correct, notes, seconds of music, unigram nll.
+  With accum_steps > 1 the batch goes through the model in that many micro-batches (rows as in
+  train_step), so evaluation fits wherever the train step's micro-batch does."""
+  model_rest = _seeded(rest, jax.random.key(0))  # Deterministic: the keys are never drawn.
+
+  def sums(mb):
+    model = nnx.merge(graphdef, params, model_rest)
+    logits = model(mb["inputs"], deterministic=True)
+    nll, correct = _token_stats(logits, mb["targets"], mb["mask"])
+    mask = mb["mask"]
+    return {"nll": jnp.sum(nll), "count": jnp.sum(mask), "correct": jnp.sum(correct),
+            "notes": jnp.sum(note_table[mb["targets"]] * mask),
+            "seconds": jnp.sum(mb["seconds"]),
+            "unigram_nll": -jnp.sum(log_unigram[mb["targets"]] * mask)}
+
+  if accum_steps == 1:
+    return sums(batch)
+  micro = jax.tree.map(functools.partial(_micro_batches, accum_steps=accum_steps), batch)
+  per = jax.lax.map(sums, micro)
+  return jax.tree.map(lambda x: jnp.sum(x, axis=0), per)
 
 
 def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
@@ -282,47 +301,184 @@ class Trainer:
     self.log_unigram = jax.device_put(jnp.asarray(info.unigram_log_probs), replicated)
     self.note_table = jax.device_put(jnp.asarray(note_marker_table(codec, info.kind)), replicated)
 
-    self._train_step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, rest=rest, tx=self.tx,
-                          accum_steps=config.grad_accum_steps),
-        in_shardings=(self.state_shardings, self.batch_sharding),
-        out_shardings=(self.state_shardings, replicated),
-        donate_argnums=0)
-    self._eval_step = jax.jit(functools.partial(eval_step, graphdef=graphdef, rest=rest),
-                              out_shardings=replicated)
-    self.compiled_train_step = None
+    self.replicated = replicated
+    self.accum_steps = int(config.grad_accum_steps)  # compile() may choose it (auto)
+    self._train_step = self._jit_train_step(graphdef, rest, self.accum_steps)
+    self._eval_step = self._jit_eval_step(self.accum_steps)
+    self.compiled_train_step = self.compiled_eval_step = None  # set by compile()
     self._serialize_steps = False  # set by compile(): CPU and big temporaries (see step())
     self._heap_before_step = None  # host_memory.heap_in_use() before the last dispatch
     self._step_temp_bytes = 0  # the compiled step's temporaries (memory_analysis)
+    self._programs = {}  # (accum, model changes) -> compiled train step, during compile()
 
-  def batch_abstract(self) -> dict[str, jax.ShapeDtypeStruct]:
-    b, l = self.config.batch_size, self.config.model.max_len
-    return {"inputs": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=self.batch_sharding),
-            "targets": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=self.batch_sharding),
-            "mask": jax.ShapeDtypeStruct((b, l), jnp.float32, sharding=self.batch_sharding)}
+  def _jit_train_step(self, graphdef, rest, accum_steps: int, state_shardings=None):
+    return jax.jit(
+        functools.partial(train_step, graphdef=graphdef, rest=rest, tx=self.tx,
+                          accum_steps=accum_steps),
+        in_shardings=(state_shardings or self.state_shardings, self.batch_sharding),
+        out_shardings=(state_shardings or self.state_shardings, self.replicated),
+        donate_argnums=0)
+
+  def _jit_eval_step(self, accum_steps: int):
+    return jax.jit(functools.partial(eval_step, graphdef=self.graphdef, rest=self.rest,
+                                     accum_steps=accum_steps), out_shardings=self.replicated)
+
+  def batch_abstract(self, max_len: int | None = None, *, eval_batch: bool = False
+                     ) -> dict[str, jax.ShapeDtypeStruct]:
+    b, l = self.config.batch_size, max_len or self.config.model.max_len
+    names = ("inputs", "targets", "mask") + (("seconds",) if eval_batch else ())
+    dtypes = {"inputs": jnp.int32, "targets": jnp.int32}
+    return {k: jax.ShapeDtypeStruct((b, l), dtypes.get(k, jnp.float32),
+                                    sharding=self.batch_sharding) for k in names}
+
+  # ---------------------------------------------------------------- memory pre-flight
+
+  def _abstract_variant(self, model_config):
+    """(graphdef, rest, abstract state, state shardings) of the model `model_config` (another
+    remat, attention or context setting of this run's model), from shapes only."""
+    from virtuoso_jax import models  # pylint: disable=g-import-not-at-top
+    model = nnx.eval_shape(lambda: models.create_model(model_config, nnx.Rngs(self.config.seed)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    shard = lambda tree: sharding_lib.state_shardings(tree, self.mesh, self.rules)
+    abstract = lambda tree, sh: jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+    params = abstract(params, shard(params))
+    opt_state = jax.eval_shape(self.tx.init, params)
+    opt_state = abstract(opt_state, shard(opt_state))
+    state = {"params": params, "opt_state": opt_state, "train": self.abstract_state()["train"]}
+    return graphdef, rest, state, jax.tree.map(lambda x: x.sharding, state)
+
+  def _compile_train(self, accum_steps: int, **model_changes):
+    """The train step compiled for `accum_steps` (and model fields changed), never run. Kept
+    until compile() ends, so the pre-flight's pick is not compiled twice."""
+    key = (accum_steps, tuple(sorted(model_changes.items())))
+    if key not in self._programs:
+      self._programs[key] = self._compile_train_uncached(accum_steps, **model_changes)
+    return self._programs[key]
+
+  def _compile_train_uncached(self, accum_steps: int, **model_changes):
+    if not model_changes:
+      fn, state = self._jit_train_step(self.graphdef, self.rest, accum_steps), self.abstract_state()
+      return fn.lower(state, self.batch_abstract()).compile()
+    model_config = ml_collections.ConfigDict(self.config.model.to_dict())
+    model_config.update(model_changes)
+    graphdef, rest, state, shardings = self._abstract_variant(model_config)
+    fn = self._jit_train_step(graphdef, rest, accum_steps, shardings)
+    return fn.lower(state, self.batch_abstract(model_config.max_len)).compile()
+
+  def _compile_eval(self, accum_steps: int):
+    return self._jit_eval_step(accum_steps).lower(
+        self.abstract_state()["params"], self.batch_abstract(eval_batch=True), self.log_unigram,
+        self.note_table).compile()
+
+  def accum_choices(self) -> list[int]:
+    """Accumulation steps that keep the global batch and a micro-batch spread evenly over
+    the batch sharding's devices: the divisors A of batch_size with (batch_size / A) a multiple
+    of the data-parallel size, ascending."""
+    b = self.config.batch_size
+    rows_per_shard = self.batch_sharding.shard_shape((b, 1))[0]
+    parallel = b // rows_per_shard
+    return [a for a in range(1, b + 1) if b % a == 0 and (b // a) % parallel == 0]
+
+  def _memory_options(self) -> list[list[preflight.Option]]:
+    """What the pre-flight tries when the train step does not fit, least change first, one
+    group per kind of setting: more accumulation; remat; blockwise attention; a shorter
+    context (each group's first fitting option is suggested)."""
+    m, a, b = self.config.model, self.accum_steps, self.config.batch_size
+    more = [k for k in self.accum_choices() if k > a]
+    accum = lambda k: f" --config.grad_accum_steps={k}" if k != a else ""
+    label = lambda k: f"micro-batch {b // k} of the global {b}"
+    groups = [[preflight.Option(accum(k).strip(), functools.partial(self._compile_train, k),
+                                label(k), k) for k in more]]
+    if m.remat != "block":
+      groups.append([preflight.Option("--config.model.remat=block" + accum(k), functools.partial(
+          self._compile_train, k, remat="block"), label(k), k) for k in [a] + more])
+    if m.name == "rga" and m.rel_impl != "blockwise":
+      groups.append([preflight.Option("--config.model.rel_impl=blockwise", functools.partial(
+          self._compile_train, a, rel_impl="blockwise"), "", a)])
+    shorter, length = [], m.max_len // 2
+    while length >= 128 and len(shorter) < 3:
+      changes = {"max_len": length}
+      if m.name == "rga":
+        changes["max_relative"] = min(m.max_relative, length)
+      shorter.append(preflight.Option(
+          " ".join(f"--config.model.{k}={v}" for k, v in changes.items()),
+          functools.partial(self._compile_train, a, **changes), "a shorter context", a))
+      length //= 2
+    groups.append(shorter)
+    return groups
+
+  def _agree(self, value: int) -> int:
+    """The largest `value` over all processes (so every host makes the same choice)."""
+    if jax.process_count() == 1:
+      return value
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
   def compile(self):
-    """Lowers and compiles the train step before step 0 (and reports its memory estimate)."""
+    """Lowers and compiles the train and eval steps before step 0, and checks that they fit
+    in memory (virtuoso_jax.preflight): with memory.auto_grad_accum, picks the smallest
+    accumulation (largest micro-batch) whose step fits; otherwise a step that cannot fit is
+    refused (memory.check="refuse") with settings that would fit."""
+    mem_cfg = self.config.memory
+    budget = preflight.budget([d for d in self.mesh.devices.flat])
+    if budget is not None and mem_cfg.limit_mib:
+      budget = dataclasses.replace(
+          budget, bytes=min(budget.bytes, mem_cfg.limit_mib * preflight.MIB),
+          where="(memory.limit_mib)")
     t = time.perf_counter()
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
-    self.compiled_train_step = self._train_step.lower(abstract_state,
-                                                      self.batch_abstract()).compile()
+    if mem_cfg.auto_grad_accum:
+      choices = [k for k in self.accum_choices() if k >= self.accum_steps]
+      found = preflight.first_fit([preflight.Option(
+          f"grad_accum_steps={k} (micro-batch {self.config.batch_size // k})",
+          functools.partial(self._compile_train, k), cost=k) for k in choices], budget)
+      # Every process takes the same (the largest) choice; none fitting: the largest, refused
+      # below with suggestions.
+      k = choices[self._agree(len(choices) - 1 if found is None else found[0])]
+      self._set_accum(k)
+      log.info("memory.auto_grad_accum: grad_accum_steps=%d, micro-batch %d of the global batch "
+               "%d (the same training as --config.grad_accum_steps=%d).", k,
+               self.config.batch_size // k, self.config.batch_size, k)
+    compiled = self._compile_train(self.accum_steps)
+    fp = preflight.footprint(compiled)
     log.info("Compiled the train step in %.1f s", time.perf_counter() - t)
-    try:
-      mem = self.compiled_train_step.memory_analysis()
-    except (NotImplementedError, AttributeError, RuntimeError):
-      mem = None
-    if mem is not None:
-      total = sum(getattr(mem, f, 0) or 0 for f in (
-          "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"))
-      log.info("Train step memory estimate (per device): %.1f MiB", total / 2**20)
+    self.compiled_train_step = compiled
+    self._preflight("the train step", fp, budget, self._memory_options)
+    self.compiled_eval_step = self._compile_eval(self.accum_steps)  # evaluate() runs this one.
+    self._preflight("the eval step", preflight.footprint(self.compiled_eval_step),
+                    budget, lambda: [[preflight.Option(
+                        f"--config.grad_accum_steps={k}", functools.partial(self._compile_eval, k),
+                        f"evaluation in {k} micro-batches too", k)
+                                      for k in self.accum_choices() if k > self.accum_steps]])
+    if fp is not None:
       # Per device; the simulated CPU devices of one process share its heap.
       local = sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
-      self._step_temp_bytes = int(getattr(mem, "temp_size_in_bytes", 0) or 0) * local
+      self._step_temp_bytes = fp.temp * local
     self._serialize_steps = (self._step_temp_bytes >= SERIALIZE_STEPS_ABOVE_BYTES
                              and all(d.platform == "cpu" for d in self.mesh.devices.flat))
+    self._programs.clear()
     return self.compiled_train_step
+
+  def _preflight(self, what, fp, budget, options):
+    mode = self.config.memory.check
+    fits = 1 if (fp is None or budget is None or budget.fits(fp)) else 0
+    if mode == "refuse" and self._agree(1 - fits) and fits:
+      # Another host cannot fit it: refuse on every host (none may wait for it at step 0).
+      raise preflight.OutOfMemoryError(f"{what} does not fit on another process's host; see "
+                                       "its error. Nothing was run.")
+    preflight.check(what, fp, budget, mode=mode, options=options,
+                    override="--config.memory.check=warn",
+                    note=(f"This config is meant for {self.config.memory.machine}."
+                          if self.config.memory.machine and budget is not None
+                          and budget.platform == "cpu" else ""))
+
+  def _set_accum(self, accum_steps: int):
+    self.accum_steps = accum_steps
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.grad_accum_steps = accum_steps
+    self.config = config
+    self._train_step = self._jit_train_step(self.graphdef, self.rest, accum_steps)
+    self._eval_step = self._jit_eval_step(accum_steps)
 
   def abstract_state(self):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -352,7 +508,8 @@ class Trainer:
   def evaluate(self) -> dict[str, float]:
     sums = None
     for batch in self.data.eval_batches():
-      out = self._eval_step(self.state["params"], batch, self.log_unigram, self.note_table)
+      fn = self.compiled_eval_step or self._eval_step
+      out = fn(self.state["params"], batch, self.log_unigram, self.note_table)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if sums is None:
       raise ValueError(f"eval split {self.config.data.eval_split!r} has no windows")
@@ -419,6 +576,9 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
   # Before anything is built or written: a run of another model/data/optimizer in this workdir
   # stops here (the vocabulary is compared again once the codec resolves it).
   check_workdir(config, workdir, shown_workdir)
+  if config.memory.machine and jax.devices()[0].platform == "cpu":
+    log.warning("This config is meant for %s; it runs on a CPU here (the memory pre-flight will "
+                "tell whether it fits).", config.memory.machine)
   os.makedirs(workdir, exist_ok=True)
   trainer = Trainer(config, workdir, codec=codec)
   config = trainer.config
@@ -449,15 +609,21 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
     if ckpt is not None:
       ckpt.manager.close()
     raise
-  if is_main:  # Only now: a run that cannot resume has left config.json as it was.
-    write_run_files(workdir, config, trainer.data.info.codec)
   if start_step >= config.num_train_steps:
     log.info("Already trained to step %d (num_train_steps=%d): nothing to do. Train further with "
              "a larger --config.num_train_steps.", start_step, config.num_train_steps)
     if ckpt is not None:
       ckpt.close()
     return {"step": start_step, "stopped": "done"}  # Nothing compiled, nothing written.
-  trainer.compile()
+  try:
+    trainer.compile()  # With the memory pre-flight: a step that cannot fit stops here.
+  except BaseException:
+    if ckpt is not None:
+      ckpt.manager.close()
+    raise
+  config = trainer.config  # grad_accum_steps as memory.auto_grad_accum chose it.
+  if is_main:  # Only now: a run that cannot resume or fit has left config.json as it was.
+    write_run_files(workdir, config, trainer.data.info.codec)
   peak, peak_how = metrics_lib.peak_flops_per_s(override=config.perf.peak_flops)
   log.info("MFU denominator: %.4g FLOP/s (%s)", peak, peak_how)
 
