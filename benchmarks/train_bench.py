@@ -30,6 +30,7 @@ import jax
 
 from benchmarks import common
 from virtuoso_jax import config_lib
+from virtuoso_jax import input_pipeline
 from virtuoso_jax import train
 
 CONFIGS = {
@@ -44,6 +45,7 @@ def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, wo
       "data.data_dir": data_dir, "num_train_steps": warmup + steps + 1,
       "ckpt.enabled": False, "tensorboard": False}))
   config_lib.validate(config)
+  input_pipeline.ensure_prepared(config)
   trainer = train.Trainer(config, workdir)
   trainer.compile()
   it = trainer.data.train_iterator(warmup + steps + 1)

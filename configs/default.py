@@ -69,7 +69,9 @@ def get_config(arg=None):
   # GPU/TPU) before the first step.
   mem = config.memory = ml_collections.ConfigDict()
   mem.check = "refuse"  # "refuse": stop with settings that fit; "warn": run anyway; "off".
-  mem.auto_grad_accum = False  # True: the smallest grad_accum_steps (>= the set one) that fits.
+  # The smallest grad_accum_steps (>= the set one) whose step fits; batch_size stays global.
+  # False: the set grad_accum_steps only (a step that cannot fit is refused, as memory.check says).
+  mem.auto_grad_accum = True
   mem.limit_mib = 0  # At most this much (MiB: per process on CPU, per device else); 0 = all free.
   mem.machine = ""  # The machine class a config is meant for, e.g. "a TPU pod" (said on a CPU).
   config.log_every_steps = 50

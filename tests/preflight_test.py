@@ -167,7 +167,8 @@ def _limit_between(needs, accum):
 def test_refused_before_the_first_step_then_the_suggested_setting_trains(data_dir, needs,  # noqa: F811
                                                                          tmp_path):
   limit = _limit_between(needs, 4)
-  overrides = train_test.small(data_dir, **BATCH, **{"memory.limit_mib": limit})
+  overrides = train_test.small(data_dir, **BATCH, **{"memory.limit_mib": limit,
+                                                     "memory.auto_grad_accum": False})
   config = train_test.load("configs/rga.py:tiny", overrides)
   with pytest.raises(preflight.OutOfMemoryError) as e:
     train.train_and_evaluate(config, str(tmp_path / "refused"))
@@ -187,7 +188,8 @@ def test_refused_before_the_first_step_then_the_suggested_setting_trains(data_di
 
 
 def test_main_refuses_with_one_error_line(data_dir, tmp_path):  # noqa: F811
-  overrides = train_test.small(data_dir, **{"memory.limit_mib": 1})
+  overrides = train_test.small(data_dir, **{"memory.limit_mib": 1,
+                                            "memory.auto_grad_accum": False})
   args = [f"--config.{k}={v}" for k, v in overrides.items()]
   proc = subprocess.run(
       [sys.executable, "-m", "virtuoso_jax.main", "--config=configs/rga.py:tiny",
@@ -206,8 +208,7 @@ def test_main_refuses_with_one_error_line(data_dir, tmp_path):  # noqa: F811
 def test_auto_accumulation_trains_exactly_as_the_hand_set_one(data_dir, needs,  # noqa: F811
                                                               tmp_path):
   limit = _limit_between(needs, 2)
-  auto = train_test.small(data_dir, **BATCH, **{"memory.limit_mib": limit,
-                                                "memory.auto_grad_accum": True})
+  auto = train_test.small(data_dir, **BATCH, **{"memory.limit_mib": limit})  # Auto: the default.
   train.train_and_evaluate(train_test.load("configs/rga.py:tiny", auto), str(tmp_path / "auto"))
   saved = json.loads((tmp_path / "auto" / "config.json").read_text())
   assert saved["grad_accum_steps"] == 2
@@ -240,6 +241,7 @@ def test_sampler_refuses_a_batch_that_cannot_fit_and_names_one_that_does():
 
 
 def test_long_variants_keep_their_global_batch_and_pods_name_their_machine():
+  assert train_test.load("configs/default.py", {}).memory.auto_grad_accum  # Every config.
   for spec in ("configs/rga.py:long", "configs/gpt.py:long", "configs/char_gpt.py:long"):
     config = train_test.load(spec, {})
     assert config.batch_size == 8 and config.memory.auto_grad_accum, spec

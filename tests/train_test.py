@@ -24,6 +24,7 @@ import input_pipeline_test  # tests/ is on sys.path (pytest rootdir-relative imp
 from virtuoso_jax import checkpointing
 from virtuoso_jax import config_lib
 from virtuoso_jax import metrics as metrics_lib
+from virtuoso_jax import sample
 from virtuoso_jax import train
 
 REPO = config_lib.REPO_ROOT
@@ -81,10 +82,14 @@ def test_two_step_smoke_of_tiny_variants(name, data_dir, tmp_path):
   jax.config.update("jax_disable_most_optimizations", True)
   try:
     kind = "char" if name == "char" else "token"
-    # The RGA run also writes its end-of-training sample (config.sample.write_at_end).
     cfg = load(SPECS[name], small(data_dir, kind, eval_every_steps=2, **{
-        "ckpt.every_steps": 2, "sample.write_at_end": name == "rga", "sample.max_new_tokens": 8}))
+        "ckpt.every_steps": 2, "sample.write_at_end": True, "sample.max_new_tokens": 8}))
     last = train.train_and_evaluate(cfg, str(tmp_path))
+    # The library trains only: the end-of-training sample is the binary's call (main.py), here
+    # made for the RGA run.
+    assert not (tmp_path / "samples").exists() and last["trained_steps"] == 2
+    if name == "rga":
+      sample.write_config_sample(str(tmp_path), str(tmp_path / "samples"))
   finally:
     jax.config.update("jax_disable_most_optimizations", False)
   assert last["step"] == 2 and math.isfinite(last["train/loss"])
@@ -159,11 +164,15 @@ def test_sharded_2x2x2_matches_one_device(data_dir, tmp_path):
   a, b = losses(tmp_path / "sharded"), losses(tmp_path / "one")
   assert sorted(a) == sorted(b) == [1, 2, 3]
   np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=2e-5)
-  # The (2, 2, 2) run's final checkpoint resumes on one device (a different mesh shape).
-  out = run_main(SPECS["rga"], dict(o, num_train_steps=4, **{"parallel.mesh_shape": "(1,1,1)"}),
-                 tmp_path / "sharded", devices=1)
+  # The (2, 2, 2) run's final checkpoint resumes on one device (a different mesh shape); the
+  # binary then writes the end-of-training sample (config.sample.write_at_end).
+  out = run_main(SPECS["rga"], dict(o, num_train_steps=4, **{
+      "parallel.mesh_shape": "(1,1,1)", "sample.write_at_end": True,
+      "sample.max_new_tokens": 8}), tmp_path / "sharded", devices=1)
   assert "Resumed from" in out and "at step 3" in out
   assert math.isfinite(losses(tmp_path / "sharded")[4])
+  assert "(config.sample.write_at_end)" in out
+  assert (tmp_path / "sharded" / "samples" / "sample_00.mid").is_file()
 
 
 def _wait_for(pred, proc, timeout=180):

@@ -137,6 +137,24 @@ def prepare_dataset(config, repo_root: str | os.PathLike | None = None) -> None:
         f"{data_dir(config)}")
 
 
+def ensure_prepared(config) -> None:
+  """Prepares the configured dataset if it is missing (data.prepare_if_missing; process 0 runs
+  `prepare_dataset`, the others wait for it), else DatasetNotPreparedError naming the command.
+  The training binary calls it before train.train_and_evaluate."""
+  if is_prepared(config):
+    return
+  if not config.data.prepare_if_missing:
+    raise DatasetNotPreparedError(
+        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)} and "
+        f"data.prepare_if_missing is False; run: " + " ".join(prepare_command(config)))
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    prepare_dataset(config)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("dataset_prepared")
+
+
 def load_codec(config):
   """Rebuilds the dataset's codec from `DatasetInfo.metadata["encoding"]`."""
   from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top

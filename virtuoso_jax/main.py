@@ -88,11 +88,30 @@ def main(argv):
              jax.devices()[0].device_kind)
     log.info("Workdir %s; model %s; data %s/%s", os.path.abspath(_WORKDIR.value),
              config.model.name, config.data.tfds_name, config.data.tfds_config)
-    train.train_and_evaluate(config, _WORKDIR.value)
+    # A run this config cannot resume stops before anything, dataset preparation included.
+    train.check_workdir(config, os.path.abspath(_WORKDIR.value), _WORKDIR.value)
+    input_pipeline.ensure_prepared(config)  # A missing dataset is prepared once (process 0).
+    result = train.train_and_evaluate(config, _WORKDIR.value)
+    # Multi-process runs skip it: restoring is collective there, and the other processes exit.
+    if (config.sample.write_at_end and config.ckpt.enabled and result["stopped"] == "done"
+        and result["trained_steps"] and jax.process_count() == 1):
+      _write_end_sample(_WORKDIR.value, log)
   # What the user can fix (a config value, the data, a diverged run) ends with its message only.
   except (config_lib.ConfigError, input_pipeline.DatasetNotPreparedError,
           train.NonFiniteLossError) as e:
     raise SystemExit(f"error: {e}") from None
+
+
+def _write_end_sample(workdir: str, log) -> None:
+  """config.sample.write_at_end: one sample of the final model, in this process (on a TPU host a
+  subprocess could not open the chips this process holds). A failure is reported, not raised:
+  the trained checkpoints are what matters."""
+  from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
+  try:
+    sample.write_config_sample(workdir, os.path.join(workdir, "samples"))
+  except (sample.SampleError, OSError, ValueError) as e:  # (ValueError: memory pre-flight too)
+    log.warning("Could not write the end-of-training sample (%s: %s); run: python -m "
+                "virtuoso_jax.sample --workdir=%s", type(e).__name__, e, workdir)
 
 
 def _check_config_file(argv):

@@ -260,17 +260,11 @@ class Trainer:
     self.rules = sharding_lib.logical_rules(config.parallel)
     self.batch_sharding = sharding_lib.batch_sharding(self.mesh, self.rules)
     if codec is None:
-      if not input_pipeline.is_prepared(config):
-        if not config.data.prepare_if_missing:
-          raise input_pipeline.DatasetNotPreparedError(
-              f"dataset {input_pipeline.dataset_name(config)} is not prepared in "
-              f"{input_pipeline.data_dir(config)} and data.prepare_if_missing is False; run: "
-              + " ".join(input_pipeline.prepare_command(config)))
-        if jax.process_index() == 0:
-          input_pipeline.prepare_dataset(config)
-        if jax.process_count() > 1:
-          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-          multihost_utils.sync_global_devices("dataset_prepared")
+      if not input_pipeline.is_prepared(config):  # The binary prepares (ensure_prepared).
+        raise input_pipeline.DatasetNotPreparedError(
+            f"dataset {input_pipeline.dataset_name(config)} is not prepared in "
+            f"{input_pipeline.data_dir(config)}; run: "
+            + " ".join(input_pipeline.prepare_command(config)))
       codec = input_pipeline.load_codec(config)
     config = config_lib.resolve_vocab_size(config, codec.vocab_size,
                                            f"dataset {input_pipeline.dataset_name(config)}")
@@ -569,7 +563,9 @@ def _perf(trainer: Trainer, steps: int, seconds: float, input_seconds: float,
 def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
   """Trains (resuming from `<workdir>/checkpoints` if present) and evaluates.
 
-  Returns the last logged train and eval metrics (and "stopped": "done" | "preempted").
+  Returns the last logged train and eval metrics, "step", "trained_steps" (in this call) and
+  "stopped": "done" | "preempted". Preparing a missing dataset and writing a sample at the end
+  are the binary's (virtuoso_jax.main) calls around this one.
   """
   shown_workdir = workdir  # As the user wrote it, for the commands printed at the end.
   workdir = os.path.abspath(workdir)
@@ -614,7 +610,7 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
              "a larger --config.num_train_steps.", start_step, config.num_train_steps)
     if ckpt is not None:
       ckpt.close()
-    return {"step": start_step, "stopped": "done"}  # Nothing compiled, nothing written.
+    return {"step": start_step, "stopped": "done", "trained_steps": 0}  # Nothing compiled or written.
   try:
     trainer.compile()  # With the memory pre-flight: a step that cannot fit stops here.
   except BaseException:
@@ -722,12 +718,9 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
         except Exception as e:  # pylint: disable=broad-exception-caught
           log.warning("While stopping: %s", e)
   last["step"] = step
+  last["trained_steps"] = step - start_step
   if is_main:
     samples = os.path.join(shown_workdir, "samples")
-    # Multi-process runs skip it: restoring is collective there, and the other processes exit.
-    if (config.sample.write_at_end and last["stopped"] == "done" and ckpt is not None
-        and step >= config.num_train_steps > start_step and jax.process_count() == 1):
-      _write_sample(workdir, samples)
     lines = [f"Done at step {step}."]
     if "eval/loss" in last:
       lines[0] += (f" Eval NLL {last['eval/loss']:.3f} nats/token (unigram baseline "
@@ -849,20 +842,4 @@ def write_run_files(workdir: str, config, codec) -> None:
                "dataset": input_pipeline.dataset_name(config)}, f, indent=2, sort_keys=True)
 
 
-def _write_sample(workdir: str, out_dir: str) -> None:
-  """config.sample.write_at_end: one sample of the final model (in this process: on a TPU host
-  a subprocess could not open the chips this process holds). A failure is reported, not raised:
-  the trained checkpoints are what matters."""
-  from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
-  try:
-    run = sample.load_run(workdir)
-    s = run.config.sample
-    request = sample.SampleRequest(num_samples=s.num_samples, seed=0, temperature=s.temperature,
-                                   top_k=s.top_k, top_p=s.top_p, max_tokens=s.max_new_tokens)
-    log.info("Writing %d sample(s) of up to %d tokens to %s (config.sample.write_at_end)",
-             s.num_samples, s.max_new_tokens, out_dir)
-    sample.write_outputs(run, sample.generate(run, request), out_dir, audio=False)
-  except (sample.SampleError, OSError, ValueError) as e:
-    log.warning("Could not write the end-of-training sample (%s: %s); run the sample command "
-                "below.", type(e).__name__, e)
 
