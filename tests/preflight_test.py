@@ -96,9 +96,11 @@ def test_suggest_bisects_each_group_and_skips_options_needing_more_accumulation(
   shorter = [option("len=128", 950, 1), option("len=64", 500, 1)]
   found = preflight.suggest([accum, remat, shorter], budget)
   assert found == ["--accum=16: 0.0 MiB", "--remat,accum=8: 0.0 MiB", "--len=64: 0.0 MiB"]
-  # First, last, then bisection: 8 accumulation options cost 5 compiles, not 8; remat options
-  # needing 16 or more steps (no better than the accumulation found) were never compiled.
-  assert compiled[:5] == ["accum=2", "accum=256", "accum=32", "accum=8", "accum=16"], compiled
+  # Options 0, 1, 3 (accumulation 2, 4, 16: 16 fits), then bisection between 4 and 16 (8 does
+  # not fit): 4 compiles, not 8; remat options needing 16 or more steps (no better than the
+  # accumulation found) were never compiled.
+  assert compiled[:4] == ["accum=2", "accum=4", "accum=16", "accum=8"], compiled
+  assert "accum=256" not in compiled
   assert "remat,accum=16" not in compiled and len(compiled) <= 10
   assert preflight.first_fit(accum[:1], budget) is None
 

@@ -159,18 +159,21 @@ def _fits(option: Option, b: Optional[Budget]) -> Optional[int]:
 def first_fit(group: Sequence[Option], b: Optional[Budget]) -> Optional[tuple[int, int]]:
   """(index, bytes needed) of the first option of `group` that fits `b`, or None. The group is
   one kind of setting ordered from least to most change, with memory falling along it (more
-  accumulation, a shorter context): the first option is tried, then the last (if even that does
-  not fit, none does), then the first fit is bisected between them: about log2(len) + 2
-  compiles, not len."""
+  accumulation, a shorter context), and the first fit is usually near its start: options
+  0, 1, 3, 7, ... are tried until one fits (the last one always is), then the first fit is
+  bisected since the last that did not: about 2 log2(index + 1) + 1 compiles, not len(group)."""
   if not group:
     return None
-  need = _fits(group[0], b)
-  if need is not None or len(group) == 1:
-    return None if need is None else (0, need)
-  need = _fits(group[-1], b)
-  if need is None:
-    return None
-  found, lo, hi = (len(group) - 1, need), 1, len(group) - 1
+  last_miss, probe, found = -1, 0, None
+  while found is None:
+    need = _fits(group[probe], b)
+    if need is not None:
+      found = (probe, need)
+    elif probe == len(group) - 1:
+      return None
+    else:
+      last_miss, probe = probe, min(2 * probe + 1, len(group) - 1)
+  lo, hi = last_miss + 1, found[0]
   while lo < hi:  # The first fit lies in group[lo:hi + 1]; group[hi] fits.
     mid = (lo + hi) // 2
     need = _fits(group[mid], b)
