@@ -429,10 +429,11 @@ class Trainer:
       # Every process takes the same (the largest) choice; none fitting: the largest, refused
       # below with suggestions.
       k = choices[self._agree(len(choices) - 1 if found is None else found[0])]
+      if k != self.accum_steps:
+        log.info("memory.auto_grad_accum: grad_accum_steps=%d, micro-batch %d of the global "
+                 "batch %d (the same training as --config.grad_accum_steps=%d).", k,
+                 self.config.batch_size // k, self.config.batch_size, k)
       self._set_accum(k)
-      log.info("memory.auto_grad_accum: grad_accum_steps=%d, micro-batch %d of the global batch "
-               "%d (the same training as --config.grad_accum_steps=%d).", k,
-               self.config.batch_size // k, self.config.batch_size, k)
     compiled = self._compile_train(self.accum_steps)
     fp = preflight.footprint(compiled)
     log.info("Compiled the train step in %.1f s", time.perf_counter() - t)
