@@ -18,27 +18,27 @@ default = config_lib.load_sibling(__file__, "default")
 variants = config_lib.load_sibling(__file__, "variants")
 
 
+def _original(config):
+  config.model.residual_attention_dropout = True
+  config.batch_size = 48
+  o = config.optim
+  o.optimizer, o.schedule, o.learning_rate = "adamw", "constant", 6e-4
+  o.b1, o.b2, o.weight_decay, o.grad_clip_norm, o.warmup_steps = 0.9, 0.95, 0.1, 1.0, 0
+
+
+VARIANTS = {
+    "base": lambda config: None,
+    "original": _original,
+    "tiny": lambda config: variants.tiny(config, sample_tokens=1024),
+    "long": lambda config: variants.long(config, 4096),
+    "pod": lambda config: variants.pod(config, "lakh_char"),
+}
+
+
 def get_config(arg=None):
   config = default.get_config()
   config.model.name = "gpt"
   config.data.tfds_config = "bach_char"
   config.data.transpose_semitones = 0  # Text augmentation is not defined on chars.
   variants.set_shape(config, 6, 8, 512, 2048, 512)
-  variant = arg or "base"
-  if variant == "base":
-    pass
-  elif variant == "original":
-    config.model.residual_attention_dropout = True
-    config.batch_size = 48
-    o = config.optim
-    o.optimizer, o.schedule, o.learning_rate = "adamw", "constant", 6e-4
-    o.b1, o.b2, o.weight_decay, o.grad_clip_norm, o.warmup_steps = 0.9, 0.95, 0.1, 1.0, 0
-  elif variant == "tiny":
-    variants.tiny(config, sample_tokens=1024)
-  elif variant == "long":
-    variants.long(config, 4096)
-  elif variant == "pod":
-    variants.pod(config, "lakh_char")
-  else:
-    raise variants.unknown("configs/char_gpt.py", variant)
-  return config
+  return variants.apply(config, VARIANTS, arg, "configs/char_gpt.py")

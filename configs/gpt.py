@@ -17,20 +17,16 @@ default = config_lib.load_sibling(__file__, "default")
 variants = config_lib.load_sibling(__file__, "variants")
 
 
+VARIANTS = {
+    "base": lambda config: None,
+    "original": variants.original_rga_size,
+    "tiny": lambda config: variants.tiny(config, sample_tokens=512),
+    "long": lambda config: variants.long(config, 4096),
+    "pod": lambda config: variants.pod(config, "lakh_token"),
+}
+
+
 def get_config(arg=None):
   config = default.get_config()
   config.model.name = "gpt"
-  variant = arg or "base"
-  if variant == "base":
-    pass
-  elif variant == "original":
-    variants.original_rga_size(config)
-  elif variant == "tiny":
-    variants.tiny(config, sample_tokens=512)
-  elif variant == "long":
-    variants.long(config, 4096)
-  elif variant == "pod":
-    variants.pod(config, "lakh_token")
-  else:
-    raise variants.unknown("configs/gpt.py", variant)
-  return config
+  return variants.apply(config, VARIANTS, arg, "configs/gpt.py")

@@ -24,29 +24,29 @@ default = config_lib.load_sibling(__file__, "default")
 variants = config_lib.load_sibling(__file__, "variants")
 
 
+def _original(config):
+  variants.original_rga_size(config)
+  m = config.model
+  m.max_relative, m.rel_per_head, m.head_bias = 1024, False, False
+
+
+def _long(config):
+  variants.long(config, 8192)
+  config.model.max_relative = 8192
+  config.model.rel_impl = "blockwise"
+
+
+VARIANTS = {
+    "base": lambda config: None,
+    "original": _original,
+    "tiny": lambda config: variants.tiny(config, sample_tokens=512),
+    "bach": variants.bach,
+    "long": _long,
+    "pod": lambda config: variants.pod(config, "lakh_token"),
+}
+
+
 def get_config(arg=None):
   config = default.get_config()
   config.model.name = "rga"
-  variant = arg or "base"
-  if variant == "base":
-    pass
-  elif variant == "original":
-    variants.original_rga_size(config)
-    m = config.model
-    m.max_relative = 1024
-    m.rel_per_head = False
-    m.head_bias = False
-  elif variant == "tiny":
-    variants.tiny(config, sample_tokens=512)
-  elif variant == "bach":
-    variants.bach(config)
-  elif variant == "long":
-    variants.long(config, 8192)
-    config.model.max_relative = 8192
-    config.model.rel_impl = "blockwise"
-  elif variant == "pod":
-    variants.pod(config, "lakh_token")
-  else:
-    raise variants.unknown("configs/rga.py", variant,
-                           ("original", "tiny", "bach", "long", "pod"))
-  return config
+  return variants.apply(config, VARIANTS, arg, "configs/rga.py")

@@ -81,6 +81,12 @@ def pod(config, tfds_config: str):
   config.memory.machine = "accelerators (a TPU pod slice such as v4-64, or GPUs), not a CPU"
 
 
-def unknown(path: str, variant: str, names=("original", "tiny", "long", "pod")):
-  return ValueError(f"{path}: unknown variant {variant!r}; "
-                    f"expected one of: {', '.join(names)} (or none)")
+def apply(config, table, variant, path: str):
+  """Applies `table[variant]` (a function of the config; "base" when no variant is named) to
+  `config` and returns it; an unknown variant is a ValueError naming the file and its variants."""
+  name = variant or "base"
+  if name not in table:
+    raise ValueError(f"{path}: unknown variant {name!r}; expected one of: "
+                     f"{', '.join(k for k in table if k != 'base')} (or none)")
+  table[name](config)
+  return config

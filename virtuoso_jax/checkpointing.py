@@ -307,9 +307,6 @@ class Checkpointer:
     self._sized_step: int | None = None  # The committed step whose size is `_last_bytes`.
     self._last_bytes = 0
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 

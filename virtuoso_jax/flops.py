@@ -40,11 +40,6 @@ def train_flops_per_token(model_config, seq_len: int) -> float:
   return weights + attention + relative
 
 
-def forward_flops_per_token(model_config, seq_len: int) -> float:
-  """Forward-only FLOPs per token (a third of the training count)."""
-  return train_flops_per_token(model_config, seq_len) / 3.0
-
-
 def mfu(tokens_per_second: float, flops_per_token: float, peak_flops_per_second: float) -> float:
   """Model FLOPs utilisation in [0, 1]: achieved model FLOP/s over the peak."""
   if peak_flops_per_second <= 0:

@@ -37,8 +37,6 @@ from virtuoso_jax.models import attention as attn_lib
 
 Array = jax.Array
 
-_RNG_STREAMS = 1  # Dropout keys come from one stream at the top of the model.
-
 
 def resolve_dtype(name: str):
   """"auto" -> float32 on CPU, bfloat16 on GPU/TPU; else the named dtype."""
