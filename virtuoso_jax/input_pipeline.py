@@ -31,8 +31,9 @@ covers every target once (EOS lands at position (n-2) mod L, varying with the so
 never slid back to L-1); the padding rows of the last batch are masked. Each eval row also
 carries `seconds`, the music its scored targets span (`evaluation.target_seconds`), so the
 trainer reports bits per second; over the whole split they sum to the songs' lengths. Eval
-losses of runs before 2026-12-02 used slid-back last windows (tail targets with more context, EOS at L-1) and
-are not exactly comparable (benchmarks/eos_position_bench.py scores a run under both).
+losses of runs made before this windowing (docs/benchmarks.md, "Where samples end") used
+slid-back last windows (tail targets with more context, EOS at L-1) and are not exactly
+comparable (benchmarks/eos_position_bench.py scores a run under both).
 
 The iterator is a grain `DatasetIterator`: its state (position) is saved in checkpoints.
 """

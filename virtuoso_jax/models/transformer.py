@@ -386,18 +386,10 @@ class Decoder(nnx.Module):
 
 
 # "auto" takes blockwise attention once one layer's L x L fp32 probabilities for the batch
-# (batch x heads x L^2 x 4 bytes) reach this; skew below it. benchmarks/model_bench.py on the
-# 2-core CPU, 2026-12-02 (one layer fwd+bwd, batch 1, 8 heads, Dh 64; time / peak RSS):
-#   L      skew             blockwise
-#   1024   0.060 s  0.5 GB  0.126 s 0.5 GB
-#   4096   1.18 s   1.7 GB  1.80 s  0.5 GB
-#   8192   4.11 s   7.8 GB  6.59 s  0.8 GB   (naive: out of memory, 34.7 GB)
-# Skew (with its custom VJP) is faster at every length, but keeps p (and the dropped p) per
-# layer, which grows as L^2 (one layer at 8192 tokens, batch 1: 7.8 GB against 0.8 GB; a
-# model keeps that per layer), while blockwise stays flat (the whole 6-layer rga.py:long step
-# at 8192, blockwise with remat, peaks at ~5 GB). So the switch is on memory: 2 GiB is one
-# layer at 1 x 8 heads x 8192; rga.py:original's 4 x 1024 (134 MB) and 1 x 4096 (537 MB)
-# stay on skew.
+# (batch x heads x L^2 x 4 bytes) reach this; skew below it. Skew is the faster path, but it
+# keeps those probabilities per layer (memory grows as L^2), while blockwise stays flat; so the
+# switch is on memory: 2 GiB is one layer at 1 x 8 heads x 8192 tokens, and rga.py:original's
+# shapes stay on skew. The timings behind it: README "Benchmarks" (benchmarks/model_bench.py).
 AUTO_BLOCKWISE_BYTES = 2 << 30
 
 
