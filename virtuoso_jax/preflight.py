@@ -95,9 +95,18 @@ def _mem_available() -> Optional[int]:
   return None
 
 
-def budget(devices: Optional[Sequence[jax.Device]] = None) -> Optional[Budget]:
+def budget(devices: Optional[Sequence[jax.Device]] = None, *, limit_mib: int = 0,
+           limit_name: str = "memory limit") -> Optional[Budget]:
   """The free memory of this process's devices among `devices` (default: all local devices),
-  or None where it cannot be known (then nothing is refused)."""
+  at most `limit_mib` MiB when > 0 (the user's cap, named `limit_name` in messages), or None
+  where it cannot be known (then nothing is refused)."""
+  b = _free(devices)
+  if b is None or not limit_mib:
+    return b
+  return dataclasses.replace(b, bytes=min(b.bytes, limit_mib * MIB), where=f"({limit_name})")
+
+
+def _free(devices: Optional[Sequence[jax.Device]]) -> Optional[Budget]:
   devices = [d for d in (devices or jax.local_devices()) if d.process_index == jax.process_index()]
   if not devices:
     return None

@@ -459,10 +459,7 @@ def generate(model, prompt, tables: GrammarTables, options: SampleOptions = Samp
 
   program = compiled(b, context)
   if memory_check != "off":
-    budget = preflight.budget()
-    if budget is not None and memory_limit_mib:
-      budget = dataclasses.replace(budget, bytes=min(budget.bytes, memory_limit_mib << 20),
-                                   where="(memory limit)")
+    budget = preflight.budget(limit_mib=memory_limit_mib)
     fewer = [r for r in (b // 2, b // 4, b // 8, 1) if 0 < r < b]
     shorter = [c for c in (context // 2, context // 4) if c >= 64 and c > len(prompt)]
     preflight.check(

@@ -15,7 +15,6 @@ accumulation and sharding do not change it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -415,11 +414,8 @@ class Trainer:
     accumulation (largest micro-batch) whose step fits; otherwise a step that cannot fit is
     refused (memory.check="refuse") with settings that would fit."""
     mem_cfg = self.config.memory
-    budget = preflight.budget([d for d in self.mesh.devices.flat])
-    if budget is not None and mem_cfg.limit_mib:
-      budget = dataclasses.replace(
-          budget, bytes=min(budget.bytes, mem_cfg.limit_mib * preflight.MIB),
-          where="(memory.limit_mib)")
+    budget = preflight.budget(list(self.mesh.devices.flat), limit_mib=mem_cfg.limit_mib,
+                              limit_name="memory.limit_mib")
     t = time.perf_counter()
     if mem_cfg.auto_grad_accum:
       choices = [k for k in self.accum_choices() if k >= self.accum_steps]
