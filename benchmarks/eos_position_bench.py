@@ -22,8 +22,8 @@ figure:
                           stride L from the song start, the last window padded, as eval uses
                           since the fix), so runs trained with either code compare on the same
                           windows; needs the prepared dataset (skipped otherwise)
-Uses only the library API that existed before the fix (sample.load_run / sample.generate /
-SampleRequest, train.note_marker_table), so it runs against either checkout.
+Uses the inference library (inference.load_run / generate / SampleRequest) and
+steps.note_marker_table.
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def windows(lengths, seq_len: int, scheme: str):
 def eval_nll_per_note(run, songs, batch: int = 32) -> dict:
   import jax
   import jax.numpy as jnp
-  from virtuoso_jax import train
+  from virtuoso_jax import steps
   seq_len = run.context
-  table = train.note_marker_table(run.codec, run.kind)
+  table = steps.note_marker_table(run.codec, run.kind)
   pad = int(run.codec.pad_id)
   fwd = jax.jit(lambda v: jax.nn.log_softmax(run.model(v, deterministic=True), axis=-1))
   out = {}
@@ -135,11 +135,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   import virtuoso_jax
-  from virtuoso_jax import sample
-  run = sample.load_run(args.workdir, args.checkpoint)
+  from virtuoso_jax import inference
+  run = inference.load_run(args.workdir, args.checkpoint)
   context = run.context
   tag = {"workdir": run.workdir, "step": run.step, "code": virtuoso_jax.__file__}
-  samples = sample.generate(run, sample.SampleRequest(
+  samples = inference.generate(run, inference.SampleRequest(
       num_samples=args.num_samples, seed=args.seed, max_tokens=args.max_tokens,
       temperature=args.temperature))
   eos = run.tables.eos_id
@@ -162,10 +162,10 @@ def main(argv=None):
   if args.eval_nll:
     try:
       import tensorflow_datasets as tfds
-      from virtuoso_jax import input_pipeline
-      src = tfds.data_source(input_pipeline.dataset_name(run.config),
+      from virtuoso_jax import dataset
+      src = tfds.data_source(dataset.dataset_name(run.config),
                              split=run.config.data.eval_split,
-                             data_dir=input_pipeline.data_dir(run.config))
+                             data_dir=dataset.data_dir(run.config))
       songs = [np.asarray(src[i]["ids"], np.int32) for i in range(len(src))]
     except Exception as e:  # pylint: disable=broad-except
       emit("eval_nll_per_note", None, skipped=f"{type(e).__name__}: {e}", **tag)

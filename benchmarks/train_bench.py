@@ -4,7 +4,7 @@ r"""Training throughput and MFU of the real train step, input pipeline included.
 
 For `rga.py:original`, `gpt.py:original` and `char_gpt.py:original` at their original batch
 sizes (token originals with `model.vocab_size=0`: our codec's vocabulary is larger than 390), it
-builds the real `train.Trainer` (grain pipeline over the prepared Bach dataset, sharded jitted
+builds the real `trainer.Trainer` (grain pipeline over the prepared Bach dataset, sharded jitted
 step with donation), then times `steps` steps exactly as the training loop runs them
 (next batch -> global array -> step), after warm-up. The matmul peak (benchmarks.common) is
 measured in the same process right before and right after (the higher is used), and
@@ -30,8 +30,8 @@ import jax
 
 from benchmarks import common
 from virtuoso_jax import config_lib
-from virtuoso_jax import input_pipeline
-from virtuoso_jax import train
+from virtuoso_jax import dataset
+from virtuoso_jax import trainer as trainer_lib
 
 CONFIGS = {
     "rga": ("configs/rga.py:original", {"model.vocab_size": 0}),
@@ -45,8 +45,8 @@ def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, wo
       "data.data_dir": data_dir, "num_train_steps": warmup + steps + 1,
       "ckpt.enabled": False, "tensorboard": False}))
   config_lib.validate(config)
-  input_pipeline.ensure_prepared(config)
-  trainer = train.Trainer(config, workdir)
+  dataset.ensure_prepared(config)
+  trainer = trainer_lib.Trainer(config, workdir)
   trainer.compile()
   it = trainer.data.train_iterator(warmup + steps + 1)
   # Warm up exactly as the timed loop runs: the first step grows the kept host heap once (see

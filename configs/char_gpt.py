@@ -31,14 +31,14 @@ VARIANTS = {
     "original": _original,
     "tiny": lambda config: variants.tiny(config, sample_tokens=1024),
     "long": lambda config: variants.long(config, 4096),
-    "pod": lambda config: variants.pod(config, "lakh_char"),
+    "pod": lambda config: variants.pod(config),
 }
 
 
 def get_config(arg=None):
   config = default.get_config()
   config.model.name = "gpt"
-  config.data.tfds_config = "bach_char"
+  config.data.encoding = "char"
   config.data.transpose_semitones = 0  # Text augmentation is not defined on chars.
   variants.set_shape(config, 6, 8, 512, 2048, 512)
   return variants.apply(config, VARIANTS, arg, "configs/char_gpt.py")

@@ -47,11 +47,13 @@ def get_config(arg=None):
   # ---------------------------------------------------------------- data
   d = config.data = ml_collections.ConfigDict()
   d.tfds_name = "virtuoso_midi"
-  # Builder config: "{encoding}" for --manual_dir corpora, "{source}_{encoding}" for the
-  # built-in sources (bach, tegridy, maestro, lakh); encoding is "token" or "char".
-  d.tfds_config = "bach_token"
+  # Where the music comes from: a built-in source ("bach": embedded, no network; "tegridy",
+  # "maestro", "lakh": downloaded) or "manual" (your own MIDI folder, data.manual_dir).
+  d.source = "bach"
+  d.encoding = "token"  # "token" (ids) or "char" (Optimus TXT). The TFDS builder config is
+  # "{source}_{encoding}", or "{encoding}" for "manual" (virtuoso_jax.dataset.builder_config).
   d.data_dir = ""  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  d.manual_dir = ""  # For "token"/"char" configs: the folder of MIDI files to prepare if needed.
+  d.manual_dir = ""  # For source "manual": the folder of MIDI files to prepare if needed.
   d.prepare_if_missing = True  # Prepare the dataset on first use (the embedded default needs no network).
   d.train_split = "train"
   d.eval_split = "validation"

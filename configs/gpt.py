@@ -22,7 +22,7 @@ VARIANTS = {
     "original": variants.original_rga_size,
     "tiny": lambda config: variants.tiny(config, sample_tokens=512),
     "long": lambda config: variants.long(config, 4096),
-    "pod": lambda config: variants.pod(config, "lakh_token"),
+    "pod": lambda config: variants.pod(config),
 }
 
 

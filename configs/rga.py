@@ -42,7 +42,7 @@ VARIANTS = {
     "tiny": lambda config: variants.tiny(config, sample_tokens=512),
     "bach": variants.bach,
     "long": _long,
-    "pod": lambda config: variants.pod(config, "lakh_token"),
+    "pod": lambda config: variants.pod(config),
 }
 
 

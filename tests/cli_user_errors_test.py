@@ -13,9 +13,10 @@ import sys
 import pytest
 
 from sample_cli_test import REPO, char_run, token_run  # noqa: F401  (fixtures)
-from virtuoso_jax import compose
+from virtuoso_jax import composition
 from virtuoso_jax import encoding
-from virtuoso_jax import sample
+from virtuoso_jax import inference
+from virtuoso_jax import run_dir
 
 ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 # Run a binary and report on stderr whether JAX was imported (atexit runs after SystemExit).
@@ -87,13 +88,13 @@ def test_char_model_notes_are_honoured(char_run, tmp_path):
 
 def test_token_budget_fits_the_request():
   codec = encoding.TokenCodec()
-  n, why = sample.token_budget(codec, sample.SampleRequest(max_notes=200))
+  n, why = inference.token_budget(codec, inference.SampleRequest(max_notes=200))
   assert n >= 200 * codec.tokens_per_note and "--max_notes=200" in why
-  n, _ = sample.token_budget(codec, sample.SampleRequest(max_seconds=20))
+  n, _ = inference.token_budget(codec, inference.SampleRequest(max_seconds=20))
   assert n >= 20 * 1000 // codec.config.grid_ms * codec.tokens_per_note
-  assert sample.token_budget(codec, sample.SampleRequest())[0] == sample.DEFAULT_MAX_TOKENS
-  with pytest.raises(sample.SampleError, match="sampler's limit"):
-    sample.token_budget(codec, sample.SampleRequest(max_seconds=1e7))
+  assert inference.token_budget(codec, inference.SampleRequest())[0] == inference.DEFAULT_MAX_TOKENS
+  with pytest.raises(inference.SampleError, match="sampler's limit"):
+    inference.token_budget(codec, inference.SampleRequest(max_seconds=1e7))
 
 
 # ---------------------------------------------------------------------------- sample errors
@@ -105,7 +106,7 @@ def run_without_checkpoints(token_run, tmp_path):
   one checked after would say 'no checkpoint'."""
   w = tmp_path / "nockpt"
   w.mkdir()
-  for f in ("config.json", sample.ENCODING_FILE):
+  for f in ("config.json", run_dir.ENCODING_FILE):
     shutil.copy(os.path.join(token_run, f), w / f)
   return str(w)
 
@@ -164,7 +165,7 @@ def test_compose_flags_knobs_and_light_commands(token_run, tmp_path):
           f"--seed={10**30}")
   one_error(p, "--seed must be an int")
   assert "NO_JAX" in p.stderr
-  compose.Session.create(s, token_run)
+  composition.Session.create(s, token_run)
   for flag, needle in (("--instruments=abc", "got 'abc'"), ("--temperature=-1", "--temperature"),
                        ("--candidates=1000000000", "--candidates must be an int in 1..64"),
                        ("--top_p=2", "--top_p")):
@@ -177,10 +178,10 @@ def test_compose_flags_knobs_and_light_commands(token_run, tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   assert "temperature=0.5" in p.stdout and "(this block only)" in p.stdout
   assert "stopped: notes (3 reached)" in p.stdout
-  assert compose.Session.load(s).settings == compose.Settings()
+  assert composition.Session.load(s).settings == composition.Settings()
   p = cli("virtuoso_jax.compose", "continue", f"--session={s}", "--notes=2", "--top_k=5", "--keep")
   assert p.returncode == 0, p.stderr[-3000:]
-  got = compose.Session.load(s).settings
+  got = composition.Session.load(s).settings
   assert (got.top_k, got.block_notes, got.temperature) == (5, 2, 1.0)
   p = cli("virtuoso_jax.compose", "set", f"--session={s}", "--temperature=0.8",
           "--instruments=0,128")
@@ -220,13 +221,13 @@ def _tampered(state):
 
 def test_tampered_state_file_is_one_error_naming_file_and_field(token_run, tmp_path):
   s = tmp_path / "s"
-  session = compose.Session.create(str(s), token_run)
+  session = composition.Session.create(str(s), token_run)
   good = session.state
-  file = s / compose.STATE_FILE
+  file = s / composition.STATE_FILE
   for state, needle in _tampered(good):
     file.write_text(json.dumps(state))
-    with pytest.raises(compose.SampleError, match=re.escape(needle)):
-      compose.Session.load(str(s))
+    with pytest.raises(composition.SampleError, match=re.escape(needle)):
+      composition.Session.load(str(s))
   # Through the binary: one line naming the file and the field; nothing is (re)written.
   file.write_text(json.dumps(dict(good, candidates=[[[0, 10, 999, 80, 0]]])))
   before = file.read_text()
@@ -235,8 +236,8 @@ def test_tampered_state_file_is_one_error_naming_file_and_field(token_run, tmp_p
     one_error(p, str(file), "candidates[0][0] pitch")
     assert file.read_text() == before
   # A session never saves a state that fails validation.
-  session = compose.Session(str(s), dict(good))
+  session = composition.Session(str(s), dict(good))
   session.state["notes"] = [[0, 10, 999, 80, 0]]
-  with pytest.raises(compose.SampleError, match="pitch"):
+  with pytest.raises(composition.SampleError, match="pitch"):
     session.save()
   assert file.read_text() == before

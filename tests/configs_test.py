@@ -61,11 +61,12 @@ def test_overrides_and_unknown_fields():
     ("model.emb_dim", 130, "divisible by model.num_heads"),
     ("batch_size", 10, "grad_accum_steps"),
     ("data.windowing", "glue", "data.windowing"),
-    ("data.tfds_config", "bach_midi", "data.tfds_config"),
+    ("data.encoding", "midi", "data.encoding"),
+    ("data.source", "", "data.source"),
     ("parallel.mesh_shape", (-1, -1, 1), "at most one -1"),
     ("optim.schedule", "linear", "optim.schedule"),
     ("model.dropout_rate", 1.0, "model.dropout_rate"),
-    ("data.manual_dir", "/my/midis", "tfds_config=token"),  # bach_token has its own source.
+    ("data.manual_dir", "/my/midis", "source=manual"),  # bach has its own files.
 ])
 def test_bad_values_are_named(field, value, match):
   c = config_lib.load_config("configs/rga.py:tiny", {"grad_accum_steps": 4} if field == "batch_size"
@@ -105,12 +106,12 @@ def test_main_names_a_bad_override_without_a_traceback(tmp_path):
   import sys  # pylint: disable=g-import-not-at-top
   res = subprocess.run(
       [sys.executable, "-m", "virtuoso_jax.main", "--config=configs/rga.py:tiny",
-       f"--workdir={tmp_path}", "--config.data.tfds_confg=token"],
+       f"--workdir={tmp_path}", "--config.data.encodng=char"],
       cwd=config_lib.REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert res.returncode == 1
-  assert ("error: bad config override (--config.data.tfds_confg): no such key 'tfds_confg'"
+  assert ("error: bad config override (--config.data.encodng): no such key 'encodng'"
           in res.stderr), res.stderr[-2000:]
-  assert 'Did you mean "tfds_config"' in res.stderr and "Traceback" not in res.stderr
+  assert 'Did you mean "encoding"' in res.stderr and "Traceback" not in res.stderr
 
 
 def _train_cli(cwd, *args):

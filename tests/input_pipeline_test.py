@@ -16,6 +16,7 @@ import pytest
 
 import hermetic_corpus  # tests/ is on sys.path (pytest rootdir-relative import).
 from virtuoso_jax import config_lib
+from virtuoso_jax import dataset
 from virtuoso_jax import encoding
 from virtuoso_jax import input_pipeline
 from virtuoso_jax import sharding
@@ -91,8 +92,8 @@ def data_dir(tmp_path_factory, fixture_corpus):
 
 def _config(data_dir, kind="token", **overrides):
   variant = "configs/char_gpt.py:tiny" if kind == "char" else "configs/rga.py:tiny"
-  base = {"data.data_dir": data_dir, "data.tfds_name": FIXTURE_NAME, "data.tfds_config": kind,
-          "model.max_len": 64, "batch_size": 8}
+  base = {"data.data_dir": data_dir, "data.tfds_name": FIXTURE_NAME, "data.source": "manual",
+          "data.encoding": kind, "model.max_len": 64, "batch_size": 8}
   base.update(overrides)
   return config_lib.validate(config_lib.load_config(variant, base))
 
@@ -270,18 +271,34 @@ def test_char_dataset(data_dir):
 
 
 def test_missing_dataset_is_reported(tmp_path):
-  config = _config(str(tmp_path), **{"data.tfds_config": "token"})
-  assert not input_pipeline.is_prepared(config)
-  cmd = " ".join(input_pipeline.prepare_command(config))
+  config = _config(str(tmp_path), **{"data.source": "manual", "data.encoding": "token"})
+  assert not dataset.is_prepared(config)
+  cmd = " ".join(dataset.prepare_command(config))
   assert "data_pipelines.virtuoso_midi.prepare" in cmd and str(tmp_path) in cmd
+  assert "--config=token" in cmd  # A user's folder: the builder config is the encoding alone.
+  with pytest.raises(dataset.DatasetNotPreparedError, match="virtuoso_midi.prepare"):
+    raise dataset.not_prepared_error(config)
+
+
+def test_builder_config_comes_from_source_and_encoding(tmp_path):
+  config = _config(str(tmp_path))
+  for source, kind, name in (("bach", "token", "bach_token"), ("lakh", "char", "lakh_char"),
+                             ("manual", "char", "char")):
+    config.data.source, config.data.encoding = source, kind
+    assert dataset.builder_config(config) == name
+    assert dataset.dataset_name(config) == f"{config.data.tfds_name}/{name}"
 
 
 def test_own_midi_folder_needs_manual_dir_and_must_match_the_build(tmp_path):
-  config = _config(str(tmp_path), **{"data.tfds_name": "virtuoso_midi", "data.tfds_config": "token"})
-  with pytest.raises(input_pipeline.DatasetNotPreparedError, match="manual_dir=/path/to/midis"):
-    input_pipeline.prepare_dataset(config)  # Refused before any subprocess starts.
-  config.data.manual_dir = str(tmp_path / "mine")
-  input_pipeline.check_manual_dir(config, {"manual_dir": str(tmp_path / "mine")})
-  input_pipeline.check_manual_dir(config, {})  # Built by an older builder: nothing to compare.
-  with pytest.raises(input_pipeline.DatasetNotPreparedError, match="was built from .*other"):
-    input_pipeline.check_manual_dir(config, {"manual_dir": str(tmp_path / "other")})
+  config = _config(str(tmp_path), **{"data.tfds_name": "virtuoso_midi", "data.source": "manual",
+                                     "data.encoding": "token"})
+  with pytest.raises(dataset.DatasetNotPreparedError, match="manual_dir=/path/to/midis"):
+    dataset.prepare_dataset(config)  # Refused before any subprocess starts.
+  mine, other = str(tmp_path / "mine"), str(tmp_path / "other")
+  (tmp_path / "mine").mkdir()
+  os.symlink(tmp_path / "mine", tmp_path / "link")
+  assert dataset.manual_dir_mismatch(mine, mine) == ""
+  assert dataset.manual_dir_mismatch(str(tmp_path / "link"), mine) == ""  # Symlinks resolved.
+  assert dataset.manual_dir_mismatch(mine, None) == ""  # An older build: nothing to compare.
+  assert dataset.manual_dir_mismatch("", other) == ""  # Nothing asked for.
+  assert dataset.manual_dir_mismatch(mine, other) == f"was built from {other}, not from {mine}"

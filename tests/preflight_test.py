@@ -20,6 +20,8 @@ from train_test import data_dir  # noqa: F401  (the module-scoped fixture datase
 from virtuoso_jax import preflight
 from virtuoso_jax import sampling
 from virtuoso_jax import train
+from virtuoso_jax import steps
+from virtuoso_jax import trainer as trainer_lib
 
 MIB = preflight.MIB
 
@@ -137,8 +139,8 @@ def test_eval_in_micro_batches_sums_the_same():
            "mask": jnp.asarray(rng.random((8, 24)) < 0.8, jnp.float32),
            "seconds": jnp.asarray(rng.random((8, 24)), jnp.float32)}
   args = (params, batch, jnp.full((64,), -np.log(64.0)), jnp.ones(64))
-  one = train.eval_step(*args, graphdef=graphdef, rest=rest)
-  four = train.eval_step(*args, graphdef=graphdef, rest=rest, accum_steps=4)
+  one = steps.eval_step(*args, graphdef=graphdef, rest=rest)
+  four = steps.eval_step(*args, graphdef=graphdef, rest=rest, accum_steps=4)
   for k in one:
     np.testing.assert_allclose(four[k], one[k], rtol=1e-5, err_msg=k)
 
@@ -153,7 +155,7 @@ BATCH = {"batch_size": 64, "model.max_len": 128, "model.max_relative": 128}
 def needs(data_dir):  # noqa: F811  # pylint: disable=redefined-outer-name
   """{accum: MiB this process needs} for the tests' config, from its compiled train steps."""
   config = train_test.load("configs/rga.py:tiny", train_test.small(data_dir, **BATCH))
-  trainer = train.Trainer(config, "unused")
+  trainer = trainer_lib.Trainer(config, "unused")
   budget = preflight.budget(list(trainer.mesh.devices.flat))
   return {k: budget.needed(preflight.footprint(trainer._compile_train(k))) / MIB
           for k in trainer.accum_choices()}

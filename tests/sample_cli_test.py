@@ -17,7 +17,8 @@ import pytest
 import input_pipeline_test  # tests/ is on sys.path (pytest rootdir-relative import).
 from virtuoso_jax import config_lib
 from virtuoso_jax import encoding
-from virtuoso_jax import sample
+from virtuoso_jax import inference
+from virtuoso_jax import run_dir
 
 REPO = str(config_lib.REPO_ROOT)
 SPECS = {"token": "configs/rga.py:tiny", "char": "configs/char_gpt.py:tiny"}
@@ -27,7 +28,7 @@ def _train(root, corpus_dir, kind: str) -> str:
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
   data_dir = input_pipeline_test.build_fixture_dataset(os.path.join(root, "tfds"), corpus_dir)
   o = {"data.data_dir": data_dir, "data.tfds_name": input_pipeline_test.FIXTURE_NAME,
-       "data.tfds_config": kind, "model.max_len": 48, "model.num_layers": 1,
+       "data.source": "manual", "data.encoding": kind, "model.max_len": 48, "model.num_layers": 1,
        "model.emb_dim": 32, "model.mlp_dim": 64, "model.num_heads": 2, "batch_size": 8,
        "num_train_steps": 3, "log_every_steps": 1, "eval_every_steps": 1000,
        "num_eval_batches": 1, "ckpt.every_steps": 1000, "ckpt.async_save": False,
@@ -87,20 +88,20 @@ def test_default_command_writes_readable_samples(token_run):
 
 
 def test_continuation_keeps_prompt_and_restricts_instruments(token_run, prompt_midi, tmp_path):
-  run = sample.load_run(token_run)
+  run = inference.load_run(token_run)
   midi = prompt_midi  # Several instruments and drums; the continuation may use only 0 and 128.
-  prompt = sample.read_prompt_midi(str(midi), run.enc_config, last_notes=12)
+  prompt = inference.read_prompt_midi(str(midi), run.enc_config, last_notes=12)
   assert len(prompt) == 12 and prompt.onset.min() == 0
-  request = sample.SampleRequest(num_samples=3, seed=1, max_tokens=150, max_notes=10,
+  request = inference.SampleRequest(num_samples=3, seed=1, max_tokens=150, max_notes=10,
                                  prompt_notes=prompt, instruments=[0, 128])
-  samples = sample.generate(run, request)
+  samples = inference.generate(run, request)
   want = set(run.codec.quantize(prompt).to_rows())
   for s in samples:
     rows = s.notes.to_rows()
     assert want <= set(rows)  # The prompt's notes, exactly.
     new = [r for r in rows if r not in want]
     assert 0 < len(new) <= 10 and {r[4] for r in new} <= {0, 128}
-  paths = sample.write_outputs(run, samples, str(tmp_path), audio=False)
+  paths = inference.write_outputs(run, samples, str(tmp_path), audio=False)
   for p in paths:
     if p.endswith(".mid"):
       assert encoding.midi_to_notes(p).to_rows() == encoding.midi_to_notes(p).canonical().to_rows()
@@ -118,30 +119,30 @@ def test_char_model_with_text_prompt(char_run, tmp_path):
 
 
 def test_clear_errors(token_run, char_run, tmp_path):
-  with pytest.raises(sample.SampleError, match="does not exist"):
-    sample.load_run(str(tmp_path / "nowhere"))
+  with pytest.raises(inference.SampleError, match="does not exist"):
+    inference.load_run(str(tmp_path / "nowhere"))
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "config.json").write_text((open(os.path.join(token_run, "config.json")).read()))
-  shutil.copy(os.path.join(token_run, sample.ENCODING_FILE), empty / sample.ENCODING_FILE)
-  with pytest.raises(sample.SampleError, match="no checkpoint"):
-    sample.load_run(str(empty))
+  shutil.copy(os.path.join(token_run, run_dir.ENCODING_FILE), empty / run_dir.ENCODING_FILE)
+  with pytest.raises(inference.SampleError, match="no checkpoint"):
+    inference.load_run(str(empty))
   bad = tmp_path / "bad.mid"
   bad.write_bytes(b"this is not a MIDI file")
-  with pytest.raises(sample.SampleError, match=r"bad\.mid is unreadable"):
-    sample.read_prompt_midi(str(bad), encoding.EncodingConfig())
+  with pytest.raises(inference.SampleError, match=r"bad\.mid is unreadable"):
+    inference.read_prompt_midi(str(bad), encoding.EncodingConfig())
   # config.json no longer matches the checkpoint.
   mism = tmp_path / "mismatch"
   shutil.copytree(token_run, mism)
   cfg = json.loads((mism / "config.json").read_text())
   cfg["model"]["emb_dim"] = 64
   (mism / "config.json").write_text(json.dumps(cfg))
-  with pytest.raises(sample.SampleError, match="does not match"):
-    sample.load_run(str(mism))
+  with pytest.raises(inference.SampleError, match="does not match"):
+    inference.load_run(str(mism))
   # A char prompt to a token model.
-  run = sample.load_run(token_run)
-  with pytest.raises(sample.SampleError, match="char models"):
-    sample.generate(run, sample.SampleRequest(prompt_text="SONG=x"))
+  run = inference.load_run(token_run)
+  with pytest.raises(inference.SampleError, match="char models"):
+    inference.generate(run, inference.SampleRequest(prompt_text="SONG=x"))
   rc, out = run_cli(f"--workdir={tmp_path / 'nowhere'}")
   assert rc != 0 and "error: workdir" in out and "does not exist" in out
   # Meaningless counts and limits name their flag.
@@ -149,8 +150,8 @@ def test_clear_errors(token_run, char_run, tmp_path):
                        ({"max_tokens": 0}, "--max_tokens must be >= 1"),
                        ({"max_notes": -5}, "--max_notes must be >= 1, got -5"),
                        ({"max_seconds": 0.0}, "--max_seconds must be > 0")):
-    with pytest.raises(sample.SampleError, match=flag):
-      sample.SampleRequest(**kwargs)
+    with pytest.raises(inference.SampleError, match=flag):
+      inference.SampleRequest(**kwargs)
   rc, out = run_cli(f"--workdir={token_run}", "--num_samples=0")
   assert rc != 0 and "error: --num_samples must be >= 1" in out and "Traceback" not in out
   rc, out = run_cli(f"--workdir={token_run}", "--instruments=")
@@ -158,10 +159,10 @@ def test_clear_errors(token_run, char_run, tmp_path):
 
 
 def test_best_checkpoint_and_greedy_is_deterministic(token_run):
-  run = sample.load_run(token_run, "latest")
-  req = sample.SampleRequest(num_samples=2, seed=5, temperature=0.0, max_tokens=40)
-  a, b = sample.generate(run, req), sample.generate(run, req)
+  run = inference.load_run(token_run, "latest")
+  req = inference.SampleRequest(num_samples=2, seed=5, temperature=0.0, max_tokens=40)
+  a, b = inference.generate(run, req), inference.generate(run, req)
   np.testing.assert_array_equal(a[0].ids, b[0].ids)
   np.testing.assert_array_equal(a[0].ids, a[1].ids)  # Greedy rows agree.
-  with pytest.raises(sample.SampleError, match="latest, best or a step"):
-    sample.load_run(token_run, "newest")
+  with pytest.raises(inference.SampleError, match="latest, best or a step"):
+    inference.load_run(token_run, "newest")

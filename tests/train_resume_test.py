@@ -14,6 +14,8 @@ from virtuoso_jax import checkpointing
 from virtuoso_jax import config_lib
 from virtuoso_jax import input_pipeline
 from virtuoso_jax import train
+from virtuoso_jax import run_dir
+from virtuoso_jax import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
@@ -46,11 +48,11 @@ def test_config_change_stops_before_touching_the_run(data_dir, tmp_path):  # noq
   for spec, extra, named in [
       ("configs/rga.py:tiny", {"model.num_layers": 2}, "model.num_layers 1 -> 2"),
       ("configs/gpt.py:tiny", {}, "model.name 'rga' -> 'gpt'"),
-      ("configs/rga.py:tiny", {"data.tfds_config": "char", "data.transpose_semitones": 0},
-       "data.tfds_config 'token' -> 'char'"),
+      ("configs/rga.py:tiny", {"data.encoding": "char", "data.transpose_semitones": 0},
+       "data.encoding 'token' -> 'char'"),
       ("configs/rga.py:tiny", {"optim.optimizer": "adam", "optim.weight_decay": 0.0},
        "optim.optimizer 'adamw' -> 'adam'")]:
-    with pytest.raises(train.RunConfigMismatchError) as err:
+    with pytest.raises(run_dir.RunConfigMismatchError) as err:
       train.train_and_evaluate(_cfg(data_dir, spec, **extra), str(work))
     msg = str(err.value)
     assert named in msg and "\n" not in msg, msg
@@ -96,13 +98,13 @@ def test_fine_tune_starts_from_the_other_runs_params(data_dir, tmp_path, monkeyp
   train.train_and_evaluate(_cfg(data_dir, num_train_steps=1), str(src))
   _, want = checkpointing.restore_params(str(src))
   seen = {}
-  real_compile = train.Trainer.compile
+  real_compile = trainer_lib.Trainer.compile
 
   def spy(self):
     seen["params"] = jax.device_get(self.state["params"])
     seen["step"] = int(self.state["train"]["step"])
     return real_compile(self)
-  monkeypatch.setattr(train.Trainer, "compile", spy)
+  monkeypatch.setattr(trainer_lib.Trainer, "compile", spy)
   train.train_and_evaluate(_cfg(data_dir, num_train_steps=1,
                                 **{"ckpt.fine_tune_from": str(src)}), str(tmp_path / "ft"))
   got = {checkpointing._path_str(p): v for p, v in

@@ -24,8 +24,10 @@ import input_pipeline_test  # tests/ is on sys.path (pytest rootdir-relative imp
 from virtuoso_jax import checkpointing
 from virtuoso_jax import config_lib
 from virtuoso_jax import metrics as metrics_lib
-from virtuoso_jax import sample
+from virtuoso_jax import inference
 from virtuoso_jax import train
+from virtuoso_jax import run_dir
+from virtuoso_jax import trainer as trainer_lib
 
 REPO = config_lib.REPO_ROOT
 SPECS = {"rga": "configs/rga.py:tiny", "gpt": "configs/gpt.py:tiny",
@@ -41,7 +43,7 @@ def data_dir(tmp_path_factory, fixture_corpus):
 def small(data_dir, kind="token", **extra):
   """Overrides for a fast run on the fixture dataset."""
   o = {"data.data_dir": data_dir, "data.tfds_name": input_pipeline_test.FIXTURE_NAME,
-       "data.tfds_config": kind, "data.prefetch": 2, "model.max_len": 64, "model.max_relative": 64,
+       "data.source": "manual", "data.encoding": kind, "data.prefetch": 2, "model.max_len": 64, "model.max_relative": 64,
        "model.num_layers": 1, "model.emb_dim": 64, "model.mlp_dim": 128, "model.num_heads": 2,
        "batch_size": 8, "num_train_steps": 2, "log_every_steps": 1, "eval_every_steps": 1000,
        "num_eval_batches": 2, "ckpt.every_steps": 1000, "tensorboard": False,
@@ -89,7 +91,7 @@ def test_two_step_smoke_of_tiny_variants(name, data_dir, tmp_path):
     # made for the RGA run.
     assert not (tmp_path / "samples").exists() and last["trained_steps"] == 2
     if name == "rga":
-      sample.write_config_sample(str(tmp_path), str(tmp_path / "samples"))
+      inference.write_config_sample(str(tmp_path), str(tmp_path / "samples"))
   finally:
     jax.config.update("jax_disable_most_optimizations", False)
   assert last["step"] == 2 and math.isfinite(last["train/loss"])
@@ -107,7 +109,7 @@ def test_two_step_smoke_of_tiny_variants(name, data_dir, tmp_path):
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model"]["vocab_size"] > 0  # Resolved from the codec.
   assert checkpointing.Checkpointer(str(tmp_path), cfg.ckpt).all_steps() == [2]
-  encoding = json.loads((tmp_path / train.ENCODING_FILE).read_text())
+  encoding = json.loads((tmp_path / run_dir.ENCODING_FILE).read_text())
   assert encoding["kind"] == kind and encoding["encoding"]["grid_ms"] > 0
   assert (tmp_path / "samples" / "sample_00.mid").is_file() == (name == "rga")
 
@@ -126,8 +128,8 @@ def test_loss_goes_down_on_real_midi(data_dir, tmp_path):
 def test_cpu_steps_with_big_temporaries_never_overlap(data_dir, tmp_path, monkeypatch):
   # Every step's temporaries count as big here; each dispatch must then find the previous
   # step finished (its outputs, this step's inputs, ready) and the heap back to its level.
-  monkeypatch.setattr(train, "SERIALIZE_STEPS_ABOVE_BYTES", 0)
-  trainer = train.Trainer(load(SPECS["rga"], small(data_dir, num_train_steps=6,
+  monkeypatch.setattr(trainer_lib, "SERIALIZE_STEPS_ABOVE_BYTES", 0)
+  trainer = trainer_lib.Trainer(load(SPECS["rga"], small(data_dir, num_train_steps=6,
                                                     **{"model.emb_dim": 128})), str(tmp_path))
   compiled = trainer.compile()
   assert trainer._serialize_steps and trainer._step_temp_bytes > 0

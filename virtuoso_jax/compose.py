@@ -25,409 +25,47 @@ Only `start` and `continue` load the model; accept/undo/show/set/export read the
 
 state.json is checked against an explicit schema on every load and before every save
 (`validate_state`): a damaged or hand-edited file is one error naming the file and the field.
+The sessions are virtuoso_jax.composition's; this binary reads flags and prints.
 """
 
-from __future__ import annotations
-
 import dataclasses
-import json
 import os
-from typing import Any, Optional
 
-import numpy as np
+from absl import app
+from absl import flags
 
-from virtuoso_jax import encoding
-from virtuoso_jax import sample as sample_lib
-
-STATE_FILE = "state.json"
-VERSION = 1
-SampleError = sample_lib.SampleError
-# Bounds of a state file (validate_state); the flags are held to the same ones.
-MAX_CANDIDATES = 64
-MAX_BLOCK_NOTES = 10_000
-MAX_BLOCK_SECONDS = 3600.0
-MAX_NOTES = 2_000_000  # Notes in the composition or one candidate (EncodingConfig.max_notes).
-MAX_TIME_UNITS = 100_000_000  # Onsets and durations, in grid units (27.7 h at 1 ms).
-MAX_HISTORY = 100_000  # Undo steps.
-_NOTE_RANGES = (("onset", 0, MAX_TIME_UNITS), ("duration", 0, MAX_TIME_UNITS),
-                ("pitch", 0, 127), ("velocity", 1, 127), ("instrument", 0, 128))
-_SETTING_KEYS = ("temperature", "top_k", "top_p", "block_notes", "block_seconds", "candidates",
-                 "instruments")
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_num(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # Not NaN.
-
-
-def _check_rows(rows, where: str) -> None:
-  if not isinstance(rows, list):
-    raise ValueError(f"{where} must be a list of notes, got {type(rows).__name__}")
-  if len(rows) > MAX_NOTES:
-    raise ValueError(f"{where} holds {len(rows)} notes, more than {MAX_NOTES}")
-  for i, r in enumerate(rows):
-    if not (isinstance(r, list) and len(r) == len(_NOTE_RANGES)):
-      raise ValueError(f"{where}[{i}] must be [onset, duration, pitch, velocity, instrument], "
-                       f"got {str(r)[:80]}")
-    for (name, lo, hi), v in zip(_NOTE_RANGES, r):
-      if not (_is_int(v) and lo <= v <= hi):
-        raise ValueError(f"{where}[{i}] {name} must be an int in {lo}..{hi}, got {str(v)[:40]}")
-
-
-def check_settings(d, where: str = "settings", prefix: str = "") -> None:
-  """ValueError naming the field (`prefix` + name, e.g. `--temperature`) of a bad setting."""
-  if not isinstance(d, dict):
-    raise ValueError(f"{where} must be an object, got {type(d).__name__}")
-  unknown = sorted(set(d) - set(_SETTING_KEYS))
-  if unknown:
-    raise ValueError(f"{where} has unknown fields {unknown}")
-  n = lambda k: f"{where}.{k}" if not prefix else f"{prefix}{k}"
-  checks = {
-      "temperature": (lambda v: _is_num(v) and 0 <= v < float("inf"), ">= 0"),
-      "top_k": (lambda v: _is_int(v) and 0 <= v <= sample_lib.MAX_TOKENS,
-                f"an int in 0..{sample_lib.MAX_TOKENS}"),
-      "top_p": (lambda v: _is_num(v) and 0 < v <= 1, "in (0, 1]"),
-      "block_notes": (lambda v: _is_int(v) and 0 <= v <= MAX_BLOCK_NOTES,
-                      f"an int in 0..{MAX_BLOCK_NOTES}"),
-      "block_seconds": (lambda v: _is_num(v) and 0 <= v <= MAX_BLOCK_SECONDS,
-                        f"in 0..{MAX_BLOCK_SECONDS:g}"),
-      "candidates": (lambda v: _is_int(v) and 1 <= v <= MAX_CANDIDATES,
-                     f"an int in 1..{MAX_CANDIDATES}"),
-      "instruments": (lambda v: v is None or (isinstance(v, list) and 0 < len(v) <= 129 and
-                                              all(_is_int(i) and 0 <= i <= 128 for i in v)),
-                      "null or a non-empty list of ints 0..128"),
-  }
-  for k, v in d.items():
-    ok, what = checks[k]
-    if not ok(v):
-      raise ValueError(f"{n(k)} must be {what}, got {str(v)[:60]}")
-  if d.get("block_notes", 1) < 1 and d.get("block_seconds", 0) <= 0:
-    raise ValueError(f"a block needs {n('block_notes')} >= 1 or {n('block_seconds')} > 0")
-
-
-def validate_state(state, file: str) -> dict:
-  """The whole state file against its schema and bounds; SampleError naming the file and the
-  field. Types: version 1; workdir, checkpoint, source strings; seed an int in
-  0..sample.SEED_MAX; settings (check_settings); notes, each history entry and each candidate a
-  list of [onset, duration, pitch, velocity, instrument] ints (onset/duration 0..MAX_TIME_UNITS
-  grid units, pitch 0..127, velocity 1..127, instrument 0..128, at most MAX_NOTES notes); at
-  most MAX_CANDIDATES candidates and MAX_HISTORY undo steps."""
-  try:
-    if not isinstance(state, dict):
-      raise ValueError(f"the file must hold an object, got {type(state).__name__}")
-    if state.get("version") != VERSION:
-      raise ValueError(f"version: {state.get('version')!r}, expected {VERSION}")
-    required = ("version", "workdir", "checkpoint", "source", "seed", "settings", "notes",
-                "history", "candidates")
-    missing = [k for k in required if k not in state]
-    if missing:
-      raise ValueError(f"missing fields {missing}")
-    unknown = sorted(set(state) - set(required))
-    if unknown:
-      raise ValueError(f"unknown fields {unknown}")
-    for k in ("workdir", "checkpoint", "source"):
-      if not isinstance(state[k], str) or (k != "source" and not state[k]):
-        raise ValueError(f"{k} must be a non-empty string, got {str(state[k])[:60]}")
-    if not (_is_int(state["seed"]) and 0 <= state["seed"] <= sample_lib.SEED_MAX):
-      raise ValueError(f"seed must be an int in 0..{sample_lib.SEED_MAX}, got "
-                       f"{str(state['seed'])[:40]}")
-    check_settings(state["settings"])
-    _check_rows(state["notes"], "notes")
-    for key, limit in (("history", MAX_HISTORY), ("candidates", MAX_CANDIDATES)):
-      if not isinstance(state[key], list):
-        raise ValueError(f"{key} must be a list, got {type(state[key]).__name__}")
-      if len(state[key]) > limit:
-        raise ValueError(f"{key} holds {len(state[key])} entries, more than {limit}")
-      for i, rows in enumerate(state[key]):
-        _check_rows(rows, f"{key}[{i}]")
-  except ValueError as e:
-    raise SampleError(f"session file {file} is damaged: {e}") from None
-  return state
-
-
-def _rows(notes: encoding.Notes) -> list[list[int]]:
-  return [list(map(int, r)) for r in notes.to_rows()]
-
-
-def _notes(rows) -> encoding.Notes:
-  return encoding.Notes.from_rows(rows) if rows else encoding.Notes.empty()
-
-
-@dataclasses.dataclass
-class Settings:
-  """Sampling settings of a session (changed by `continue` flags, kept for the next block)."""
-
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  block_notes: int = 32
-  block_seconds: float = 0.0  # > 0: blocks are measured in seconds instead of notes.
-  candidates: int = 1
-  instruments: Optional[list[int]] = None
-
-
-class Session:
-  """A co-composition session stored in `<path>/state.json`."""
-
-  def __init__(self, path: str, state: dict[str, Any]):
-    self.path = os.path.abspath(path)
-    self.state = state
-    self._run = None
-    self._enc = None
-    self.last_samples = []  # continue_'s Samples (with why each stopped).
-
-  # ---------------------------------------------------------------- persistence
-  @property
-  def state_file(self) -> str:
-    return os.path.join(self.path, STATE_FILE)
-
-  @classmethod
-  def create(cls, path: str, workdir: str, *, checkpoint: str = "latest",
-             notes: Optional[encoding.Notes] = None, source: str = "nothing",
-             settings: Optional[Settings] = None, seed: int = 0,
-             overwrite: bool = False) -> "Session":
-    """A new session starting from `notes` (None: from nothing)."""
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, STATE_FILE)) and not overwrite:
-      raise SampleError(f"session {path} already exists (pass --overwrite to start over, or "
-                        "use continue/accept/undo to go on with it)")
-    os.makedirs(path, exist_ok=True)
-    state = {"version": VERSION, "workdir": os.path.abspath(workdir), "checkpoint": checkpoint,
-             "source": source, "seed": int(seed),
-             "settings": dataclasses.asdict(settings or Settings()),
-             "notes": _rows(notes) if notes is not None else [], "history": [],
-             "candidates": []}
-    session = cls(path, state)
-    session.save()
-    return session
-
-  @classmethod
-  def load(cls, path: str) -> "Session":
-    """Loads `<path>/state.json`; SampleError naming the file if missing or damaged."""
-    file = os.path.join(os.path.abspath(path), STATE_FILE)
-    if not os.path.isfile(file):
-      raise SampleError(f"no session at {path} ({file} not found; run `compose start "
-                        f"--session={path} --workdir=...` first)")
-    try:
-      with open(file, encoding="utf-8") as f:
-        state = json.load(f)
-    except (OSError, ValueError, RecursionError) as e:
-      raise SampleError(f"session file {file} is damaged ({type(e).__name__}: {e})") from e
-    return cls(path, validate_state(state, file))
-
-  def save(self) -> None:
-    """Atomic write (a crash never leaves a half-written state file) of a state that passes
-    validate_state (an invalid one is never written)."""
-    validate_state(json.loads(json.dumps(self.state)), self.state_file)
-    tmp = self.state_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(self.state, f)
-    os.replace(tmp, self.state_file)
-
-  # ---------------------------------------------------------------- accessors
-  @property
-  def notes(self) -> encoding.Notes:
-    return _notes(self.state["notes"])
-
-  @property
-  def settings(self) -> Settings:
-    return Settings(**self.state["settings"])
-
-  def candidates(self) -> list[encoding.Notes]:
-    return [_notes(c) for c in self.state["candidates"]]
-
-  def run(self) -> sample_lib.Run:
-    if self._run is None:
-      self._run = sample_lib.load_run(self.state["workdir"], self.state["checkpoint"])
-    return self._run
-
-  @property
-  def enc_config(self) -> encoding.EncodingConfig:
-    """The run's encoding, from its config.json/encoding.json (no model, no JAX)."""
-    if self._run is not None:
-      return self._run.enc_config
-    if self._enc is None:
-      self._enc = sample_lib.load_codec(self.state["workdir"])[2].config
-    return self._enc
-
-  def set_settings(self, **changes) -> Settings:
-    """Makes `changes` (None: unchanged) the session's settings for later blocks; saves."""
-    settings = self._merged(changes)
-    self.state["settings"] = dataclasses.asdict(settings)
-    self.save()
-    return settings
-
-  def _merged(self, changes) -> Settings:
-    """The settings with `changes` applied (None: unchanged; instruments="any": no
-    restriction); SampleError naming the flag of a bad value."""
-    upd = {k: v for k, v in changes.items() if v is not None}
-    if upd.get("instruments") == "any":
-      upd["instruments"] = None
-    settings = dataclasses.replace(self.settings, **upd)
-    try:
-      check_settings(dataclasses.asdict(settings), prefix="--")
-    except ValueError as e:
-      raise SampleError(str(e).replace("--block_notes", "--notes").replace(
-          "--block_seconds", "--seconds")) from None
-    return settings
-
-  # ---------------------------------------------------------------- actions
-  def block_settings(self, **changes) -> Settings:
-    """The settings one `continue` uses: the session's, with `changes` (None: unchanged)."""
-    return self._merged(changes)
-
-  def continue_(self, run: Optional[sample_lib.Run] = None, *, keep: bool = False,
-                **changes) -> list[encoding.Notes]:
-    """Generates candidate blocks after the composition; returns the candidates' full notes.
-
-    `changes` (temperature, top_k, top_p, block_notes, block_seconds, candidates,
-    instruments) apply to this block only, unless `keep` makes them the session's settings.
-    """
-    settings = self.block_settings(**changes)  # Checked before the model loads.
-    run = run or self.run()
-    if settings.block_seconds > 0:
-      max_notes, max_seconds = None, settings.block_seconds
-    else:
-      max_notes, max_seconds = settings.block_notes, None
-    composition = self.notes
-    # max_tokens=None: the budget is sized to fit the block (sample.token_budget).
-    request = sample_lib.SampleRequest(
-        num_samples=settings.candidates, seed=self.state["seed"],
-        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-        max_tokens=None, max_notes=max_notes, max_seconds=max_seconds,
-        prompt_notes=composition if len(composition) else None,
-        instruments=settings.instruments)
-    samples = sample_lib.generate(run, request)
-    self.last_samples = samples
-    if keep:
-      self.state["settings"] = dataclasses.asdict(settings)
-    self.state["seed"] = (int(self.state["seed"]) + 1) % (sample_lib.SEED_MAX + 1)
-    self.state["candidates"] = [_rows(s.notes) for s in samples]
-    self.save()
-    return [s.notes for s in samples]
-
-  def accept(self, index: int = 0) -> encoding.Notes:
-    """Makes candidate `index` the composition (the old one goes on the undo stack)."""
-    cands = self.state["candidates"]
-    if not cands:
-      raise SampleError(f"session {self.path} has no candidates to accept (run continue first)")
-    if not 0 <= index < len(cands):
-      raise SampleError(f"--candidate must be in 0..{len(cands) - 1}, got {index}")
-    self.state["history"].append(self.state["notes"])
-    self.state["notes"] = cands[index]
-    self.state["candidates"] = []
-    self.save()
-    return self.notes
-
-  def undo(self) -> encoding.Notes:
-    """Restores the composition before the last accepted block (drops pending candidates)."""
-    if not self.state["history"]:
-      raise SampleError(f"nothing to undo in session {self.path}")
-    self.state["notes"] = self.state["history"].pop()
-    self.state["candidates"] = []
-    self.save()
-    return self.notes
-
-  def export(self, stem: Optional[str] = None, *, sf2: Optional[str] = None,
-             audio: bool = False) -> list[str]:
-    """Writes the composition as stem.mid / stem.png (default <session>/composition)."""
-    stem = stem or os.path.join(self.path, "composition")
-    if os.path.dirname(os.path.abspath(stem)):
-      os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    notes = self.notes
-    if not len(notes):
-      raise SampleError(f"session {self.path} has no notes yet (run continue and accept first)")
-    return sample_lib.write_piece(notes, self.enc_config, stem, sf2=sf2, audio=audio,
-                                  title=f"composition ({len(notes)} notes)")
-
-  def describe(self) -> str:
-    s = self.state
-    enc = self.enc_config
-    lines = [f"session {self.path}: model {s['workdir']} ({s['checkpoint']}), started from "
-             f"{s['source']}",
-             f"composition: {sample_lib.summarize(self.notes, enc)}",
-             f"undo steps: {len(s['history'])}; candidates pending: {len(s['candidates'])}; "
-             f"next seed: {s['seed']}",
-             f"settings in force for the next continue (change them with `compose set`): "
-             + ", ".join(f"{k}={v}" for k, v in s["settings"].items())]
-    for i, c in enumerate(self.candidates()):
-      lines.append(f"  candidate {i}: +{len(c) - len(self.notes)} notes -> "
-                   f"{sample_lib.summarize(c, enc)}")
-    return "\n".join(lines)
-
-
-def dataset_song(run: sample_lib.Run, song: str, split: str = "train") -> tuple[str, encoding.Notes]:
-  """(name, notes) of a dataset song given by index or by name (the dataset in config.json)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from virtuoso_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  name = input_pipeline.dataset_name(run.config)
-  try:
-    source = tfds.data_source(name, split=split, data_dir=input_pipeline.data_dir(run.config))
-  except ValueError as e:
-    raise SampleError(f"cannot open split {split!r} of {name} in "
-                      f"{input_pipeline.data_dir(run.config)}: {e}") from e
-  if song.lstrip("-").isdigit():
-    i = int(song)
-    if not 0 <= i < len(source):
-      raise SampleError(f"--song={i}: {name} split {split!r} has {len(source)} songs")
-    record = source[i]
-  else:
-    found = [r for r in (source[j] for j in range(len(source)))
-             if (r["name"].decode() if isinstance(r["name"], bytes) else r["name"]) == song]
-    if not found:
-      raise SampleError(f"--song={song!r}: no song of that name in {name} split {split!r}")
-    record = found[0]
-  title = record["name"].decode() if isinstance(record["name"], bytes) else str(record["name"])
-  if run.kind == "token":
-    notes = run.codec.decode(np.asarray(record["ids"]))
-  else:
-    text = record["text"]
-    notes = run.codec.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
-  return title, notes
-
-
-def _first_notes(notes: encoding.Notes, n: int) -> encoding.Notes:
-  if n <= 0 or n >= len(notes):
-    return notes
-  return encoding.Notes(**{k: v[:n] for k, v in notes.canonical().columns().items()})
-
-
-# ---------------------------------------------------------------------------- the binary
+from virtuoso_jax import composition
+from virtuoso_jax import inference
+from virtuoso_jax import run_dir
 
 COMMANDS = ("start", "continue", "set", "accept", "undo", "show", "export")
 
+flags.DEFINE_string("session", None, "Session folder (holds state.json and the rendered files).")
+flags.DEFINE_string("workdir", None, "start: the trained run to compose with.")
+flags.DEFINE_string("checkpoint", "latest", "start: latest | best | a step number.")
+flags.DEFINE_string("midi", None, "start: begin from this MIDI file.")
+flags.DEFINE_string("song", None, "start: begin from a dataset song (index or name).")
+flags.DEFINE_string("split", "train", "start: the dataset split of --song.")
+flags.DEFINE_integer("prompt_notes", 0, "start: keep the first N notes of --song, or the last N "
+                     "of --midi (0 = all).")
+flags.DEFINE_bool("overwrite", False, "start: replace an existing session.")
+flags.DEFINE_integer("seed", 0, "start: the first block's seed (each continue adds one).")
+flags.DEFINE_integer("notes", None, "continue/set: notes per block.")
+flags.DEFINE_float("seconds", None, "continue/set: seconds per block (instead of notes).")
+flags.DEFINE_integer("candidates", None, "continue/set: candidate blocks to generate.")
+flags.DEFINE_float("temperature", None, "continue/set: sampling temperature (0 = greedy).")
+flags.DEFINE_integer("top_k", None, "continue/set: top-k (0 = off).")
+flags.DEFINE_float("top_p", None, "continue/set: top-p (1.0 = off).")
+flags.DEFINE_list("instruments", None, "continue/set: restrict to these instruments (128 = "
+                  "drums); 'any' lifts the restriction.")
+flags.DEFINE_bool("keep", False, "continue: also make this block's flags the session's settings "
+                  "(as `set` does); without it they apply to this block only.")
+flags.DEFINE_integer("candidate", 0, "accept: which candidate.")
+flags.DEFINE_string("out", None, "export: output stem (default <session>/composition).")
+flags.DEFINE_string("sf2", None, "export: soundfont for the WAV.")
+flags.DEFINE_bool("audio", True, "export: also write a WAV when FluidSynth is installed.")
 
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags
-  f.DEFINE_string("session", None, "Session folder (holds state.json and the rendered files).")
-  f.DEFINE_string("workdir", None, "start: the trained run to compose with.")
-  f.DEFINE_string("checkpoint", "latest", "start: latest | best | a step number.")
-  f.DEFINE_string("midi", None, "start: begin from this MIDI file.")
-  f.DEFINE_string("song", None, "start: begin from a dataset song (index or name).")
-  f.DEFINE_string("split", "train", "start: the dataset split of --song.")
-  f.DEFINE_integer("prompt_notes", 0, "start: keep the first N notes of --song, or the last N "
-                   "of --midi (0 = all).")
-  f.DEFINE_bool("overwrite", False, "start: replace an existing session.")
-  f.DEFINE_integer("seed", 0, "start: the first block's seed (each continue adds one).")
-  f.DEFINE_integer("notes", None, "continue/set: notes per block.")
-  f.DEFINE_float("seconds", None, "continue/set: seconds per block (instead of notes).")
-  f.DEFINE_integer("candidates", None, "continue/set: candidate blocks to generate.")
-  f.DEFINE_float("temperature", None, "continue/set: sampling temperature (0 = greedy).")
-  f.DEFINE_integer("top_k", None, "continue/set: top-k (0 = off).")
-  f.DEFINE_float("top_p", None, "continue/set: top-p (1.0 = off).")
-  f.DEFINE_list("instruments", None, "continue/set: restrict to these instruments (128 = "
-                "drums); 'any' lifts the restriction.")
-  f.DEFINE_bool("keep", False, "continue: also make this block's flags the session's settings "
-                "(as `set` does); without it they apply to this block only.")
-  f.DEFINE_integer("candidate", 0, "accept: which candidate.")
-  f.DEFINE_string("out", None, "export: output stem (default <session>/composition).")
-  f.DEFINE_string("sf2", None, "export: soundfont for the WAV.")
-  f.DEFINE_bool("audio", True, "export: also write a WAV when FluidSynth is installed.")
-  return flags.FLAGS
+FLAGS = flags.FLAGS
 
 
 def _setting_changes(f) -> dict:
@@ -437,12 +75,12 @@ def _setting_changes(f) -> dict:
     if [x.strip().lower() for x in f.instruments] == ["any"]:
       instruments = "any"
     else:
-      instruments = sample_lib.parse_instruments(f.instruments)
-  sample_lib.check_knobs(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p)
+      instruments = inference.parse_instruments(f.instruments)
+  inference.check_knobs(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p)
   changes = dict(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
                  candidates=f.candidates, instruments=instruments)
   if f.seconds is not None and f.notes is not None:
-    raise SampleError("give --notes or --seconds per block, not both")
+    raise composition.SampleError("give --notes or --seconds per block, not both")
   if f.seconds is not None:
     changes["block_seconds"], changes["block_notes"] = f.seconds, 0
   elif f.notes is not None:
@@ -453,25 +91,25 @@ def _setting_changes(f) -> dict:
 def _command(cmd: str, f) -> None:
   if cmd == "start":
     if not f.workdir:
-      raise SampleError("start needs --workdir (the trained run)")
+      raise composition.SampleError("start needs --workdir (the trained run)")
     if f.midi and f.song is not None:
-      raise SampleError("start takes --midi or --song, not both")
-    sample_lib.check_knobs(seed=f.seed)
+      raise composition.SampleError("start takes --midi or --song, not both")
+    inference.check_knobs(seed=f.seed)
     if f.prompt_notes < 0:
-      raise SampleError(f"--prompt_notes must be >= 0, got {f.prompt_notes}")
-    if os.path.exists(os.path.join(f.session, STATE_FILE)) and not f.overwrite:
-      raise SampleError(f"session {os.path.abspath(f.session)} already exists (pass --overwrite "
+      raise composition.SampleError(f"--prompt_notes must be >= 0, got {f.prompt_notes}")
+    if os.path.exists(os.path.join(f.session, composition.STATE_FILE)) and not f.overwrite:
+      raise composition.SampleError(f"session {os.path.abspath(f.session)} already exists (pass --overwrite "
                         "to start over, or use continue/accept/undo to go on with it)")
     notes, source = None, "nothing"
     if f.midi:  # Read with the codec alone, before the model loads.
-      _, kind, codec = sample_lib.load_codec(f.workdir)
-      notes = sample_lib.read_prompt_midi(f.midi, codec.config, last_notes=f.prompt_notes)
-      notes, source = codec.quantize(notes) if kind == "token" else notes, f.midi
-    run = sample_lib.load_run(f.workdir, f.checkpoint)
+      config, codec = run_dir.load_codec(f.workdir)
+      notes = inference.read_prompt_midi(f.midi, codec.config, last_notes=f.prompt_notes)
+      notes, source = codec.quantize(notes) if config.data.encoding == "token" else notes, f.midi
+    run = inference.load_run(f.workdir, f.checkpoint)
     if f.song is not None:
-      title, notes = dataset_song(run, f.song, f.split)
-      notes, source = _first_notes(notes, f.prompt_notes), f"dataset song {title!r}"
-    session = Session.create(f.session, f.workdir, checkpoint=f.checkpoint, notes=notes,
+      title, notes = composition.dataset_song(run, f.song, f.split)
+      notes, source = composition.first_notes(notes, f.prompt_notes), f"dataset song {title!r}"
+    session = composition.Session.create(f.session, f.workdir, checkpoint=f.checkpoint, notes=notes,
                              source=source, seed=f.seed, overwrite=f.overwrite)
     session._run = run  # pylint: disable=protected-access
     if len(session.notes):
@@ -482,7 +120,7 @@ def _command(cmd: str, f) -> None:
       print(f"Started {session.path} from nothing")
     return
   changes = _setting_changes(f) if cmd in ("continue", "set") else {}
-  session = Session.load(f.session)
+  session = composition.Session.load(f.session)
   if cmd == "continue":
     settings = session.block_settings(**changes)  # Checked before the model loads.
     before, seed = len(session.notes), session.state["seed"]
@@ -493,16 +131,16 @@ def _command(cmd: str, f) -> None:
           + kept + f"; seed {seed}")
     for i, c in enumerate(cands):
       stem = os.path.join(session.path, f"candidate_{i:02d}")
-      paths = sample_lib.write_piece(c, enc, stem, audio=False,
+      paths = inference.write_piece(c, enc, stem, audio=False,
                                      title=f"candidate {i}: +{len(c) - before} notes")
       stopped = session.last_samples[i].stopped
-      print(f"candidate {i}: +{len(c) - before} notes -> {sample_lib.summarize(c, enc)}; "
+      print(f"candidate {i}: +{len(c) - before} notes -> {inference.summarize(c, enc)}; "
             f"stopped: {stopped} -> {', '.join(paths)}")
     print(f"accept one with: python -m virtuoso_jax.compose accept --session={f.session} "
           f"--candidate=N")
   elif cmd == "set":
     if not any(v is not None for v in changes.values()):
-      raise SampleError("set needs at least one of --notes, --seconds, --candidates, "
+      raise composition.SampleError("set needs at least one of --notes, --seconds, --candidates, "
                         "--temperature, --top_k, --top_p, --instruments")
     settings = session.set_settings(**changes)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items()))
@@ -525,10 +163,8 @@ def _command(cmd: str, f) -> None:
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.quiet_library_logs()  # Orbax's INFO chatter; our lines are printed.
-  del app
   usage = f"python -m virtuoso_jax.compose {{{'|'.join(COMMANDS)}}} --session=DIR [flags]"
   if len(argv) < 2:
     raise SystemExit(f"error: no command; usage: {usage}")
@@ -538,20 +174,14 @@ def main(argv):
     raise SystemExit("error: --session is required (the session folder)")
   try:
     _command(argv[1], FLAGS)
-  except (SampleError, FileNotFoundError) as e:
+  except (composition.SampleError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
-
-
-FLAGS = None
 
 
 def run():
   """Console-script entry point (`virtuoso-compose`); `python -m` runs the same."""
-  global FLAGS
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_binary()  # Before JAX starts: this process's CPU settings.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  FLAGS = _define_flags()
   app.run(main)
 
 

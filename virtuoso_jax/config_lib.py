@@ -25,8 +25,8 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _REMAT = ("none", "block")
 _REL_IMPL = ("auto", "naive", "skew", "blockwise")
 _POS_EMB = ("learned", "none")
-# virtuoso_midi configs built from a user's folder (`data.manual_dir`); the others have a source.
-MANUAL_CONFIGS = ("token", "char")
+_ENCODINGS = ("token", "char")  # virtuoso_jax.encoding.KINDS (this module imports no codec).
+_MANUAL_SOURCE = "manual"  # virtuoso_jax.dataset.MANUAL_SOURCE: the user's own folder.
 
 
 class ConfigError(ValueError):
@@ -133,13 +133,19 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
   node[leaf] = value
 
 
-def encoding_kind(config: ml_collections.ConfigDict) -> str:
-  """'token' or 'char', from `data.tfds_config` (`token`, `char`, or `{source}_{encoding}`)."""
-  kind = config.data.tfds_config.rsplit("_", 1)[-1]
-  if kind not in ("token", "char"):
-    raise ConfigError(f"data.tfds_config={config.data.tfds_config!r}: expected 'token', 'char' or "
-                      "'{source}_token' / '{source}_char'")
-  return kind
+def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+  """A run's saved config.json (a dict) in today's schema: runs written before data.source and
+  data.encoding were fields name both in `data.tfds_config` ("bach_token"; "token"/"char" for
+  a user's folder, now source "manual"). Returns `saved` itself when there is nothing to do."""
+  data = saved.get("data")
+  if not isinstance(data, dict) or "tfds_config" not in data:
+    return saved
+  data = dict(data)
+  name = str(data.pop("tfds_config"))
+  source, _, kind = name.rpartition("_")
+  data.setdefault("source", source or "manual")
+  data.setdefault("encoding", kind)
+  return dict(saved, data=data)
 
 
 def _check(cond: bool, field: str, value: Any, reason: str) -> None:
@@ -172,15 +178,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(m.attn_block_size > 0, "model.attn_block_size", m.attn_block_size, "must be positive")
 
   _check(bool(d.tfds_name), "data.tfds_name", d.tfds_name, "must not be empty")
-  kind = encoding_kind(config)
-  _check(not d.manual_dir or d.tfds_name != "virtuoso_midi" or d.tfds_config in MANUAL_CONFIGS,
+  _check(d.encoding in _ENCODINGS, "data.encoding", d.encoding, f"expected one of {_ENCODINGS}")
+  _check(isinstance(d.source, str) and bool(d.source) and "/" not in d.source, "data.source",
+         d.source, f"must name a dataset source, e.g. 'bach' or {_MANUAL_SOURCE!r} (your own "
+         "MIDI folder, with data.manual_dir)")
+  _check(not d.manual_dir or d.tfds_name != "virtuoso_midi" or d.source == _MANUAL_SOURCE,
          "data.manual_dir", d.manual_dir,
-         f"only the {MANUAL_CONFIGS} configs read a MIDI folder; data.tfds_config="
-         f"{d.tfds_config!r} has its own source (set --config.data.tfds_config=token)")
+         f"only data.source={_MANUAL_SOURCE!r} reads a MIDI folder; data.source={d.source!r} has "
+         f"its own files (set --config.data.source={_MANUAL_SOURCE})")
   _check(d.windowing in _WINDOWING, "data.windowing", d.windowing, f"expected one of {_WINDOWING}")
   _check(isinstance(d.transpose_semitones, int) and 0 <= d.transpose_semitones <= 12,
          "data.transpose_semitones", d.transpose_semitones, "must be an int in 0..12")
-  _check(kind == "token" or d.transpose_semitones == 0, "data.transpose_semitones",
+  _check(d.encoding == "token" or d.transpose_semitones == 0, "data.transpose_semitones",
          d.transpose_semitones, "transposition is defined on token ids only; set 0 for char data")
   _check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
   _check(d.prefetch >= 0, "data.prefetch", d.prefetch, "must be >= 0")
@@ -248,7 +257,7 @@ _RESUME_SAFE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate",
                              "residual_attention_dropout", "rel_impl", "attn_block_size", "dtype",
                              "remat")
 # data.worker_count: the grain iterator's saved state has one entry per worker.
-_RESUME_FIXED_DATA_FIELDS = ("tfds_name", "tfds_config", "manual_dir", "windowing",
+_RESUME_FIXED_DATA_FIELDS = ("tfds_name", "source", "encoding", "manual_dir", "windowing",
                              "train_split", "worker_count")
 
 
@@ -264,6 +273,7 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[s
   """
   if not isinstance(new, dict):
     new = json.loads(to_json(new))
+  saved, new = upgrade(saved), upgrade(new)
   out = []
 
   def get(d, group, field):
@@ -326,4 +336,4 @@ def from_json_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
       return tuple(fix(v) for v in node)
     return node
 
-  return ml_collections.ConfigDict(fix(data))
+  return ml_collections.ConfigDict(fix(upgrade(data)))

@@ -18,10 +18,11 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 from typing import Any, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 
 from virtuoso_jax import encoding
@@ -30,6 +31,28 @@ from virtuoso_jax import music_stats
 
 MIDI_SUFFIXES = (".mid", ".midi")
 COPY_NGRAM = 8  # n of the "share of n-grams found in the training split" figure.
+
+flags.DEFINE_string("workdir", None, "A training run (config.json, checkpoints/).")
+flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
+flags.DEFINE_string("split", None, "Held-out split of the run's dataset (e.g. test, validation): "
+                    "scored, and the reference for --samples.")
+flags.DEFINE_string("midi_dir", None, "Score this folder of MIDI with the run's codec instead.")
+flags.DEFINE_integer("stride", 0, "Window stride for scoring (0 = half the model's context).")
+flags.DEFINE_integer("batch_size", 8, "Windows scored at once.")
+flags.DEFINE_integer("samples", 0, "Generate this many pieces with the run and compare them.")
+flags.DEFINE_string("generated_dir", None, "Compare this folder of MIDI instead of generating.")
+flags.DEFINE_string("reference_dir", None, "Reference MIDI folder (default: --split's songs).")
+flags.DEFINE_integer("continue_notes", 0, "Generate continuations of the first N notes of "
+                     "reference songs (0 = from scratch); reports key agreement.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_float("temperature", None, "Sampling temperature (default the run's config).")
+flags.DEFINE_integer("top_k", None, "0 = off (default the run's config).")
+flags.DEFINE_float("top_p", None, "1.0 = off (default the run's config).")
+flags.DEFINE_integer("max_notes", 200, "New notes per generated piece.")
+flags.DEFINE_bool("copying", True, "Check generated pieces for copies of the training split.")
+flags.DEFINE_string("out", None, "Output folder (default <workdir>/eval, else ./eval).")
+
+FLAGS = flags.FLAGS
 
 
 class EvalError(ValueError):
@@ -232,33 +255,6 @@ def _json_safe(x):
 # ------------------------------------------------------------------ the binary
 
 
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags
-  f.DEFINE_string("workdir", None, "A training run (config.json, checkpoints/).")
-  f.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
-  f.DEFINE_string("split", None, "Held-out split of the run's dataset (e.g. test, validation): "
-                  "scored, and the reference for --samples.")
-  f.DEFINE_string("midi_dir", None, "Score this folder of MIDI with the run's codec instead.")
-  f.DEFINE_integer("stride", 0, "Window stride for scoring (0 = half the model's context).")
-  f.DEFINE_integer("batch_size", 8, "Windows scored at once.")
-  f.DEFINE_integer("samples", 0, "Generate this many pieces with the run and compare them.")
-  f.DEFINE_string("generated_dir", None, "Compare this folder of MIDI instead of generating.")
-  f.DEFINE_string("reference_dir", None, "Reference MIDI folder (default: --split's songs).")
-  f.DEFINE_integer("continue_notes", 0, "Generate continuations of the first N notes of "
-                   "reference songs (0 = from scratch); reports key agreement.")
-  f.DEFINE_integer("seed", 0, "Sampling seed.")
-  f.DEFINE_float("temperature", None, "Sampling temperature (default the run's config).")
-  f.DEFINE_integer("top_k", None, "0 = off (default the run's config).")
-  f.DEFINE_float("top_p", None, "1.0 = off (default the run's config).")
-  f.DEFINE_integer("max_notes", 200, "New notes per generated piece.")
-  f.DEFINE_bool("copying", True, "Check generated pieces for copies of the training split.")
-  f.DEFINE_string("out", None, "Output folder (default <workdir>/eval, else ./eval).")
-  return flags.FLAGS
-
-
-FLAGS = None
-
 
 def evaluate(f) -> dict[str, Any]:
   """The binary's work, from parsed flags; returns the report written to eval.json."""
@@ -279,8 +275,8 @@ def evaluate(f) -> dict[str, Any]:
   run = None
   enc_config = encoding.EncodingConfig()
   if f.workdir:
-    from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
-    run = sample.load_run(f.workdir, f.checkpoint)
+    from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
+    run = inference.load_run(f.workdir, f.checkpoint)
     enc_config = run.enc_config
     print(f"Run {run.workdir}: {run.config.model.name}, {run.kind} codec, step {run.step}",
           flush=True)
@@ -345,7 +341,7 @@ def _after(notes: encoding.Notes, k: int) -> encoding.Notes:
 
 def _generate(run, f, reference) -> tuple[list[encoding.Notes], list[encoding.Notes]]:
   """--samples pieces (continuations of reference songs' first notes with --continue_notes)."""
-  from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
   s = run.config.sample
   pick = lambda flag, default: default if flag is None else flag
   common = dict(temperature=pick(f.temperature, s.temperature), top_k=pick(f.top_k, s.top_k),
@@ -353,8 +349,8 @@ def _generate(run, f, reference) -> tuple[list[encoding.Notes], list[encoding.No
   print(f"Generating {f.samples} pieces of {f.max_notes} notes (temperature "
         f"{common['temperature']}, top_k {common['top_k']}, top_p {common['top_p']})", flush=True)
   if not f.continue_notes:
-    samples = sample.generate(run, sample.SampleRequest(num_samples=f.samples, seed=f.seed,
-                                                        **common))
+    samples = inference.generate(run, inference.SampleRequest(num_samples=f.samples,
+                                                              seed=f.seed, **common))
     return [x.notes for x in samples], []
   generated, prompts = [], []
   usable = [r for r in reference if len(r) > f.continue_notes]
@@ -362,8 +358,8 @@ def _generate(run, f, reference) -> tuple[list[encoding.Notes], list[encoding.No
     raise EvalError(f"--continue_notes={f.continue_notes}: no reference piece is that long")
   for i in range(f.samples):
     prompt = _first(usable[i % len(usable)], f.continue_notes)
-    samples = sample.generate(run, sample.SampleRequest(num_samples=1, seed=f.seed + i,
-                                                        prompt_notes=prompt, **common))
+    samples = inference.generate(run, inference.SampleRequest(
+        num_samples=1, seed=f.seed + i, prompt_notes=prompt, **common))
     generated.append(samples[0].notes)
     prompts.append(run.codec.quantize(prompt) if hasattr(run.codec, "quantize") else prompt)
     _progress("continuations")(i + 1, f.samples)
@@ -371,16 +367,15 @@ def _generate(run, f, reference) -> tuple[list[encoding.Notes], list[encoding.No
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.quiet_library_logs()  # Orbax's INFO chatter; our lines are printed.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = FLAGS
-  from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import run_dir  # pylint: disable=g-import-not-at-top
   try:
     report = evaluate(f)
-  except (EvalError, sample.SampleError, FileNotFoundError) as e:
+  except (EvalError, run_dir.RunError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   out = f.out or os.path.join(f.workdir or ".", "eval")
   os.makedirs(out, exist_ok=True)
@@ -395,11 +390,8 @@ def main(argv):
 
 def run():
   """Console-script entry point (`virtuoso-evaluate`)."""
-  global FLAGS
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_binary()  # Before JAX starts: this process's CPU settings.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  FLAGS = _define_flags()
   app.run(main)
 
 

@@ -42,16 +42,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import pathlib
-import subprocess
-import sys
 from typing import Any, Iterator
 
 import grain
 import numpy as np
 
-from virtuoso_jax import config_lib
+from virtuoso_jax import dataset
 from virtuoso_jax import evaluation
 
 log = logging.getLogger(__name__)
@@ -62,131 +58,6 @@ log = logging.getLogger(__name__)
 #   mask    float32[b, L] 1 where the target counts in the loss (0 for PAD and overlaps)
 
 
-class DatasetNotPreparedError(RuntimeError):
-  """The configured dataset is not prepared and cannot be prepared automatically."""
-
-
-# ------------------------------------------------------------------ dataset access
-
-
-def dataset_name(config) -> str:
-  return f"{config.data.tfds_name}/{config.data.tfds_config}"
-
-
-def data_dir(config) -> str:
-  """The TFDS data_dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  d = config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-  return os.path.expanduser(d)
-
-
-def _builder(config):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.builder(dataset_name(config), data_dir=data_dir(config))
-
-
-def is_prepared(config) -> bool:
-  """Whether the prepared dataset exists under data_dir (read by name; no builder import)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    builder = _builder(config)
-  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError):
-    return False
-  return builder.is_prepared() if hasattr(builder, "is_prepared") else True
-
-
-def prepare_command(config, repo_root: str | os.PathLike | None = None) -> list[str]:
-  cmd = [sys.executable, "-m", "data_pipelines.virtuoso_midi.prepare",
-         f"--config={config.data.tfds_config}", f"--data_dir={data_dir(config)}"]
-  if config.data.manual_dir:
-    cmd.append(f"--manual_dir={os.path.expanduser(config.data.manual_dir)}")
-  return cmd
-
-
-def prepare_dataset(config, repo_root: str | os.PathLike | None = None) -> None:
-  """Prepares the configured dataset by running the data_pipelines CLI in a subprocess.
-
-  virtuoso_jax never imports data_pipelines; the subprocess runs from the repository root
-  (`repo_root`, else the checkout this package is installed from).
-  """
-  root = pathlib.Path(repo_root or config_lib.REPO_ROOT)
-  cmd = prepare_command(config)
-  if config.data.tfds_name != "virtuoso_midi":
-    raise DatasetNotPreparedError(
-        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}; only "
-        "virtuoso_midi can be prepared automatically (check data.tfds_name / data.data_dir)")
-  if config.data.tfds_config in config_lib.MANUAL_CONFIGS and not config.data.manual_dir:
-    raise DatasetNotPreparedError(
-        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}, and it is built "
-        f"from your own MIDI folder: pass --config.data.manual_dir=/path/to/midis (or build it "
-        f"first: tfds build data_pipelines/virtuoso_midi --config={config.data.tfds_config} "
-        f"--manual_dir=/path/to/midis --data_dir={data_dir(config)})")
-  if not (root / "data_pipelines" / "virtuoso_midi").is_dir():
-    raise DatasetNotPreparedError(
-        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}, and no "
-        f"data_pipelines/ folder was found under {root} to prepare it. From a virtuoso_jax "
-        f"checkout run: {' '.join(cmd)}")
-  log.warning("Dataset %s is not prepared in %s; preparing it now (once): %s",
-                  dataset_name(config), data_dir(config), " ".join(cmd))
-  result = subprocess.run(cmd, cwd=root, check=False)
-  if result.returncode != 0:
-    raise DatasetNotPreparedError(
-        f"preparing {dataset_name(config)} failed (exit code {result.returncode}); "
-        f"command: {' '.join(cmd)} (cwd {root})")
-  if not is_prepared(config):
-    raise DatasetNotPreparedError(
-        f"{' '.join(cmd)} finished but {dataset_name(config)} is still not found in "
-        f"{data_dir(config)}")
-
-
-def ensure_prepared(config) -> None:
-  """Prepares the configured dataset if it is missing (data.prepare_if_missing; process 0 runs
-  `prepare_dataset`, the others wait for it), else DatasetNotPreparedError naming the command.
-  The training binary calls it before train.train_and_evaluate."""
-  if is_prepared(config):
-    return
-  if not config.data.prepare_if_missing:
-    raise DatasetNotPreparedError(
-        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)} and "
-        f"data.prepare_if_missing is False; run: " + " ".join(prepare_command(config)))
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() == 0:
-    prepare_dataset(config)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("dataset_prepared")
-
-
-def load_codec(config):
-  """Rebuilds the dataset's codec from `DatasetInfo.metadata["encoding"]`."""
-  from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
-  info = _builder(config).info
-  metadata = info.metadata or {}
-  if "encoding" not in metadata:
-    raise ValueError(f"dataset {dataset_name(config)} in {data_dir(config)} has no "
-                     "metadata['encoding']; rebuild it with the current data_pipelines")
-  check_manual_dir(config, metadata.get("report") or {})
-  enc_config = encoding.EncodingConfig.from_dict(metadata["encoding"])
-  if config_lib.encoding_kind(config) == "char":
-    return encoding.CharCodec(enc_config)
-  return encoding.TokenCodec(enc_config)
-
-
-def check_manual_dir(config, report) -> None:
-  """A `token`/`char` dataset built from another folder than `data.manual_dir` is an error
-  (they share one name per data_dir; training on the wrong corpus would be silent)."""
-  wanted = config.data.manual_dir
-  built_from = report.get("manual_dir")
-  if not wanted or not built_from:
-    return
-  if os.path.realpath(os.path.expanduser(wanted)) != os.path.realpath(built_from):
-    raise DatasetNotPreparedError(
-        f"dataset {dataset_name(config)} in {data_dir(config)} was built from {built_from}, but "
-        f"config.data.manual_dir is {wanted}. Use one data_dir per corpus "
-        f"(--config.data.data_dir=...), or rebuild it: python -m "
-        f"data_pipelines.virtuoso_midi.prepare --config={config.data.tfds_config} "
-        f"--manual_dir={wanted} --data_dir={data_dir(config)} --overwrite")
-
-
 class SongSource:
   """Random access to one split's songs as int32 id arrays (BOS ... EOS).
 
@@ -194,10 +65,10 @@ class SongSource:
   """
 
   def __init__(self, config, split: str, codec=None):
-    self._name = dataset_name(config)
-    self._data_dir = data_dir(config)
+    self._name = dataset.dataset_name(config)
+    self._data_dir = dataset.data_dir(config)
     self._split = split
-    self._kind = config_lib.encoding_kind(config)
+    self._kind = config.data.encoding
     self._codec = codec
     self._source = None
     self._len = len(self._open())
@@ -579,13 +450,13 @@ class InputPipeline:
     self.seq_len = config.model.max_len
     self.global_batch = config.batch_size
     self.rows = local_rows(batch_sharding, self.global_batch)
-    self.codec = codec if codec is not None else load_codec(config)
-    kind = config_lib.encoding_kind(config)
+    self.codec = codec if codec is not None else dataset.load_codec(config)
+    kind = config.data.encoding
     d = config.data
     train = SongSource(config, d.train_split, self.codec)
     evals = SongSource(config, d.eval_split, self.codec)
     if len(train) == 0:
-      raise ValueError(f"split {d.train_split!r} of {dataset_name(config)} is empty")
+      raise ValueError(f"split {d.train_split!r} of {dataset.dataset_name(config)} is empty")
     train_lengths = song_lengths(train)
     eval_lengths = song_lengths(evals)
     self.train_index = build_windows(train_lengths, self.seq_len)

@@ -78,7 +78,8 @@ def main(argv):
   from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
 
-  from virtuoso_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import dataset  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import run_dir  # pylint: disable=g-import-not-at-top
 
   log = py_logging.getLogger("virtuoso_jax.main")
   try:
@@ -86,18 +87,18 @@ def main(argv):
     log.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
              jax.process_count(), jax.device_count(), jax.local_device_count(),
              jax.devices()[0].device_kind)
-    log.info("Workdir %s; model %s; data %s/%s", os.path.abspath(_WORKDIR.value),
-             config.model.name, config.data.tfds_name, config.data.tfds_config)
+    log.info("Workdir %s; model %s; data %s", os.path.abspath(_WORKDIR.value),
+             config.model.name, dataset.dataset_name(config))
     # A run this config cannot resume stops before anything, dataset preparation included.
-    train.check_workdir(config, os.path.abspath(_WORKDIR.value), _WORKDIR.value)
-    input_pipeline.ensure_prepared(config)  # A missing dataset is prepared once (process 0).
+    run_dir.check_workdir(config, os.path.abspath(_WORKDIR.value), _WORKDIR.value)
+    dataset.ensure_prepared(config)  # A missing dataset is prepared once (process 0).
     result = train.train_and_evaluate(config, _WORKDIR.value)
     # Multi-process runs skip it: restoring is collective there, and the other processes exit.
     if (config.sample.write_at_end and config.ckpt.enabled and result["stopped"] == "done"
         and result["trained_steps"] and jax.process_count() == 1):
       _write_end_sample(_WORKDIR.value, log)
   # What the user can fix (a config value, the data, a diverged run) ends with its message only.
-  except (config_lib.ConfigError, input_pipeline.DatasetNotPreparedError,
+  except (config_lib.ConfigError, dataset.DatasetNotPreparedError,
           train.NonFiniteLossError) as e:
     raise SystemExit(f"error: {e}") from None
 
@@ -106,10 +107,10 @@ def _write_end_sample(workdir: str, log) -> None:
   """config.sample.write_at_end: one sample of the final model, in this process (on a TPU host a
   subprocess could not open the chips this process holds). A failure is reported, not raised:
   the trained checkpoints are what matters."""
-  from virtuoso_jax import sample  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
   try:
-    sample.write_config_sample(workdir, os.path.join(workdir, "samples"))
-  except (sample.SampleError, OSError, ValueError) as e:  # (ValueError: memory pre-flight too)
+    inference.write_config_sample(workdir, os.path.join(workdir, "samples"))
+  except (inference.SampleError, OSError, ValueError) as e:  # (ValueError: memory pre-flight too)
     log.warning("Could not write the end-of-training sample (%s: %s); run: python -m "
                 "virtuoso_jax.sample --workdir=%s", type(e).__name__, e, workdir)
 

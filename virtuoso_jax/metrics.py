@@ -49,7 +49,6 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 5, dtype: str = "float3
   The one matmul-peak measurement of the codebase (benchmarks.common calls it too).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   b = jax.random.normal(jax.random.key(1), (size, size), dtype)
   f = jax.jit(lambda x, y: x @ y)

@@ -89,12 +89,6 @@ class CorpusError(ValueError):
   prepared dataset of another folder); the message names the folder and what to do."""
 
 
-def same_folder(a, b) -> bool:
-  """Whether two folder paths name the same folder (`~` and symlinks resolved)."""
-  real = lambda p: os.path.realpath(os.path.expanduser(os.fspath(p)))
-  return real(a) == real(b)
-
-
 # --------------------------------------------------------------------------- items
 
 

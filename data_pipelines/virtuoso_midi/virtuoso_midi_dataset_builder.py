@@ -51,6 +51,7 @@ except ModuleNotFoundError as _e:  # pragma: no cover - depends on how the packa
         "root)") from _e
   sys.path.insert(0, os.fspath(_REPO_ROOT))
   from virtuoso_jax import encoding as enc
+from virtuoso_jax import dataset as vj_dataset  # pylint: disable=g-bad-import-order
 
 try:  # `tfds build` imports this module as `virtuoso_midi.virtuoso_midi_dataset_builder`.
   from . import processing
@@ -446,11 +447,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     stored = tfds.core.MetadataDict()
     stored.load_metadata(self.data_dir)
     built_from = (stored.get("report") or {}).get("manual_dir")
-    if built_from and not processing.same_folder(manual_dir, built_from):
+    mismatch = vj_dataset.manual_dir_mismatch(manual_dir, built_from)
+    if mismatch:
       raise CorpusError(
-          f"virtuoso_midi/{self.builder_config.name} in {self.data_dir} was built from "
-          f"{built_from}, not from {manual_dir}. Use another --data_dir for this corpus, or "
-          "rebuild it in place with --overwrite")
+          f"virtuoso_midi/{self.builder_config.name} in {self.data_dir} {mismatch}. Use another "
+          "--data_dir for this corpus, or rebuild it in place with --overwrite")
 
   def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
     """TFDS's, but a prepared `token`/`char` dataset built from another folder than the

@@ -2,7 +2,7 @@
 
 Public names (docs/architecture.md section 1): `Notes`, `EncodingConfig`, `midi_to_notes`,
 `notes_to_midi`, `notes_to_note_sequence`, `note_sequence_to_notes`, `TokenCodec`, `CharCodec`,
-`transpose`, `MidiError`.
+`transpose`, `MidiError`, `make_codec`.
 """
 
 from virtuoso_jax.encoding.char_codec import CharCodec
@@ -22,8 +22,18 @@ from virtuoso_jax.encoding.notes import transpose
 from virtuoso_jax.encoding.token_codec import Grammar
 from virtuoso_jax.encoding.token_codec import TokenCodec
 
+KINDS = ("token", "char")  # config.data.encoding: the codec a dataset and a model use.
+
+
+def make_codec(kind: str, config: EncodingConfig):
+  """The codec of `kind` ("token" | "char") over `config`."""
+  if kind not in KINDS:
+    raise ValueError(f"unknown encoding kind {kind!r}; expected one of {KINDS}")
+  return CharCodec(config) if kind == "char" else TokenCodec(config)
+
+
 __all__ = [
-    "CharCodec", "DRUMS", "EncodingConfig", "GM_PROGRAM_NAMES", "Grammar", "MidiError",
+    "KINDS", "make_codec", "CharCodec", "DRUMS", "EncodingConfig", "GM_PROGRAM_NAMES", "Grammar", "MidiError",
     "MidiInfo", "Notes", "TokenCodec", "describe", "instrument_name", "midi_to_notes",
     "note_sequence_to_notes", "notes_to_midi", "notes_to_note_sequence", "transpose",
 ]

@@ -1,0 +1,444 @@
+"""Inference on a trained run: load it, build prompts, generate, decode and write music.
+
+  run = inference.load_run(workdir)                       # config, codec, model (params only)
+  pieces = inference.generate(run, SampleRequest(num_samples=2, max_notes=100))
+  inference.write_outputs(run, pieces, out_dir)           # MIDI, piano roll (+ TXT, WAV)
+
+Generation is one compiled loop over a KV cache (virtuoso_jax.sampling); every sample follows
+the codec's grammar, so it decodes. Used by the sampling, composing and evaluation binaries and
+by the training binary's end-of-run sample; a run's files are read through virtuoso_jax.run_dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from virtuoso_jax import encoding
+from virtuoso_jax import run_dir
+
+SEED_MAX = 2**32 - 1  # Seeds are uint32 (what every PRNG here and in numpy takes).
+MAX_TOKENS = 1_000_000  # Per sample: the sampler's history buffer is [samples, prompt + this].
+DEFAULT_MAX_TOKENS = 1024  # No length asked for at all (the library's default).
+
+
+# A bad sampling request: missing workdir/checkpoint, unreadable prompt, config mismatch (the
+# run directory's own error: virtuoso_jax.run_dir raises it for the files it reads).
+SampleError = run_dir.RunError
+
+
+def check_knobs(*, temperature=None, top_k=None, top_p=None, seed=None, prefix="--") -> None:
+  """SampleError naming every sampling knob (given, i.e. not None) that means nothing: the
+  binaries call it before loading a model, SampleRequest after taking the config's defaults."""
+  bad = []
+  if temperature is not None and not (isinstance(temperature, (int, float)) and
+                                      0 <= temperature < float("inf")):
+    bad.append(f"{prefix}temperature must be >= 0 (0 = greedy), got {temperature}")
+  if top_k is not None and not (isinstance(top_k, (int, np.integer)) and
+                                not isinstance(top_k, bool) and 0 <= top_k <= MAX_TOKENS):
+    bad.append(f"{prefix}top_k must be an int in 0..{MAX_TOKENS} (0 = off), got {top_k}")
+  if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    bad.append(f"{prefix}top_p must be in (0, 1] (1 = off), got {top_p}")
+  if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed <= SEED_MAX):
+    bad.append(f"{prefix}seed must be an int in 0..{SEED_MAX}, got {seed}")
+  if bad:
+    raise SampleError("; ".join(bad))
+
+
+def parse_instruments(values, flag: str = "--instruments") -> Optional[list[int]]:
+  """A list of GM programs (0..127, 128 = drums) from flag strings or ints; None stays None.
+  SampleError naming the flag and the bad value."""
+  if values is None:
+    return None
+  if not values:
+    raise SampleError(f"{flag} is empty; give GM programs (0..127, 128 = drums), e.g. "
+                      f"{flag}=0,40,128, or leave the flag out for any")
+  out = []
+  for v in values:
+    try:
+      i = int(str(v).strip())
+    except ValueError:
+      i = None
+    if i is None or isinstance(v, bool) or not 0 <= i <= 128:
+      raise SampleError(f"{flag} must be GM programs 0..127 or 128 (drums), got {v!r} in "
+                        f"{','.join(map(str, values))}")
+    out.append(i)
+  return out
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained model ready to sample: config, codec, model (with restored params), tables."""
+
+  workdir: str
+  config: Any  # ml_collections.ConfigDict (config.json)
+  codec: Any  # TokenCodec | CharCodec
+  model: Any  # virtuoso_jax.models decoder
+  step: int
+  tables: Any  # sampling.GrammarTables
+
+  @property
+  def kind(self) -> str:
+    """"token" | "char" (config.data.encoding)."""
+    return self.config.data.encoding
+
+  @property
+  def enc_config(self) -> encoding.EncodingConfig:
+    return self.codec.config
+
+  @property
+  def context(self) -> int:
+    return int(self.config.model.max_len)
+
+
+def load_run(workdir: str, checkpoint: str = "latest") -> Run:
+  """Loads a training run for sampling (parameters only, never the optimizer state).
+
+  Args:
+    workdir: the run's --workdir (holds config.json and checkpoints/).
+    checkpoint: "latest", "best" (lowest eval loss) or a step number.
+
+  Raises:
+    SampleError naming the path and the reason (no workdir, no config.json, no checkpoint,
+    checkpoint shapes that do not match config.json, a vocabulary mismatch).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import checkpointing, models, sampling  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  cfg_path = os.path.join(workdir, run_dir.CONFIG_FILE)
+  config, codec = run_dir.load_codec(workdir)
+  step_arg = {"best": True} if checkpoint == "best" else {}
+  if checkpoint not in ("latest", "best"):
+    try:
+      step_arg = {"step": int(checkpoint)}
+    except ValueError as e:
+      raise SampleError(f"--checkpoint must be latest, best or a step number, got "
+                        f"{checkpoint!r}") from e
+
+  model = models.create_model(config.model, nnx.Rngs(config.seed))
+  _, params, _ = nnx.split(model, nnx.Param, ...)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          params)
+  try:
+    step, bad = checkpointing.params_mismatch(workdir, abstract, **step_arg)
+  except FileNotFoundError as e:
+    raise SampleError(f"no checkpoint to sample from: {e}") from e
+  except checkpointing.CheckpointError as e:
+    raise SampleError(str(e)) from e
+  if bad:
+    raise SampleError(
+        f"the checkpoint in {checkpointing.checkpoint_dir(workdir)} (step {step}) does not match "
+        f"{cfg_path} (model {config.model.name}, {config.model.num_layers} layers, width "
+        f"{config.model.emb_dim}, vocab {config.model.vocab_size}): {'; '.join(bad)}")
+  try:
+    step, restored = checkpointing.restore_params(workdir, abstract, step=step)
+  except FileNotFoundError as e:
+    raise SampleError(f"no checkpoint to sample from: {e}") from e
+  # Orbax reports shape/structure mismatches with several exception types.
+  except (ValueError, KeyError, TypeError) as e:
+    raise SampleError(
+        f"the checkpoint in {checkpointing.checkpoint_dir(workdir)} does not match "
+        f"{cfg_path} (model {config.model.name}, {config.model.num_layers} layers, width "
+        f"{config.model.emb_dim}, vocab {config.model.vocab_size}): {type(e).__name__}: "
+        f"{str(e)[:500]}") from e
+  nnx.update(model, restored)
+  return Run(workdir, config, codec, model, int(step), sampling.grammar_tables(codec))
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+def read_prompt_midi(path: str, enc_config: encoding.EncodingConfig, *, last_notes: int = 0,
+                     last_seconds: float = 0.0) -> encoding.Notes:
+  """The last `last_notes` notes (or those starting in the last `last_seconds` seconds; 0: all)
+  of a MIDI file, shifted to start at 0. Raises SampleError naming the file and the reason."""
+  if last_notes < 0 or last_seconds < 0:
+    raise SampleError("--prompt_notes and --prompt_seconds must be >= 0")
+  if not os.path.isfile(path):
+    raise SampleError(f"prompt MIDI {path} does not exist")
+  try:
+    notes = encoding.midi_to_notes(path, enc_config)
+  except encoding.MidiError as e:
+    raise SampleError(f"prompt MIDI {path} is unreadable: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except  (any unreadable prompt is the user's file)
+    raise SampleError(f"prompt MIDI {path} is unreadable: {type(e).__name__}: {e}") from e
+  if not len(notes):
+    raise SampleError(f"prompt MIDI {path} holds no notes to continue")
+  idx = np.arange(len(notes))
+  if last_notes:
+    idx = idx[-last_notes:]
+  elif last_seconds:
+    units = last_seconds * 1000.0 / enc_config.grid_ms
+    idx = idx[notes.onset >= notes.onset.max() - units]
+  cols = {k: v[idx] for k, v in notes.columns().items()}
+  cols["onset"] = cols["onset"] - cols["onset"].min()
+  return encoding.Notes(**cols).canonical()
+
+
+def length_hint(notes: int) -> str:
+  """The original char models' header convention, `SONG=<name>_with_<N>_notes` (a length hint
+  the model learnt from the training headers)."""
+  return f"SONG=Composition_with_{int(notes)}_notes\n"
+
+
+@dataclasses.dataclass
+class SampleRequest:
+  """What to generate (see the binary's flags)."""
+
+  num_samples: int = 1
+  seed: int = 0
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_tokens: Optional[int] = None  # None: sized to fit max_notes / max_seconds (else 1024).
+  max_notes: Optional[int] = None
+  max_seconds: Optional[float] = None
+  prompt_notes: Optional[encoding.Notes] = None  # Continue these notes.
+  prompt_text: Optional[str] = None  # Char models: a TXT prompt (e.g. "SONG=...").
+  instruments: Optional[Sequence[int]] = None
+  memory_check: str = "refuse"  # The sampler's memory pre-flight: "refuse" | "warn" | "off".
+  memory_limit_mib: int = 0  # Plan for at most this much memory (0: all that is free).
+
+  def __post_init__(self):
+    """Counts and limits that cannot mean anything are a SampleError naming the flag (the
+    sampling knobs are checked by sampling.SampleOptions)."""
+    bad = [f"--{flag} must be {what}, got {value}" for flag, value, ok, what in (
+        ("num_samples", self.num_samples, self.num_samples >= 1, ">= 1"),
+        ("num_samples", self.num_samples, self.num_samples <= 4096, "at most 4096"),
+        ("max_tokens", self.max_tokens, self.max_tokens is None or self.max_tokens >= 1, ">= 1"),
+        ("max_tokens", self.max_tokens, self.max_tokens is None or self.max_tokens <= MAX_TOKENS,
+         f"at most {MAX_TOKENS} (the sampler's limit)"),
+        ("max_notes", self.max_notes, self.max_notes is None or self.max_notes >= 1, ">= 1"),
+        ("max_notes", self.max_notes, self.max_notes is None or self.max_notes <= MAX_TOKENS,
+         f"at most {MAX_TOKENS}"),
+        ("max_seconds", self.max_seconds,
+         self.max_seconds is None or 0 < self.max_seconds < float("inf"), "> 0"),
+    ) if not ok]
+    if bad:
+      raise SampleError("; ".join(bad))
+    check_knobs(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                seed=self.seed)
+    if self.instruments is not None:
+      self.instruments = parse_instruments(self.instruments)
+
+
+@dataclasses.dataclass
+class Sample:
+  """One generated piece: all its notes (prompt included), its ids/text and statistics."""
+
+  notes: encoding.Notes
+  ids: np.ndarray  # prompt + generated ids
+  prompt_len: int
+  new_tokens: int
+  new_notes: int
+  text: Optional[str] = None  # char models
+  tokens_per_s: float = 0.0
+  stopped: str = ""  # Why generation stopped: "EOS", "notes", "seconds" or "tokens" (+ detail).
+
+
+def build_prompt(run: Run, request: SampleRequest) -> tuple[np.ndarray, int, np.ndarray]:
+  """(prompt ids, grammar state after them, boundary flags) for a request."""
+  if run.kind == "token":
+    if request.prompt_text is not None:
+      raise SampleError(f"--prompt_text is for char models; {run.workdir} holds a token model "
+                        f"(data.encoding={run.kind!r}); use --prompt_midi")
+    notes = request.prompt_notes
+    if notes is None or not len(notes):
+      ids = np.array([run.codec.bos_id], np.int32)
+    else:
+      ids = run.codec.encode(notes, add_eos=False).astype(np.int32)
+    body = ids[1:]
+    state, flags = run.tables.walk(body)
+    return ids, state, np.concatenate([[True], flags])
+  from virtuoso_jax import sampling  # pylint: disable=g-import-not-at-top
+  if request.instruments:
+    raise SampleError("--instruments needs a token model (char ids are shared by every field)")
+  text = request.prompt_text
+  if request.prompt_notes is not None and len(request.prompt_notes):
+    text = run.codec.encode(request.prompt_notes, name="Self-Continuation")
+  if text is None:
+    text = length_hint(request.max_notes) if request.max_notes else "SONG=Composition\n"
+  if text.split("\n")[-1].startswith("SONG="):
+    text += "\n"  # A title line the user wrote is complete; the model starts with notes.
+  try:
+    state, flags = sampling.char_prompt_state(run.tables, text, run.codec)
+  except (ValueError, KeyError) as e:
+    raise SampleError(f"char prompt {text[:60]!r} cannot be encoded: {e}") from e
+  return run.codec.text_to_ids(text).astype(np.int32), state, flags
+
+
+def _length_units(codec) -> tuple[int, int, int]:
+  """(ids per note, ids per wait, grid units one wait covers) of a codec."""
+  if isinstance(codec, encoding.TokenCodec):
+    return int(codec.tokens_per_note), 1, int(codec.wait_units)
+  return int(codec.num_fields) + 1, 2, int(codec.max_value)  # Lines end with "\n".
+
+
+def token_budget(codec, request: SampleRequest) -> tuple[int, str]:
+  """(tokens per sample, why): the generation buffer a request needs.
+
+  A length asked for is honoured: `max_notes` N and `max_seconds` S size the budget so that
+  they, not the buffer, stop generation. Generation stops at N notes or S seconds, whichever
+  first, so with both it never needs more than N notes plus the waits of S seconds; notes alone
+  get one wait per note; seconds alone one note per grid step (the codec's time resolution)
+  plus the waits of S seconds. An explicit `max_tokens` below that is refused with the reason;
+  without N or S it is the length (default DEFAULT_MAX_TOKENS).
+  """
+  if not request.max_notes and not request.max_seconds:
+    n = request.max_tokens or DEFAULT_MAX_TOKENS
+    return n, f"{n} tokens"
+  per_note, per_wait, wait_units = _length_units(codec)
+  grid_ms = codec.config.grid_ms
+  units = None
+  if request.max_seconds:
+    units = max(1, int(np.ceil(min(request.max_seconds * 1000.0 / grid_ms, 1e15))))
+  notes = request.max_notes or units
+  waits = (units // wait_units + 1) if units else notes
+  need = notes * per_note + waits * per_wait
+  asked = " and ".join(x for x in (
+      f"--max_notes={request.max_notes}" if request.max_notes else "",
+      f"--max_seconds={request.max_seconds:g}" if request.max_seconds else "") if x)
+  how = (f"{notes} notes x {per_note} + {waits} waits x {per_wait}" if request.max_notes else
+         f"{units} grid steps of {grid_ms:g} ms at up to one note each: "
+         f"{notes} x {per_note} + {waits} waits x {per_wait}")
+  if need > MAX_TOKENS:
+    raise SampleError(f"{asked} can need up to {need:,} tokens per sample ({how}), more than "
+                      f"the sampler's limit of {MAX_TOKENS:,}; ask for less")
+  if request.max_tokens is not None and request.max_tokens < need:
+    raise SampleError(f"--max_tokens={request.max_tokens} is too small for {asked}: that can "
+                      f"take up to {need} tokens ({how}); raise --max_tokens or leave it out "
+                      "(the budget is then sized to fit)")
+  n = request.max_tokens or need
+  return n, f"{n} tokens, sized for {asked}"
+
+
+def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[Sample]:
+  """Generates `request.num_samples` pieces in one compiled loop; returns them decoded, each
+  with the reason it stopped (`Sample.stopped`)."""
+  from virtuoso_jax import sampling  # pylint: disable=g-import-not-at-top
+  max_tokens, _ = token_budget(run.codec, request)
+  ids, state, flags = build_prompt(run, request)
+  allowed = None
+  if request.instruments:
+    try:
+      allowed = run.codec.instrument_mask(list(request.instruments))
+    except ValueError as e:
+      raise SampleError(f"--instruments: {e}") from e
+  max_units = None
+  if request.max_seconds:
+    max_units = max(1, int(round(request.max_seconds * 1000.0 / run.enc_config.grid_ms)))
+  try:
+    options = sampling.SampleOptions(request.temperature, int(request.top_k),
+                                     float(request.top_p))
+  except ValueError as e:
+    raise SampleError(str(e)) from e
+  t = time.perf_counter()
+  res = sampling.generate(run.model, ids, run.tables, options, seed=request.seed,
+                          num_samples=request.num_samples, max_new_tokens=max_tokens,
+                          max_notes=request.max_notes, max_units=max_units, allowed_ids=allowed,
+                          prompt_state=state, prompt_boundaries=flags, context=run.context,
+                          cached=cached, memory_check=request.memory_check,
+                          memory_limit_mib=request.memory_limit_mib)
+  seconds = time.perf_counter() - t
+  tps = float(res.lengths.sum()) / max(seconds, 1e-9)
+  out = []
+  for b in range(request.num_samples):
+    raw = res.tokens[b, :res.lengths[b]]
+    if run.tables.eos_id >= 0 and len(raw) and raw[-1] == run.tables.eos_id:
+      stopped = "EOS"
+    elif request.max_notes and res.notes[b] >= request.max_notes:
+      stopped = f"notes ({request.max_notes} reached)"
+    elif max_units is not None and res.units[b] >= max_units:
+      stopped = f"seconds ({request.max_seconds:g} s reached)"
+    else:
+      stopped = f"tokens (all {max_tokens} used)"
+    gen = sampling.drop_partial_note(raw, run.tables, state)
+    if max_units is not None:
+      gen = sampling.trim_to_units(gen, run.tables, max_units, state)
+    full = np.concatenate([ids, gen]).astype(np.int32)
+    text = None
+    if run.kind == "char":
+      text = run.codec.ids_to_text(full)
+      notes = run.codec.decode(text)
+    else:
+      notes = run.codec.decode(full)
+    out.append(Sample(notes, full, len(ids), len(gen), int(res.notes[b]), text, tps, stopped))
+  return out
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def summarize(notes: encoding.Notes, enc_config: encoding.EncodingConfig) -> str:
+  """'N notes, S s, instruments: name (id) xK, ...'."""
+  d = encoding.describe(notes, enc_config)
+  top = sorted(d["instruments"], key=lambda i: -i["notes"])
+  insts = ", ".join(f"{i['name']} ({i['instrument']}) x{i['notes']}" for i in top[:6])
+  if len(top) > 6:
+    insts += f", +{len(top) - 6} more"
+  return f"{d['notes']} notes, {d['seconds']:.1f} s, instruments: {insts or 'none'}"
+
+
+def write_piece(notes: encoding.Notes, enc_config: encoding.EncodingConfig, stem: str, *,
+                text: Optional[str] = None, sf2: Optional[str] = None, audio: bool = True,
+                title: str = "") -> list[str]:
+  """Writes stem.mid, stem.png (+ stem.txt, + stem.wav); returns the paths written and prints
+  the audio skip reason if any."""
+  from virtuoso_jax import render  # pylint: disable=g-import-not-at-top
+  paths = []
+  if text is not None:
+    with open(stem + ".txt", "w", encoding="utf-8") as f:
+      f.write(text)
+    paths.append(stem + ".txt")
+  encoding.notes_to_midi(notes, stem + ".mid", config=enc_config)
+  paths.append(stem + ".mid")
+  paths.append(render.piano_roll(notes, stem + ".png", config=enc_config,
+                                 title=title or os.path.basename(stem)))
+  if audio:
+    ok, message = render.midi_to_wav(stem + ".mid", stem + ".wav", sf2=sf2)
+    if ok:
+      paths.append(stem + ".wav")
+    else:
+      print(message, flush=True)
+  return paths
+
+
+def write_outputs(run: Run, samples: Sequence[Sample], out_dir: str, *,
+                  sf2: Optional[str] = None, audio: bool = True, prefix: str = "sample") -> list[str]:
+  """Writes every sample and prints a one-line summary per sample; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  for i, s in enumerate(samples):
+    stem = os.path.join(out_dir, f"{prefix}_{i:02d}")
+    paths = write_piece(s.notes, run.enc_config, stem, text=s.text, sf2=sf2, audio=audio,
+                        title=f"{os.path.basename(run.workdir)} step {run.step}: {prefix} {i}")
+    written += paths
+    print(f"{os.path.basename(stem)}: {summarize(s.notes, run.enc_config)}; {s.new_tokens} new "
+          f"tokens, {s.new_notes} new notes, stopped: {s.stopped or 'unknown'} "
+          f"({s.tokens_per_s:.0f} tokens/s over the batch, compilation included) -> "
+          f"{', '.join(paths)}", flush=True)
+    audio = audio and paths[-1].endswith(".wav")  # Say "skipping audio" once.
+  return written
+
+
+def write_config_sample(workdir: str, out_dir: str, *, audio: bool = False) -> list[str]:
+  """Samples the run in `workdir` (its latest checkpoint) as its config.sample says (number,
+  length, temperature, top-k, top-p; seed 0) and writes the pieces to `out_dir`: what
+  `config.sample.write_at_end` asks of the training binary. Returns the paths written."""
+  run = load_run(workdir)
+  s = run.config.sample
+  request = SampleRequest(num_samples=s.num_samples, seed=0, temperature=s.temperature,
+                          top_k=s.top_k, top_p=s.top_p, max_tokens=s.max_new_tokens)
+  print(f"Writing {s.num_samples} sample(s) of up to {s.max_new_tokens} tokens to {out_dir} "
+        "(config.sample.write_at_end)", flush=True)
+  return write_outputs(run, generate(run, request), out_dir, audio=audio)
