@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import re
 import struct
 from typing import Callable, Iterator, Sequence
 
@@ -189,9 +190,11 @@ def seed_midis(n: int = 8, seed: int = 0, max_notes: int = 200) -> list[bytes]:
       tracks[0] = ([(0, b"\xff\x51\x03" + int(rng.integers(200_000, 900_000)).to_bytes(3, "big"))]
                    + tracks[0][:-1] + [(int(rng.integers(100, 5000)), b"\xff\x51\x03\x07\xa1\x20"),
                                        tracks[0][-1]])
-      if len(tracks) > 1:
+      if len(tracks) > 1:  # Sustain pedal on the first instrument track, on that track's channel.
         t = tracks[1]
-        tracks[1] = t[:1] + [(0, b"\xb0\x40\x7f")] + t[1:-1] + [(10, b"\xb0\x40\x00"), t[-1]]
+        cc = 0xB0 | next(ev[0] & 0x0F for _, ev in t if ev[0] < 0xF0)
+        tracks[1] = (t[:1] + [(0, bytes([cc, 0x40, 0x7F]))] + t[1:-1]
+                     + [(10, bytes([cc, 0x40, 0x00])), t[-1]])
       data = _build(fmt, division, tracks, running_status=True)
     out.append(data)
   return out
@@ -432,8 +435,9 @@ def big_malformed(size: int = 12 * 1024 * 1024, seed: int = 0, variant: int = 0)
   data = bytearray(many_notes(n, seed))
   fmt, division, _ = struct.unpack(">HHH", data[8:14])
   pos = _mtrk_offsets(bytes(data))[-1]
-  # An illegal data byte in the first note-on (velocity 0xA8): symusic refuses the file.
-  i = data.index(b"\x90", pos + 8)
+  # An illegal data byte in the first note-on (velocity 0xA8): symusic refuses the file. Its
+  # status is the track's first byte in 0x90..0x9F, whichever channel the writer chose.
+  i = re.compile(rb"[\x90-\x9f]").search(data, pos + 8).start()
   data[i + 2] = 0xA8
   if variant == 0:
     return bytes(data[:-3])
