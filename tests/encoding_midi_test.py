@@ -212,7 +212,7 @@ def test_track_chunks_count_against_max_tracks_whatever_the_header_says():
 
 def test_tolerant_parser_is_bounded():
   from virtuoso_jax.encoding import midi_io  # pylint: disable=g-import-not-at-top
-  n = 200_000  # ~1.6 MB, over MAX_FALLBACK_BYTES
+  n = 200_000  # ~1.3 MB, over MAX_FALLBACK_BYTES
   notes = Notes.from_rows([(i // 4, 1, 30 + i % 4, 80, 0) for i in range(n)])
   data = bytearray(notes_to_midi(notes))
   assert len(data) > midi_io.MAX_FALLBACK_BYTES
@@ -320,6 +320,13 @@ def test_overlapping_same_pitch_goes_to_an_extra_track():
                     ("Violin", False, frozenset({40})): 1}
   assert midi_to_notes(data) == notes.canonical()
   assert midi_to_notes(data, NO_SUSTAIN) == notes.canonical()
+
+
+def test_gap_over_a_midi_delta_time_raises():
+  # 300M ticks of silence: more than a delta time holds (0x0FFFFFFF). symusic's writer would
+  # truncate it without a word; notes_to_midi refuses.
+  with pytest.raises(ValueError, match="out of range"):
+    notes_to_midi(Notes.from_rows([(0, 1, 60, 80, 0), (30_000_000, 1, 60, 80, 0)]))
 
 
 def test_grid_ms_other_than_ten_round_trips():

@@ -30,7 +30,7 @@ Kinds (`KINDS`, each a function `(seed_bytes, rng) -> bytes` in `GENERATORS`):
   empty_tracks         hundreds to 10k empty MTrk chunks (declared count right or wrong)
 
 Big kinds (separate functions, not in `make_hostile_corpus` unless `include_big=True`):
-  `many_notes(n)` (2M notes: about 16 MB), `oversized(size)` (a valid file padded past 64 MiB
+  `many_notes(n)` (2M notes: about 13 MB), `oversized(size)` (a valid file padded past 64 MiB
   with an unknown chunk), `big_malformed(size)` (a ~12 MB file symusic rejects and whose
   track the tolerant parser reads to the end before failing).
 """
@@ -411,7 +411,7 @@ def iter_hostile(seeds_bytes: Sequence[bytes], n: int = 300, seed: int = 0,
 
 
 def many_notes(n: int = 2_000_000, seed: int = 0) -> bytes:
-  """A valid file of `n` notes (one piano track, 2M notes: about 16 MB)."""
+  """A valid file of `n` notes (one piano track, 2M notes: about 13 MB)."""
   from virtuoso_jax.encoding import Notes, notes_to_midi  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   onset = np.arange(n, dtype=np.int64) // 4
@@ -431,7 +431,7 @@ def big_malformed(size: int = 12 * 1024 * 1024, seed: int = 0, variant: int = 0)
   before failing: variant 0 = an illegal data byte early on and the track cut short at the end
   (EOF mid-track); variant 1 = the track's length field a few bytes too small (the parser runs
   past the chunk end into the end of the file)."""
-  n = max(size // 8, 10)
+  n = max(size * 2 // 13, 10)  # `many_notes` takes 6.5 bytes a note (running status).
   data = bytearray(many_notes(n, seed))
   fmt, division, _ = struct.unpack(">HHH", data[8:14])
   pos = _mtrk_offsets(bytes(data))[-1]
