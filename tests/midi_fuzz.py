@@ -30,7 +30,7 @@ Kinds (`KINDS`, each a function `(seed_bytes, rng) -> bytes` in `GENERATORS`):
   empty_tracks         hundreds to 10k empty MTrk chunks (declared count right or wrong)
 
 Big kinds (separate functions, not in `make_hostile_corpus` unless `include_big=True`):
-  `many_notes(n)` (2M notes: about 16 MB), `oversized(size)` (a valid file padded past 64 MiB
+  `many_notes(n)` (2M notes: about 13 MB), `oversized(size)` (a valid file padded past 64 MiB
   with an unknown chunk), `big_malformed(size)` (a ~12 MB file symusic rejects and whose
   track the tolerant parser reads to the end before failing).
 """
@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import re
 import struct
 from typing import Callable, Iterator, Sequence
 
@@ -189,9 +190,11 @@ def seed_midis(n: int = 8, seed: int = 0, max_notes: int = 200) -> list[bytes]:
       tracks[0] = ([(0, b"\xff\x51\x03" + int(rng.integers(200_000, 900_000)).to_bytes(3, "big"))]
                    + tracks[0][:-1] + [(int(rng.integers(100, 5000)), b"\xff\x51\x03\x07\xa1\x20"),
                                        tracks[0][-1]])
-      if len(tracks) > 1:
+      if len(tracks) > 1:  # Sustain pedal on the first instrument track, on that track's channel.
         t = tracks[1]
-        tracks[1] = t[:1] + [(0, b"\xb0\x40\x7f")] + t[1:-1] + [(10, b"\xb0\x40\x00"), t[-1]]
+        cc = 0xB0 | next(ev[0] & 0x0F for _, ev in t if ev[0] < 0xF0)
+        tracks[1] = (t[:1] + [(0, bytes([cc, 0x40, 0x7F]))] + t[1:-1]
+                     + [(10, bytes([cc, 0x40, 0x00])), t[-1]])
       data = _build(fmt, division, tracks, running_status=True)
     out.append(data)
   return out
@@ -408,7 +411,7 @@ def iter_hostile(seeds_bytes: Sequence[bytes], n: int = 300, seed: int = 0,
 
 
 def many_notes(n: int = 2_000_000, seed: int = 0) -> bytes:
-  """A valid file of `n` notes (one piano track, 2M notes: about 16 MB)."""
+  """A valid file of `n` notes (one piano track, 2M notes: about 13 MB)."""
   from virtuoso_jax.encoding import Notes, notes_to_midi  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   onset = np.arange(n, dtype=np.int64) // 4
@@ -428,12 +431,13 @@ def big_malformed(size: int = 12 * 1024 * 1024, seed: int = 0, variant: int = 0)
   before failing: variant 0 = an illegal data byte early on and the track cut short at the end
   (EOF mid-track); variant 1 = the track's length field a few bytes too small (the parser runs
   past the chunk end into the end of the file)."""
-  n = max(size // 8, 10)
+  n = max(size * 2 // 13, 10)  # `many_notes` takes 6.5 bytes a note (running status).
   data = bytearray(many_notes(n, seed))
   fmt, division, _ = struct.unpack(">HHH", data[8:14])
   pos = _mtrk_offsets(bytes(data))[-1]
-  # An illegal data byte in the first note-on (velocity 0xA8): symusic refuses the file.
-  i = data.index(b"\x90", pos + 8)
+  # An illegal data byte in the first note-on (velocity 0xA8): symusic refuses the file. Its
+  # status is the track's first byte in 0x90..0x9F, whichever channel the writer chose.
+  i = re.compile(rb"[\x90-\x9f]").search(data, pos + 8).start()
   data[i + 2] = 0xA8
   if variant == 0:
     return bytes(data[:-3])

@@ -1,11 +1,15 @@
 """MIDI <-> `Notes`, and note-seq `NoteSequence` interchange.
 
-The only module that touches symusic, mido and note-seq (the latter two imported lazily).
+The only module that touches symusic, mido and note-seq (each imported where it is used).
 
 Parsing: symusic (C++, numpy column views) is the fast path. A file symusic rejects is retried
 with mido(clip=True), which tolerates e.g. out-of-range data bytes; `midi_to_notes(...,
 return_info=True)` says which parser read the file. Both paths produce the same intermediate
 (per-track tick columns), so tempo maps, sustain, quantization and limits are shared code.
+
+Writing (`notes_to_midi`): a `symusic.Score` built from the note columns (one `Note.from_numpy`
+per track) and serialised by symusic; notes of one pitch that overlap on one instrument go to an
+extra track, so every pairing rule reads them back exactly.
 
 Semantics: tempo map honoured (500000 us/quarter before the first tempo event); note-on with
 velocity 0 is a note-off; note-offs close the earliest open note of that pitch (FIFO) within a
@@ -570,31 +574,6 @@ def midi_to_notes(src: Source, config: EncodingConfig = _DEFAULT_CONFIG, *,
 # --------------------------------------------------------------------------- writing
 
 
-def _vlq_events(ticks: np.ndarray, payload: np.ndarray) -> bytes:
-  """Serialises events (absolute ticks, sorted; payload uint8 [n, 3]) with VLQ delta times."""
-  delta = np.diff(ticks, prepend=0).astype(np.int64)
-  if len(delta) and (delta.min() < 0 or delta.max() > 0x0FFFFFFF):
-    raise ValueError(f"delta time out of range ({delta.min()}..{delta.max()})")
-  nb = 1 + (delta >= 1 << 7) + (delta >= 1 << 14) + (delta >= 1 << 21)
-  size = nb + payload.shape[1]
-  starts = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
-  out = np.zeros(int(size.sum()), np.uint8)
-  for k in range(4):
-    m = nb > k
-    shift = 7 * (nb[m] - 1 - k)
-    byte = (delta[m] >> shift) & 0x7F
-    byte = byte | np.where(k < nb[m] - 1, 0x80, 0)
-    out[starts[m] + k] = byte
-  for j in range(payload.shape[1]):
-    out[starts + nb + j] = payload[:, j]
-  return out.tobytes()
-
-
-def _meta(delta: int, kind: int, data: bytes) -> bytes:
-  assert delta < 128 and len(data) < 128
-  return bytes([delta, 0xFF, kind, len(data)]) + data
-
-
 def _voices(notes: Notes, idx: np.ndarray) -> np.ndarray:
   """Splits notes of one instrument into voices (tracks) so that, within a voice, notes of one pitch
   never overlap: every note-off pairing rule (FIFO, close-all) then reads them back exactly."""
@@ -620,16 +599,35 @@ def _voices(notes: Notes, idx: np.ndarray) -> np.ndarray:
   return voice
 
 
+def _check_ticks(on: np.ndarray, off: np.ndarray) -> None:
+  """Raises ValueError unless one track's note ticks fit a MIDI file: every delta time at most
+  0x0FFFFFFF (the largest a 4-byte VLQ holds; symusic's writer silently truncates longer ones) and
+  every tick within MAX_TICK (symusic keeps ticks as int32)."""
+  ticks = np.unique(np.concatenate([[0], on, off]))
+  delta = np.diff(ticks)
+  if ticks[-1] > MAX_TICK or (len(delta) and delta.max() > 0x0FFFFFFF):
+    raise ValueError(f"notes_to_midi: note ticks out of range (last tick {ticks[-1]}, largest "
+                     f"delta {delta.max() if len(delta) else 0}; at most {MAX_TICK} and "
+                     f"{0x0FFFFFFF})")
+
+
+def _ascii(text: str) -> str:
+  """`text` with every non-ASCII character as '?' (MIDI text events declare no encoding)."""
+  return text.encode("ascii", "replace").decode("ascii")
+
+
 def notes_to_midi(notes: Notes, path: str | os.PathLike | None = None, *,
                   config: EncodingConfig = _DEFAULT_CONFIG, name: str = "virtuoso_jax") -> bytes:
-  """Writes notes as a standard MIDI file (format 1) and returns its bytes.
+  """Writes notes as a standard MIDI file (format 1, serialised by symusic) and returns its bytes.
 
-  One track per instrument (more tracks for an instrument only where its notes of one pitch
-  overlap), a program change per track, drums on channel 10, one tempo event (120 bpm
-  at 500 ticks per quarter: 1 tick = 1 ms, so integer grid units map to integer ticks), note
-  velocities. Melodic instruments take channels 1-9, 11-16 in order; beyond 15 instruments the
-  channels are reused (each track still carries its own program change, which parsers that keep
-  program state per track, like symusic and pretty_midi, read back exactly).
+  A conductor track first (named `name`, one tempo event: 120 bpm at 500 ticks per quarter,
+  1 tick = 1 ms, so integer grid units map to integer ticks), then one track per instrument (more
+  tracks for an instrument only where its notes of one pitch overlap: see `_voices`), each named
+  after its instrument, with a program change and the note velocities. Drums are on channel 10;
+  symusic gives every other track the channel of its position among the tracks (1-9, 11-16,
+  cycling; the conductor's position counts, so the first instrument is on channel 2). Past 15
+  tracks channels are reused: each track's own program change is what parsers that keep program
+  state per track (symusic, pretty_midi, this module's readers) read back exactly.
 
   Args:
     notes: the notes (any order).
@@ -639,52 +637,36 @@ def notes_to_midi(notes: Notes, path: str | os.PathLike | None = None, *,
 
   Returns:
     The SMF bytes; `midi_to_notes(notes_to_midi(n)) == n.canonical()`.
+
+  Raises:
+    ValueError: a note tick past MAX_TICK or a gap between events over 0x0FFFFFFF ticks.
   """
+  import symusic  # pylint: disable=g-import-not-at-top
+
   notes = notes.canonical()
   unit = config.grid_ms  # ticks per grid unit (1 tick = 1 ms)
-  chunks = []
-  conductor = (_meta(0, 0x03, name.encode("ascii", "replace")[:100])
-               + bytes([0, 0xFF, 0x51, 3]) + DEFAULT_MSPQ.to_bytes(3, "big")
-               + _meta(0, 0x2F, b""))
-  chunks.append(conductor)
-  melodic_channels = [c for c in range(16) if c != 9]
-  n_melodic = 0
+  score = symusic.Score(WRITE_TPQ)
+  score.tempos.append(symusic.Tempo(0, mspq=DEFAULT_MSPQ))
+  # symusic writes the score's tempo into its first track and gives every track a program change.
+  # A first track without notes keeps the conductor separate and named; flagged as drums, its
+  # program change goes to channel 10 (the standard kit, which every drum track selects too) and
+  # leaves the melodic channels alone.
+  score.tracks.append(symusic.Track(name=_ascii(name)[:100], program=0, is_drum=True))
   for inst in notes.instruments().tolist():
     idx = np.flatnonzero(notes.instrument == inst)
-    if inst == DRUMS:
-      channel = 9
-    else:
-      channel = melodic_channels[n_melodic % 15]
-      n_melodic += 1
     voice = _voices(notes, idx)
     for v in range(int(voice.max()) + 1):
       sel = idx[voice == v]
       on = notes.onset[sel].astype(np.int64) * unit
-      off = on + notes.duration[sel].astype(np.int64) * unit
-      pitch = notes.pitch[sel].astype(np.uint8)
-      vel = notes.velocity[sel].astype(np.uint8)
-      n = len(sel)
-      ticks = np.concatenate([off, on])
-      kind = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])  # offs first
-      # Note-ons of one tick in order of their ends: FIFO pairing gives each its own off.
-      second = np.concatenate([np.zeros(n, np.int64), off])
-      order = np.lexsort((second, kind, ticks))
-      payload = np.stack([
-          np.concatenate([np.full(n, 0x80 | channel), np.full(n, 0x90 | channel)]),
-          np.concatenate([pitch, pitch]),
-          np.concatenate([np.full(n, 64), vel]),
-      ], axis=1).astype(np.uint8)[order]
-      title = instrument_name(inst).encode("ascii", "replace")
-      head = _meta(0, 0x03, title)
-      if inst != DRUMS:
-        head += bytes([0, 0xC0 | channel, inst])
-      body = _vlq_events(ticks[order], payload)
-      chunks.append(head + body + _meta(0, 0x2F, b""))
-  out = io.BytesIO()
-  out.write(b"MThd" + struct.pack(">IHHH", 6, 1, len(chunks), WRITE_TPQ))
-  for c in chunks:
-    out.write(b"MTrk" + struct.pack(">I", len(c)) + c)
-  data = out.getvalue()
+      dur = notes.duration[sel].astype(np.int64) * unit
+      _check_ticks(on, on + dur)
+      score.tracks.append(symusic.Track(
+          name=_ascii(instrument_name(inst)), program=0 if inst == DRUMS else inst,
+          is_drum=inst == DRUMS,
+          notes=symusic.Note.from_numpy(on.astype(np.int32), dur.astype(np.int32),
+                                        notes.pitch[sel].astype(np.int8),
+                                        notes.velocity[sel].astype(np.int8))))
+  data = score.dumps_midi()
   if path is not None:
     pathlib.Path(path).write_bytes(data)
   return data
