@@ -25,7 +25,8 @@ def _free_port() -> int:
 
 def test_two_processes_train_like_one(data_dir, tmp_path):
   o = train_test.small(data_dir, num_train_steps=3, **{"ckpt.every_steps": 3,
-                                                       "parallel.mesh_shape": "(2,2,2)"})
+                                                       "parallel.mesh_shape": "(2,2,2)"},
+                       **train_test.TENSOR2_VOCAB)
   spec = train_test.SPECS["rga"]
   port = _free_port()
   work = tmp_path / "two"

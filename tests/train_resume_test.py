@@ -139,7 +139,8 @@ def test_two_processes_save_and_resume_with_digests(tmp_path, fixture_corpus):
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
     o = train_test.small(data, num_train_steps=steps, **{
-        "ckpt.every_steps": 2, "parallel.mesh_shape": "(2,2,2)", "perf.peak_flops": 1e11})
+        "ckpt.every_steps": 2, "parallel.mesh_shape": "(2,2,2)", "perf.peak_flops": 1e11},
+        **train_test.TENSOR2_VOCAB)
     procs = [train_test.run_main(
         spec, o, work, devices=4, wait=False,
         extra_args=[f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

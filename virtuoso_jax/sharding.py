@@ -12,9 +12,15 @@ on each `nnx.Variable`. This module is the one place that maps those names onto 
   batch = jax.device_put(tokens, sharding.batch_sharding(mesh))
 
 Rules (a tuple of `(logical_name, mesh_axes)` pairs, `mesh_axes` a mesh axis name, a tuple of
-them, or None) map logical names to mesh axes. A dimension whose size does not divide by the
-mesh axes it maps to is replicated instead (e.g. an odd vocabulary on a tensor axis of 2), so
-any model fits any mesh; the common dimensions (embed, mlp, heads) divide in practice.
+them, or None) map logical names to mesh axes. The mapping itself is flax's: the rules are
+installed with `nnx.logical_axis_rules` and `nnx.get_partition_spec` / `nnx.get_named_sharding`
+read each Variable's `out_sharding` through them. On top of that, every sharded parameter is
+checked before anything is placed or compiled: a dimension whose size does not divide by the
+product of its mesh axes, a logical name without a rule, or a mesh axis used twice in one
+parameter is a `ShardingError` (a `config_lib.ConfigError`) that names the parameter, its
+shape, the logical axis, the mesh axes and their sizes, and the config change that fixes it.
+Nothing is silently replicated (an odd vocabulary on a tensor axis of 2 must be padded with
+`model.vocab_size` or mapped to None).
 
 Optimizer state: `nnx.Optimizer` (and optax applied to a `nnx.State` of Variables) keeps the
 parameter metadata on the moments, so they mirror the parameters' shardings; anything without
@@ -27,18 +33,29 @@ import math
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from flax import nnx
 
+from virtuoso_jax import config_lib
+
 LogicalRules = tuple[tuple[str, Any], ...]
 
+
+class ShardingError(config_lib.ConfigError):
+  """A parameter cannot be sharded as the rules and the mesh say (a dimension that does not
+  divide by its mesh axes, a logical name without a rule, a mesh axis used twice). A ConfigError,
+  so the binaries report it as one `error:` line: the user fixes it in the config."""
+
 __all__ = [
+    "ShardingError",
     "create_mesh",
     "logical_rules",
     "logical_to_spec",
     "state_shardings",
+    "check_shardable",
     "batch_sharding",
     "create_sharded",
     "resolve_mesh_shape",
@@ -149,47 +166,99 @@ def _as_axes(target) -> tuple[str, ...]:
   return tuple(target)
 
 
-def logical_to_spec(logical_axes: Iterable[str | None] | None, rules: LogicalRules,
-                    shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None) -> PartitionSpec:
-  """Maps logical axis names to a `PartitionSpec`.
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def logical_to_spec(logical_axes: Iterable[str | None] | None,
+                    rules: LogicalRules) -> PartitionSpec:
+  """Maps logical axis names to a `PartitionSpec` with flax's rule lookup.
 
   Args:
-    logical_axes: one logical name (or None) per array dimension.
-    rules: (logical_name, mesh_axes) pairs; unknown names are replicated.
-    shape: optional array shape; with `mesh`, dimensions that do not divide by their mesh axes'
-      size are replicated instead.
-    mesh: optional mesh for the divisibility check (and to drop axes the mesh lacks).
+    logical_axes: one logical name (or None) per array dimension; None for a replicated array.
+    rules: (logical_name, mesh_axes) pairs.
 
   Returns:
-    The PartitionSpec. A mesh axis is used at most once: a later dimension that maps to an
-    axis already used is replicated.
+    The PartitionSpec `nnx.get_partition_spec` gives a Variable annotated with these axes under
+    `nnx.logical_axis_rules(rules)`. As in flax, a name without a rule is passed through
+    unchanged (so it must be a mesh axis); `state_shardings` turns that into a ShardingError.
   """
   if logical_axes is None:
     return PartitionSpec()
+  axes = tuple(logical_axes)
+  # A metadata-only Variable: flax maps a Variable's `out_sharding`, not a bare tuple.
+  probe = nnx.Variable(jax.ShapeDtypeStruct((1,) * len(axes), jnp.float32), out_sharding=axes,
+                       eager_sharding=False)
+  with nnx.logical_axis_rules(rules):
+    return nnx.get_partition_spec(probe).get_value()
+
+
+# The config field that sets each logical axis's size, for the hint of a ShardingError.
+_SIZE_FIELDS = {"vocab": "model.vocab_size", "embed": "model.emb_dim", "mlp": "model.mlp_dim",
+                "heads": "model.num_heads", "kv": "model.emb_dim / model.num_heads",
+                "length": "model.max_len", "relative": "model.max_relative"}
+
+
+def _fix_hint(name: str, dim_size: int, axes: tuple[str, ...], divisor: int) -> str:
+  """What to change so a `name` dimension of `dim_size` shards over `axes` (product `divisor`)."""
+  if name == "vocab":
+    padded = -(-dim_size // divisor) * divisor
+    size = (f"pass --config.model.vocab_size={padded} (the smallest multiple of {divisor} that is "
+            f">= {dim_size}; a model vocabulary larger than the codec's is allowed and its extra "
+            "ids are never sampled)")
+  else:
+    field = _SIZE_FIELDS.get(name, "the model size behind it")
+    size = f"set {field} so that it is a multiple of {divisor}"
+  return (f"logical axis {name!r}: {size}; or change parallel.mesh_shape / dcn_mesh_shape so "
+          f"that the size of mesh axes {axes} divides {dim_size}; or map it to None in "
+          f"parallel.logical_axis_rules (('{name}', None): replicated on every device)")
+
+
+def _check_variable(path: str, var: nnx.Variable, spec: PartitionSpec, mesh: Mesh,
+                    rules: LogicalRules, hints: dict[str, str]) -> list[str]:
+  """The problems (one line each) of sharding `var` as `spec` on `mesh`; adds the fix of each
+  logical axis at fault to `hints` (once per axis, however many parameters it concerns)."""
+  logical = tuple(var.get_metadata().get("out_sharding") or ())
+  shape = tuple(getattr(var.get_value(), "shape", ()))
+  if not logical:
+    return []
+  if len(logical) != len(shape):  # A model bug, not a config one.
+    raise ValueError(f"{path}: logical axes {logical} do not match its shape {shape}")
   table = dict(rules)
-  used: set[str] = set()
-  spec = []
-  for dim, name in enumerate(logical_axes):
-    axes = _as_axes(table.get(name)) if name is not None else ()
-    if mesh is not None:
-      axes = tuple(a for a in axes if a in mesh.shape)
-    axes = tuple(a for a in axes if a not in used)
-    if axes and shape is not None and mesh is not None:
-      size = math.prod(mesh.shape[a] for a in axes)
-      if shape[dim] % size:
-        axes = ()
-    used.update(axes)
-    spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
-  return PartitionSpec(*spec)
-
-
-def _variable_logical_axes(v: nnx.Variable):
-  meta = v.get_metadata()
-  axes = meta.get("out_sharding")
-  if axes is None:
-    return None
-  return tuple(axes)
+  problems, used = [], {}
+  for dim, (name, entry) in enumerate(zip(logical, tuple(spec))):
+    axes = _as_axes(entry)
+    where = f"parameter {path}, shape {shape}, dimension {dim} (logical axis {name!r}"
+    if name is not None and name not in table and name not in mesh.shape:
+      # flax passes a name without a rule through as a mesh axis name (NamedSharding would then
+      # fail on an unknown axis); the old hand mapping replicated it silently.
+      problems.append(f"{where}) has no rule")
+      hints.setdefault(name, f"logical axis {name!r}: add ('{name}', None) to "
+                       f"parallel.logical_axis_rules to replicate it, or ('{name}', <mesh axis>) "
+                       "to shard it")
+      continue
+    missing = [a for a in axes if a not in mesh.shape]
+    if missing:
+      problems.append(f"{where}) maps to mesh axes {axes}; the mesh has only "
+                      f"{tuple(mesh.axis_names)}")
+      hints.setdefault(name, f"logical axis {name!r}: map it to axes of the mesh in "
+                       "parallel.logical_axis_rules")
+      continue
+    for a in axes:
+      if a in used:
+        problems.append(f"{where}) maps to mesh axis {a!r}, which dimension {used[a]} already "
+                        "uses")
+        hints.setdefault(name, f"logical axis {name!r}: map it (or the other logical axis of "
+                         f"{path} on {a!r}) to another mesh axis or None in "
+                         "parallel.logical_axis_rules")
+      used.setdefault(a, dim)
+    sizes = tuple(int(mesh.shape[a]) for a in axes)
+    divisor = math.prod(sizes)
+    if axes and shape[dim] % divisor:
+      problems.append(f"{where}, size {shape[dim]}) does not divide by its mesh axes {axes} of "
+                      f"sizes {sizes} (product {divisor})")
+      hints.setdefault(name, _fix_hint(name, shape[dim], axes, divisor))
+  return problems
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: LogicalRules) -> Any:
@@ -203,34 +272,41 @@ def state_shardings(state: Any, mesh: Mesh, rules: LogicalRules) -> Any:
 
   Returns:
     The same pytree with every Variable's value (and every bare array) replaced by a
-    `NamedSharding`; Variables without logical metadata and scalars are replicated.
+    `NamedSharding` (`nnx.get_named_sharding` under `nnx.logical_axis_rules(rules)`); Variables
+    without logical metadata, scalars and bare arrays are replicated.
+
+  Raises:
+    ShardingError: a Variable's dimension does not divide by its mesh axes (or its logical name
+      has no rule, or two of its dimensions use one mesh axis); every such dimension is listed,
+      then the fix of each logical axis at fault.
   """
-  replicated = NamedSharding(mesh, PartitionSpec())
+  problems, hints = [], {}
+  with nnx.logical_axis_rules(rules):
+    for path, var in jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]:
+      if _is_variable(var):  # The spec flax will use, checked before any NamedSharding exists.
+        spec = nnx.get_partition_spec(var).get_value()
+        problems += _check_variable(jax.tree_util.keystr(path, simple=True, separator="/"), var,
+                                    spec, mesh, rules, hints)
+  if problems:
+    raise ShardingError(
+        f"parameters that the mesh {dict(mesh.shape)} cannot shard as parallel.logical_axis_rules "
+        "say:\n  " + "\n  ".join(problems) + "\nTo fix it:\n  " + "\n  ".join(hints.values()))
+  with nnx.logical_axis_rules(rules):
+    return nnx.get_named_sharding(state, mesh)
 
-  def one(x):
-    if isinstance(x, nnx.Variable):
-      value = x.get_value()
-      shape = getattr(value, "shape", None)
-      axes = _variable_logical_axes(x)
-      if axes is None or not shape:
-        return x.replace(replicated)
-      if len(axes) != len(shape):
-        raise ValueError(f"logical axes {axes} do not match the shape {shape} of a "
-                         f"{type(x).__name__}")
-      return x.replace(NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh)))
-    return replicated
 
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+def check_shardable(fn: Callable[[], nnx.Module], mesh: Mesh, rules: LogicalRules) -> None:
+  """Raises the ShardingError `create_sharded(fn, mesh, rules)` would, from shapes only
+  (`nnx.eval_shape`), so a run can stop before it builds its data pipeline."""
+  state_shardings(nnx.state(nnx.eval_shape(fn)), mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, rules: LogicalRules | None = None) -> NamedSharding:
   """Sharding of [B, L] int batches: B over the `batch` rule (default ('data', 'fsdp'))."""
-  batch_axes = ("data", "fsdp")
-  if rules is not None:
-    batch_axes = _as_axes(dict(rules).get("batch", batch_axes))
-  batch_axes = tuple(a for a in batch_axes if a in mesh.shape)
-  spec = None if not batch_axes else batch_axes[0] if len(batch_axes) == 1 else batch_axes
-  return NamedSharding(mesh, PartitionSpec(spec, None))
+  rules = tuple(rules or ())
+  if "batch" not in dict(rules):
+    rules += (("batch", ("data", "fsdp")),)
+  return NamedSharding(mesh, logical_to_spec(("batch", None), rules))
 
 
 def create_sharded(fn: Callable[[], nnx.Module], mesh: Mesh, rules: LogicalRules) -> nnx.Module:
@@ -243,7 +319,12 @@ def create_sharded(fn: Callable[[], nnx.Module], mesh: Mesh, rules: LogicalRules
 
   Returns:
     The module, each Variable an array with its `NamedSharding`.
+
+  Raises:
+    ShardingError: from `state_shardings`, before anything is compiled or placed.
   """
+  # Not nnx.get_abstract_model: it builds the NamedShardings before they can be checked, and a
+  # non-dividing dimension would only fail later, inside jit, with XLA's message.
   abstract = nnx.eval_shape(fn)
   graphdef, abstract_state = nnx.split(abstract)
   shardings = state_shardings(abstract_state, mesh, rules)
