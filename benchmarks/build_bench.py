@@ -9,7 +9,6 @@ Each run is a fresh TF-free `download_and_prepare(file_format='array_record')` o
 to end. Prints one JSON line per figure: {"name", "value", "unit", ...context}.
 """
 
-import argparse
 import json
 import shutil
 import os
@@ -17,6 +16,9 @@ import pathlib
 import sys
 import tempfile
 import time
+
+from absl import app
+from absl import flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -27,6 +29,14 @@ from data_pipelines.virtuoso_midi import processing  # noqa: E402
 from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # noqa: E402
 
 DEFAULT_CORPORA = os.environ.get("VIRTUOSO_CORPORA", str(REPO_ROOT.parent / "shared" / "corpora"))
+
+_CORPORA = flags.DEFINE_string("corpora", DEFAULT_CORPORA,
+                               "Folder of MIDI files ($VIRTUOSO_CORPORA, else ../shared/corpora).")
+_CONFIGS = flags.DEFINE_string("configs", "token,char", "Comma-separated builder configs.")
+_WORKERS = flags.DEFINE_string("workers", f"1,{processing.default_num_workers()}",
+                               "comma-separated worker counts")
+_COPIES = flags.DEFINE_integer(
+    "copies", 1, "build over this many copies of the corpus (hard links, else copies)")
 
 
 def replicate(corpora: str, copies: int, tmp: str) -> str:
@@ -62,27 +72,22 @@ def build_once(corpora: str, config: str, workers: int) -> dict:
     return {"seconds": seconds, "report": dict(builder.info.metadata["report"])}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--corpora", default=DEFAULT_CORPORA)
-  parser.add_argument("--configs", default="token,char")
-  parser.add_argument("--workers", default=f"1,{processing.default_num_workers()}",
-                      help="comma-separated worker counts")
-  parser.add_argument("--copies", type=int, default=1,
-                      help="build over this many copies of the corpus (hard links, else copies)")
-  args = parser.parse_args()
-  if not pathlib.Path(args.corpora).is_dir():
-    sys.exit(f"corpora folder not found: {args.corpora} (set --corpora or VIRTUOSO_CORPORA)")
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not pathlib.Path(_CORPORA.value).is_dir():
+    sys.exit(f"corpora folder not found: {_CORPORA.value} (set --corpora or VIRTUOSO_CORPORA)")
+  copies = _COPIES.value
   cores = processing.default_num_workers()
   tmp = tempfile.mkdtemp(prefix="build_bench_")
-  corpora = replicate(args.corpora, args.copies, tmp)
-  for config in args.configs.split(","):
-    for workers in [int(w) for w in args.workers.split(",")]:
+  corpora = replicate(_CORPORA.value, copies, tmp)
+  for config in _CONFIGS.value.split(","):
+    for workers in [int(w) for w in _WORKERS.value.split(",")]:
       result = build_once(corpora, config, workers)
       report, seconds = result["report"], result["seconds"]
       # Every copy is parsed and encoded before duplicates collapse: count its notes too.
-      notes = report["notes"] * args.copies
-      context = {"config": config, "workers": workers, "cores": cores, "copies": args.copies,
+      notes = report["notes"] * copies
+      context = {"config": config, "workers": workers, "cores": cores, "copies": copies,
                  "files": report["files_read"], "notes": notes,
                  "seconds": round(seconds, 3)}
       for name, value, unit in (
@@ -94,4 +99,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -28,10 +28,21 @@ steps.note_marker_table.
 
 from __future__ import annotations
 
-import argparse
 import json
 
+from absl import app
+from absl import flags
 import numpy as np
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run to sample from.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "Checkpoint step, or 'latest'.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Samples to generate.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1024, "Most new tokens per sample.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+_BIN = flags.DEFINE_integer("bin", 64, "Bin width (tokens) of end_position_hist.")
+_EVAL_NLL = flags.DEFINE_integer("eval_nll", 1, "0 skips the eval-split NLL.")
+flags.mark_flag_as_required("workdir")
 
 
 def emit(figure: str, value, **extra) -> None:
@@ -122,26 +133,17 @@ def eval_nll_per_note(run, songs, batch: int = 32) -> dict:
   return out
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--checkpoint", default="latest")
-  parser.add_argument("--num_samples", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--max_tokens", type=int, default=1024)
-  parser.add_argument("--temperature", type=float, default=1.0)
-  parser.add_argument("--bin", type=int, default=64)
-  parser.add_argument("--eval_nll", type=int, default=1, help="0 skips the eval-split NLL.")
-  args = parser.parse_args(argv)
-
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import virtuoso_jax
   from virtuoso_jax import inference
-  run = inference.load_run(args.workdir, args.checkpoint)
+  run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
   context = run.context
   tag = {"workdir": run.workdir, "step": run.step, "code": virtuoso_jax.__file__}
   samples = inference.generate(run, inference.SampleRequest(
-      num_samples=args.num_samples, seed=args.seed, max_tokens=args.max_tokens,
-      temperature=args.temperature))
+      num_samples=_NUM_SAMPLES.value, seed=_SEED.value, max_tokens=_MAX_TOKENS.value,
+      temperature=_TEMPERATURE.value))
   eos = run.tables.eos_id
   gen = np.array([s.new_tokens for s in samples])  # Generated ids, EOS included.
   ended = np.array([len(s.ids) > s.prompt_len and s.ids[-1] == eos for s in samples])
@@ -149,9 +151,9 @@ def main(argv=None):
   emit("eos_at_context_share", float(at_context.mean()), count=int(at_context.sum()),
        of=len(samples), context=context, **tag)
   emit("eos_share", float(ended.mean()), **tag)
-  edges = np.arange(0, args.max_tokens + args.bin, args.bin)
+  edges = np.arange(0, _MAX_TOKENS.value + _BIN.value, _BIN.value)
   hist, _ = np.histogram(gen, bins=edges + 0.5)  # Bin k: k*bin+1 .. (k+1)*bin ids.
-  emit("end_position_hist", {f"{lo}-{lo + args.bin - 1}": int(h)
+  emit("end_position_hist", {f"{lo}-{lo + _BIN.value - 1}": int(h)
                              for lo, h in zip(edges[:-1] + 1, hist)},
        ended_with_eos=sorted(int(g) for g in gen[ended]), **tag)
   emit("notes_per_sample", float(np.mean([s.new_notes for s in samples])), **tag)
@@ -159,7 +161,7 @@ def main(argv=None):
   emit("p_eos_window_end", p_end, samples=n_rows, boundary_at_end=n_end, **tag)
   emit("p_eos_other_boundaries", p_other, samples=n_rows, **tag)
 
-  if args.eval_nll:
+  if _EVAL_NLL.value:
     try:
       import tensorflow_datasets as tfds
       from virtuoso_jax import dataset
@@ -176,4 +178,4 @@ def main(argv=None):
 if __name__ == "__main__":
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_binary()  # What the binaries set on a CPU host, before JAX starts.
-  main()
+  app.run(main)

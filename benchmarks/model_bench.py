@@ -15,15 +15,31 @@ virtuoso_jax.flops).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
+
+from absl import app
+from absl import flags
 
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+
+_ONLY = flags.DEFINE_enum("only", "all", ["all", "attn", "long", "mfu"], "Which benchmarks.")
+_LENGTHS = flags.DEFINE_string("lengths", "512,1024,2048,4096,8192",
+                               "Comma-separated attention lengths.")
+_IMPLS = flags.DEFINE_string("impls", "naive,skew,blockwise",
+                             "Comma-separated relative-attention implementations.")
+_MFU_IMPLS = flags.DEFINE_string("mfu_impls", "skew,blockwise",
+                                 "Comma-separated implementations for the MFU figure.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per figure.")
+_TIMEOUT = flags.DEFINE_integer("timeout", 600, "Seconds per subprocess.")
+# Set by this script for the subprocess that measures one point (common.run_worker).
+_WORKER = flags.DEFINE_string("worker", "", "Internal: measure one point ('attn' or 'long').")
+_IMPL = flags.DEFINE_string("impl", "", "Internal: the --worker=attn implementation.")
+_LENGTH = flags.DEFINE_integer("length", 0, "Internal: the --worker=attn length.")
 
 
 def _attn_worker(impl: str, length: int, repeats: int) -> None:
@@ -132,33 +148,25 @@ def _run_sub(args, timeout):
   return common.run_worker("benchmarks.model_bench", args, timeout)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--only", default="all", choices=["all", "attn", "long", "mfu"])
-  parser.add_argument("--lengths", default="512,1024,2048,4096,8192")
-  parser.add_argument("--impls", default="naive,skew,blockwise")
-  parser.add_argument("--mfu_impls", default="skew,blockwise")
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--timeout", type=int, default=600, help="Seconds per subprocess.")
-  parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--impl", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--length", type=int, default=0, help=argparse.SUPPRESS)
-  a = parser.parse_args(argv)
-  if a.worker == "attn":
-    return _attn_worker(a.impl, a.length, a.repeats)
-  if a.worker == "long":
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  repeats, timeout = _REPEATS.value, _TIMEOUT.value
+  if _WORKER.value == "attn":
+    return _attn_worker(_IMPL.value, _LENGTH.value, repeats)
+  if _WORKER.value == "long":
     return _long_worker()
-  if a.only in ("all", "mfu"):
-    _mfu(a.mfu_impls.split(","), a.repeats)
-  if a.only in ("all", "attn"):
-    for length in [int(x) for x in a.lengths.split(",")]:
-      for impl in a.impls.split(","):
+  if _ONLY.value in ("all", "mfu"):
+    _mfu(_MFU_IMPLS.value.split(","), repeats)
+  if _ONLY.value in ("all", "attn"):
+    for length in [int(x) for x in _LENGTHS.value.split(",")]:
+      for impl in _IMPLS.value.split(","):
         _, err = _run_sub(["--worker=attn", f"--impl={impl}", f"--length={length}",
-                           f"--repeats={a.repeats}"], a.timeout)
+                           f"--repeats={repeats}"], timeout)
         if err:
           common.emit("attn_fwd_bwd_time", None, "s", impl=impl, seq_len=length, error=err)
-  if a.only in ("all", "long"):
-    _, err = _run_sub(["--worker=long"], a.timeout)
+  if _ONLY.value in ("all", "long"):
+    _, err = _run_sub(["--worker=long"], timeout)
     if err:
       common.emit("rga_train_step_8192", None, "s", error=err)
 
@@ -166,4 +174,4 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_binary()  # What the binaries set on a CPU host, before JAX starts.
-  main()
+  app.run(main)

@@ -20,16 +20,27 @@ implementation could reach here.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
+from absl import app
+from absl import flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+
+_CONFIGS = flags.DEFINE_string("configs", "rga.py:original,gpt.py:original",
+                               "Comma-separated config files (in configs/) with variants.")
+_BATCHES = flags.DEFINE_string("batches", "1,32", "Comma-separated batch sizes.")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 256, "Prompt length in tokens.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 1024, "New tokens per cached sample.")
+_UNCACHED_TOKENS = flags.DEFINE_integer(
+    "uncached_tokens", 16, "uncached new tokens at batch 1 (divided by the batch, at least 2)")
+_VOCAB = flags.DEFINE_string("vocab", "codec", "'codec' (the token codec's size) or an int")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs per figure (the best is reported).")
 
 
 def _prompt(codec, length: int, seed: int = 0) -> np.ndarray:
@@ -58,17 +69,9 @@ def _bytes_per_token(model, model_config) -> int:
   return int(weights + kv * np.dtype(model.dtype).itemsize)
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--configs", default="rga.py:original,gpt.py:original")
-  ap.add_argument("--batches", default="1,32")
-  ap.add_argument("--prompt_tokens", type=int, default=256)
-  ap.add_argument("--new_tokens", type=int, default=1024)
-  ap.add_argument("--uncached_tokens", type=int, default=16,
-                  help="uncached new tokens at batch 1 (divided by the batch, at least 2)")
-  ap.add_argument("--vocab", default="codec", help="'codec' (the token codec's size) or an int")
-  ap.add_argument("--repeats", type=int, default=1)
-  args = ap.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import config_lib, models, sampling  # pylint: disable=g-import-not-at-top
@@ -76,12 +79,12 @@ def main(argv=None):
 
   codec = TokenCodec()
   tables = sampling.grammar_tables(codec)
-  vocab = codec.vocab_size if args.vocab == "codec" else int(args.vocab)
-  prompt = _prompt(codec, args.prompt_tokens)
+  vocab = codec.vocab_size if _VOCAB.value == "codec" else int(_VOCAB.value)
+  prompt = _prompt(codec, _PROMPT_TOKENS.value)
   opts = sampling.SampleOptions(temperature=1.0, top_k=0, top_p=1.0)
   # This machine's matmul rate now (the figures below are only comparable next to it).
   common.emit("sample/matmul_peak", common.matmul_peak_flops() / 1e9, "GFLOP/s")
-  for spec in args.configs.split(","):
+  for spec in _CONFIGS.value.split(","):
     config = config_lib.load_config(f"configs/{spec}")
     config.model.vocab_size = max(vocab, codec.vocab_size)
     model = models.create_model(config.model, nnx.Rngs(0))
@@ -95,13 +98,13 @@ def main(argv=None):
     common.emit(f"sample/{spec}/b1_roofline_tokens_per_s", bandwidth / per_token, "tokens/s",
                 config=spec, bytes_per_token=per_token,
                 note="stream bandwidth / (weights + KV cache bytes) per token at batch 1")
-    for batch in [int(b) for b in args.batches.split(",")]:
-      uncached_new = max(2, args.uncached_tokens // batch)
-      for cached, new in ((True, args.new_tokens), (False, uncached_new)):
+    for batch in [int(b) for b in _BATCHES.value.split(",")]:
+      uncached_new = max(2, _UNCACHED_TOKENS.value // batch)
+      for cached, new in ((True, _NEW_TOKENS.value), (False, uncached_new)):
         kw = dict(seed=0, num_samples=batch, max_new_tokens=new, cached=cached)
         sampling.generate(model, prompt, tables, opts, **kw)  # compile
         best = None
-        for _ in range(args.repeats):
+        for _ in range(_REPEATS.value):
           t = time.perf_counter()
           res = sampling.generate(model, prompt, tables, opts, **kw)
           dt = time.perf_counter() - t
@@ -119,4 +122,4 @@ def main(argv=None):
 if __name__ == "__main__":
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_binary()  # What the binaries set on a CPU host, before JAX starts.
-  main()
+  app.run(main)

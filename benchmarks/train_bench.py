@@ -21,11 +21,12 @@ if missing (bach_token, bach_char; no network).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
+from absl import app
+from absl import flags
 import jax
 
 from benchmarks import common
@@ -38,6 +39,17 @@ CONFIGS = {
     "gpt": ("configs/gpt.py:original", {"model.vocab_size": 0}),
     "char": ("configs/char_gpt.py:original", {}),
 }
+
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps per config.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before the timed ones.")
+_DATA_DIR = flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR", ""),
+                                "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+_CONFIGS = flags.DEFINE_string("configs", "rga,gpt,char",
+                               f"Comma-separated, from {sorted(CONFIGS)}.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/virtuoso_train_bench", "Trainer workdir.")
+_TIMEOUT = flags.DEFINE_integer("timeout", 3600, "Seconds per config.")
+# Set by this script for the subprocess that measures one config (common.run_worker).
+_WORKER = flags.DEFINE_bool("worker", False, "Internal: run the configs in this process.")
 
 
 def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, workdir: str):
@@ -85,34 +97,28 @@ def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, wo
   common.emit("train_peak_rss", round(common.peak_rss_bytes() / 2**20, 1), "MiB", **extra)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", ""))
-  parser.add_argument("--configs", default="rga,gpt,char")
-  parser.add_argument("--workdir", default="/tmp/virtuoso_train_bench")
-  parser.add_argument("--timeout", type=int, default=3600, help="Seconds per config.")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  names = args.configs.split(",")
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  names = _CONFIGS.value.split(",")
   unknown = [n for n in names if n not in CONFIGS]
   if unknown:
-    parser.error(f"--configs: unknown {unknown}; choose from {sorted(CONFIGS)}")
-  if args.worker:
+    raise app.UsageError(f"--configs: unknown {unknown}; choose from {sorted(CONFIGS)}")
+  steps, warmup, data_dir, workdir = _STEPS.value, _WARMUP.value, _DATA_DIR.value, _WORKDIR.value
+  if _WORKER.value:
     for name in names:
       spec, overrides = CONFIGS[name]
-      bench(spec, overrides, args.steps, args.warmup, args.data_dir, args.workdir)
+      bench(spec, overrides, steps, warmup, data_dir, workdir)
     return
   # Each config in its own process: the heap one config's steps keep (virtuoso_jax's malloc
   # settings) would otherwise stay resident under the next one and blur its memory figure;
   # char_gpt.py:original (14 GB) after rga.py:original (5 GB) was OOM-killed at 24 GiB.
   for name in names:
-    print(f"train_bench: {CONFIGS[name][0]} ({args.warmup} + {args.steps} steps, own process)",
+    print(f"train_bench: {CONFIGS[name][0]} ({warmup} + {steps} steps, own process)",
           file=sys.stderr, flush=True)
     _, err = common.run_worker("benchmarks.train_bench", [
-        "--worker", f"--configs={name}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-        f"--data_dir={args.data_dir}", f"--workdir={args.workdir}"], args.timeout)
+        "--worker", f"--configs={name}", f"--steps={steps}", f"--warmup={warmup}",
+        f"--data_dir={data_dir}", f"--workdir={workdir}"], _TIMEOUT.value)
     if err:
       common.emit("train_mfu", None, "fraction", config=CONFIGS[name][0], error=err)
 
@@ -120,4 +126,4 @@ def main():
 if __name__ == "__main__":
   from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_binary()  # What the binaries set on a CPU host, before JAX starts.
-  main()
+  app.run(main)

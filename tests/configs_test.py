@@ -51,10 +51,31 @@ def test_overrides_and_unknown_fields():
   assert c.parallel.mesh_shape == (2, 2, 2)
   with pytest.raises(config_lib.ConfigError, match="model.num_layerz"):
     config_lib.load_config("configs/rga.py:tiny", ["model.num_layerz=3"])
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"\(--config.model.num_layers=abc\): model.num_layers is an int"):
+    config_lib.load_config("configs/rga.py:tiny", {"model.num_layers": "abc"})
   with pytest.raises(ValueError, match="unknown variant"):
     config_lib.load_config("configs/rga.py:huge")
   with pytest.raises(config_lib.ConfigError, match="not found"):
     config_lib.load_config("configs/nope.py")
+
+
+def test_overrides_parse_as_on_the_command_line():
+  """Strings and dict values go through ml_collections' flag parsers, by the field's type."""
+  c = config_lib.load_config("configs/rga.py:tiny", {
+      "parallel.mesh_shape": "(2,2,2)", "optim.learning_rate": 1, "ckpt.overwrite": "true",
+      "data.data_dir": "", "model.dtype": "float32"})
+  assert c.parallel.mesh_shape == (2, 2, 2) and c.optim.learning_rate == 1.0
+  assert isinstance(c.optim.learning_rate, float) and c.ckpt.overwrite is True
+  assert (c.data.data_dir, c.model.dtype) == ("", "float32")
+  c, argv = config_lib.load_config_argv([
+      "prog", "--workdir", "w", "--config", "configs/rga.py:tiny", "--noconfig.ckpt.enabled",
+      "--config.num_train_steps", "7"])
+  assert (c.ckpt.enabled, c.num_train_steps) == (False, 7)
+  assert argv[4] == f"{config_lib.REPO_ROOT / 'configs' / 'rga.py'}:tiny"  # Made absolute.
+  with pytest.raises(config_lib.ConfigError, match="comes before --config"):
+    config_lib.load_config_argv(["prog", "--config.seed=1", "--config=configs/rga.py"])
+  assert config_lib.load_config_argv(["prog", "--helpfull"]) == (None, ["prog", "--helpfull"])
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -69,9 +90,8 @@ def test_overrides_and_unknown_fields():
     ("data.manual_dir", "/my/midis", "source=manual"),  # bach has its own files.
 ])
 def test_bad_values_are_named(field, value, match):
-  c = config_lib.load_config("configs/rga.py:tiny", {"grad_accum_steps": 4} if field == "batch_size"
-                             else {})
-  config_lib.set_field(c, field, value)
+  c = config_lib.load_config("configs/rga.py:tiny", {field: value, "grad_accum_steps": 4}
+                             if field == "batch_size" else {field: value})
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(c)
 
@@ -101,17 +121,26 @@ def test_config_json_round_trip(tmp_path):
   assert back.model.to_dict() == c.model.to_dict()
 
 
-def test_main_names_a_bad_override_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("override,match", [
+    ("--config.data.encodng=char",
+     "error: bad config override (--config.data.encodng): no such key 'encodng' "
+     'Did you mean "encoding"'),
+    ("--config.model.num_layers=abc",
+     "error: bad config override (--config.model.num_layers=abc): model.num_layers is an int; "
+     "invalid literal for int()"),
+])
+def test_main_names_a_bad_override_without_a_traceback(tmp_path, override, match):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   res = subprocess.run(
       [sys.executable, "-m", "virtuoso_jax.main", "--config=configs/rga.py:tiny",
-       f"--workdir={tmp_path}", "--config.data.encodng=char"],
+       f"--workdir={tmp_path}", override],
       cwd=config_lib.REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert res.returncode == 1
-  assert ("error: bad config override (--config.data.encodng): no such key 'encodng'"
-          in res.stderr), res.stderr[-2000:]
-  assert 'Did you mean "encoding"' in res.stderr and "Traceback" not in res.stderr
+  assert match in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+  with pytest.raises(config_lib.ConfigError) as err:  # load_config says the same.
+    config_lib.load_config("configs/rga.py:tiny", [override.removeprefix("--config.")])
+  assert f"error: {err.value}" in res.stderr
 
 
 def _train_cli(cwd, *args):

@@ -6,14 +6,18 @@ jax, so configs can be validated anywhere (tests, tools, before the backend star
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import os
 import pathlib
-from typing import Any, Iterable
+import re
+import sys
+import traceback
+from typing import Any, Iterable, Sequence
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,8 @@ _REL_IMPL = ("auto", "naive", "skew", "blockwise")
 _POS_EMB = ("learned", "none")
 _ENCODINGS = ("token", "char")  # virtuoso_jax.encoding.KINDS (this module imports no codec).
 _MANUAL_SOURCE = "manual"  # virtuoso_jax.dataset.MANUAL_SOURCE: the user's own folder.
+# The config flag's name: `--config=file.py[:variant]` and its `--config.a.b=value` overrides.
+_FLAG = "config"
 
 
 class ConfigError(ValueError):
@@ -34,51 +40,176 @@ class ConfigError(ValueError):
 
 
 def load_config(spec: str, overrides: Iterable[str] | dict[str, Any] = ()) -> ml_collections.ConfigDict:
-  """Loads `path/to/file.py[:arg]` like `--config=` does and applies `a.b=value` overrides.
+  """Loads `path/to/file.py[:variant]` and applies overrides exactly as the training binary's
+  `--config=` and `--config.a.b=value` flags do (`load_config_argv`).
 
   Args:
     spec: a config file path (relative to the CWD, else to the repo root), optionally followed
       by `:variant`.
-    overrides: `"model.num_layers=2"` strings (values parsed as Python literals, else kept as
-      strings) or a {dotted_name: value} dict.
+    overrides: `"model.num_layers=2"` strings, each read as `--config.model.num_layers=2` on the
+      command line (the value parsed by the field's type: int, float, bool, tuple, str), or a
+      {dotted_name: value} dict, whose values are passed the same way as `str(value)`.
 
   Returns:
-    The (unlocked) ConfigDict.
+    The (unlocked) ConfigDict. ConfigError names what is wrong (file, variant, field, value).
   """
-  file, arg = resolve_config_spec(spec)
-  module_spec = importlib.util.spec_from_file_location(f"_virtuoso_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
+  if isinstance(overrides, dict):
+    args = [f"--{_FLAG}.{k}={v}" for k, v in overrides.items()]
+  else:
+    args = [f"--{_FLAG}.{o}" for o in overrides]
+  config, _ = load_config_argv(["load_config", f"--{_FLAG}={spec}", *args])
+  return config
+
+
+def load_config_argv(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict | None, list[str]]:
+  """The config that `--config=file.py[:variant]` and the `--config.a.b=value` overrides in a
+  command line make, parsed by ml_collections as the binary's config flag parses them.
+
+  The one loader of config files: `load_config` calls it, and `python -m virtuoso_jax.main`
+  calls it before absl parses its flags, so a file or override that cannot load is one
+  ConfigError (the binary prints it as one `error:` line) instead of a traceback from inside
+  flag parsing. Other flags in `argv` are ignored.
+
+  Two steps, each with ml_collections' own parsing: the file through `DEFINE_config_file`
+  (an error here is the file's), then the overrides through `DEFINE_config_dict` on the loaded
+  config (an error here is an override's). Each on a private `flags.FlagValues`.
+
+  Args:
+    argv: a command line, program name first.
+
+  Returns:
+    (config, argv with the config path made absolute): the path is resolved relative to the
+    CWD, else to the repository root, so a config given relative to the repository loads from
+    any directory. (None, argv) when `argv` has no `--config` (absl then reports it missing).
+  """
   try:
-    module_spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
-      raise ConfigError(f"config file {file} defines no get_config(arg) function")
-    config = module.get_config(arg or None)
-  except ConfigError:
-    raise
-  except SyntaxError as e:
-    raise ConfigError(f"config file {file} has a syntax error at line {e.lineno}: {e.msg}") from e
-  except Exception as e:  # pylint: disable=broad-except  (the user's file: any error is theirs)
-    raise ConfigError(f"config file {file} failed to load{f' variant {arg!r}' if arg else ''}: "
-                      f"{type(e).__name__}: {e}") from e
+    argv = flags.FlagValues().read_flags_from_files(list(argv), force_gnu=False)
+  except flags.Error:
+    return None, list(argv)  # An unreadable --flagfile: absl's own parse reports it.
+  # absl parses no flag after `--`.
+  flag_args = argv[:argv.index("--")] if "--" in argv else argv
+  where = [i for i, a in enumerate(flag_args) if i > 0 and re.match(rf"^--?{_FLAG}(=|$)", a)]
+  if not where:
+    return None, argv
+  if len(where) > 1:
+    raise ConfigError(f"--{_FLAG} is given {len(where)} times; give one config file")
+  i = where[0]
+  if "=" in argv[i]:
+    index, spec = i, argv[i].split("=", 1)[1]
+  elif i + 1 < len(flag_args):
+    index, spec = i + 1, argv[i + 1]
+  else:
+    raise ConfigError(f"--{_FLAG} needs a value, e.g. --{_FLAG}=configs/rga.py:tiny")
+  early = [a for a in flag_args[1:i] if _is_override(a)]
+  if early:
+    raise ConfigError(f"{early[0].split('=', 1)[0]} comes before --{_FLAG}=...: give the config "
+                      "file first, then its overrides")
+  file, arg = resolve_config_spec(spec)
+  resolved = str(file) + (f":{arg}" if ":" in spec else "")
+  argv = list(argv)
+  argv[index] = resolved if index != i else f"{argv[i].split('=', 1)[0]}={resolved}"
+  config = _load_file(file, arg, resolved)
+  # The overrides with the values they consume (`--config.a.b value` is two arguments); the
+  # config file argument is left out, so the inline flag below parses the overrides only.
+  rest = [a for j, a in enumerate(argv[:len(flag_args)]) if j not in (i, index)]
+  _apply_overrides(config, rest)
+  return config, argv
+
+
+def _is_override(arg: str) -> bool:
+  return re.match(rf"^--?(no)?{_FLAG}\.", arg) is not None
+
+
+def _load_file(file: pathlib.Path, arg: str, resolved: str) -> ml_collections.ConfigDict:
+  """`file`'s get_config(arg), loaded by ml_collections' config-file flag."""
+  fv = flags.FlagValues()
+  argv = ["load_config", f"--{_FLAG}={resolved}"]
+  holder = config_flags.DEFINE_config_file(_FLAG, None, flag_values=fv, lock_config=False,
+                                           sys_argv=argv)
+  variant = f" variant {arg!r}" if arg else ""
+  # ml_collections loads the file as module `config_config`, executing it into the module of
+  # that name if one is loaded: names of a file loaded before (its get_config) would survive.
+  sys.modules.pop(f"{_FLAG}_config", None)
+  try:
+    fv(argv)
+    config = holder.value
+    # A file ml_collections could not read (an OSError while loading it or in get_config()) is
+    # handed back as a stand-in that raises that error on any attribute access.
+    hasattr(config, "lock")
+  except Exception as e:  # pylint: disable=broad-except  (running the user's file: any error is its)
+    raise _file_error(e, file, variant) from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"config file {file}: get_config() returned {type(config).__name__}, "
                       "not an ml_collections.ConfigDict")
-  if isinstance(overrides, dict):
-    items = overrides.items()
-  else:
-    items = []
-    for o in overrides:
-      key, sep, value = o.partition("=")
-      if not sep:
-        raise ConfigError(f"override {o!r} is not of the form name=value")
-      try:
-        value = ast.literal_eval(value)
-      except (ValueError, SyntaxError):
-        pass  # A plain string.
-      items.append((key, value))
-  for key, value in items:
-    set_field(config, key, value)
   return config
+
+
+def _file_error(e: Exception, file: pathlib.Path, variant: str) -> ConfigError:
+  """ConfigError for what loading `file` raised. ml_collections and absl re-raise a
+  TypeError/ValueError wrapped (with a traceback in the message), so the message is taken from
+  the first exception in the chain raised through the file itself, else (e.g. get_config()
+  called with the wrong arguments) from the innermost one."""
+  chain, x = [], e
+  while x is not None and len(chain) < 10:
+    chain.append(x)
+    x = x.__cause__ or x.__context__
+  own = [x for x in chain if isinstance(x, SyntaxError) or
+         any(f.filename == str(file) for f in traceback.extract_tb(x.__traceback__))]
+  x = own[0] if own else chain[-1]
+  if isinstance(x, ConfigError):
+    return x  # A config_lib helper's own message (e.g. a sibling file that is missing).
+  if isinstance(x, SyntaxError):
+    return ConfigError(f"config file {x.filename or file} has a syntax error at line {x.lineno}: "
+                       f"{x.msg}")
+  if isinstance(x, AttributeError) and x.name == "get_config" and not own:
+    return ConfigError(f"config file {file} defines no get_config(arg) function")
+  return ConfigError(f"config file {file} failed to load{variant}: {type(x).__name__}: "
+                     f"{_one_line(x)}")
+
+
+def _apply_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+  """Applies the `--config.a.b=value` flags of `argv` (program name first) to `config` in
+  place, by ml_collections' override flags: each value parsed by its field's type."""
+  names = [a.split("=", 1)[0] for a in argv[1:] if _is_override(a)]
+  if not names:
+    return
+  fv = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_dict(_FLAG, config, flag_values=fv, lock_config=False,
+                                    sys_argv=argv)
+    fv(argv, known_only=True)
+  except (AttributeError, KeyError) as e:  # config_path: a field the config does not have.
+    reason = _one_line(e)
+    key = re.match(r"'([^']+)'", reason)
+    named = [n for n in names if key and key.group(1) in n.split(".")] or names
+    raise ConfigError(f"bad config override ({', '.join(named)}): no such key {reason}") from None
+  except flags.IllegalFlagValueError as e:  # A value its field's parser rejects.
+    flag, _, reason = str(e).removeprefix("flag ").partition(": ")
+    path = flag.split("=", 1)[0].split(".", 1)[-1]
+    raise ConfigError(f"bad config override ({flag}): {path} is {_type_of(config, path)}; "
+                      f"{_one_line(reason)}") from None
+  except (flags.Error, TypeError, ValueError) as e:
+    raise ConfigError(f"bad config override ({', '.join(names)}): {_one_line(e)}") from None
+
+
+def _type_of(config: ml_collections.ConfigDict, path: str) -> str:
+  """'an int', 'a tuple', ... of the field at dotted `path` (for messages)."""
+  node = config
+  for part in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return "a field"
+    node = node[part]
+  name = type(node).__name__
+  return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _one_line(e: BaseException | str) -> str:
+  """An exception's message on one line (a KeyError's own text, not its repr)."""
+  while isinstance(e, BaseException) and len(e.args) == 1 and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+    e = e.args[0]
+  return " ".join(str(e).split())
 
 
 def resolve_config_spec(spec: str) -> tuple[pathlib.Path, str]:
@@ -102,7 +233,6 @@ def load_sibling(config_file: str, name: str):
   path: config files import their siblings this way (`default = config_lib.load_sibling(
   __file__, "default")`), so they load from any working directory and from a copied folder of
   configs, whether or not the `configs` folder is importable. One module object per file."""
-  import sys  # pylint: disable=g-import-not-at-top
   file = pathlib.Path(config_file).resolve().parent / f"{name}.py"
   key = f"_virtuoso_config_sibling_{abs(hash(str(file))):x}_{name}"
   if key not in sys.modules:
@@ -113,24 +243,6 @@ def load_sibling(config_file: str, name: str):
     module_spec.loader.exec_module(module)
     sys.modules[key] = module
   return sys.modules[key]
-
-
-def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  """Sets `config.a.b = value`; unknown fields are an error (the schema never grows)."""
-  *parents, leaf = dotted.split(".")
-  node = config
-  for p in parents:
-    if p not in node:
-      raise ConfigError(f"unknown config field {dotted!r} (no group {p!r})")
-    node = node[p]
-  if leaf not in node:
-    raise ConfigError(f"unknown config field {dotted!r}")
-  old = node[leaf]
-  if isinstance(old, tuple) and isinstance(value, list):
-    value = tuple(value)
-  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-    value = float(value)
-  node[leaf] = value
 
 
 def upgrade(saved: dict[str, Any]) -> dict[str, Any]:

@@ -115,48 +115,21 @@ def _write_end_sample(workdir: str, log) -> None:
                 "virtuoso_jax.sample --workdir=%s", type(e).__name__, e, workdir)
 
 
-def _check_config_file(argv):
-  """Loads the `--config` file once before absl does, so a missing file, a syntax error, an
-  exception in get_config() or an unknown variant is one `error:` line (ml_collections would
-  raise it from inside flag parsing, as a 40-line traceback). Returns argv with the config
-  path made absolute (a path relative to neither the CWD nor the repository root fails here;
-  one relative to the repository root then loads from any directory)."""
-  from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top  (no jax)
-  argv = list(argv)
-  for i, a in enumerate(argv[1:], 1):
-    if a == "--":
-      break
-    if a.startswith(("--config=", "-config=")):
-      index, spec = i, a.split("=", 1)[1]
-    elif a in ("--config", "-config") and i + 1 < len(argv):
-      index, spec = i + 1, argv[i + 1]
-    else:
-      continue
-    try:
-      file, arg = config_lib.resolve_config_spec(spec)
-      config_lib.load_config(spec)
-    except config_lib.ConfigError as e:
-      raise SystemExit(f"error: {e}") from None
-    resolved = str(file) + (f":{arg}" if arg else "")
-    argv[index] = resolved if index != i else f"{a.split('=', 1)[0]}={resolved}"
-  return argv
-
-
 def _parse_flags(argv):
-  """absl's parser, except that a `--config.x.y=...` override of a key the config does not
-  have (or of the wrong type) is one `error:` line naming it: ml_collections raises a plain
-  AttributeError/KeyError/TypeError/ValueError there, which absl would show as a traceback.
-  A config file that cannot be loaded is one `error:` line too (`_check_config_file`)."""
-  argv = _check_config_file(argv)
+  """absl's parser, after `config_lib.load_config_argv` has loaded `--config` and its
+  `--config.a.b=...` overrides: a missing file, a syntax error, an exception in get_config(),
+  an unknown variant, an unknown override key or a value of the wrong type is one `error:` line
+  (ml_collections would raise it from inside flag parsing, as a traceback). The `--config` flag
+  above then loads the file again with the same ml_collections parsing, so `_CONFIG.value` is
+  the config checked here. The config path is made absolute first (relative to the CWD, else
+  to the repository root), so a path relative to the repository root loads from any
+  directory."""
+  from virtuoso_jax import config_lib  # pylint: disable=g-import-not-at-top  (no jax)
   try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    reason = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
-    if isinstance(e, (AttributeError, KeyError)):
-      reason = f"no such key {reason}"
-    raise SystemExit(f"error: bad config override ({', '.join(overrides) or '--config'}): "
-                     f"{reason}") from None
+    _, argv = config_lib.load_config_argv(argv)
+  except config_lib.ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  return app.parse_flags_with_usage(argv)
 
 
 def run():
