@@ -51,7 +51,7 @@ setuptools.setup(
             "virtuoso-sample=virtuoso_jax.sample:run",
             "virtuoso-compose=virtuoso_jax.compose:run",
             "virtuoso-evaluate=virtuoso_jax.evaluate:run",
-            "virtuoso-encode=virtuoso_jax.encoding.__main__:main",
+            "virtuoso-encode=virtuoso_jax.encoding.__main__:run",
         ],
     },
 )

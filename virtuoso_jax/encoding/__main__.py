@@ -66,5 +66,10 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point (`virtuoso-encode`); `python -m` runs the same."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
