@@ -78,7 +78,7 @@ def main(argv):
   from virtuoso_jax.encoding import TokenCodec  # pylint: disable=g-import-not-at-top
 
   codec = TokenCodec()
-  tables = sampling.grammar_tables(codec)
+  tables = codec.grammar()
   vocab = codec.vocab_size if _VOCAB.value == "codec" else int(_VOCAB.value)
   prompt = _prompt(codec, _PROMPT_TOKENS.value)
   opts = sampling.SampleOptions(temperature=1.0, top_k=0, top_p=1.0)

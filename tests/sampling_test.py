@@ -15,7 +15,7 @@ from virtuoso_jax import models
 from virtuoso_jax import sampling
 
 CODEC = encoding.TokenCodec()
-TABLES = sampling.grammar_tables(CODEC)
+TABLES = CODEC.grammar()
 CONTEXT = 24
 
 
@@ -126,10 +126,10 @@ def test_filter_logits_top_k_top_p_keep_only_legal_ids():
 
 def test_char_grammar_samples_decode():
   codec = encoding.CharCodec()
-  tables = sampling.grammar_tables(codec)
+  tables = codec.grammar()
   model = tiny_model("gpt", codec.vocab_size, seed=1)
   text = "SONG=Relax_with_10_notes\n"
-  state, flags = sampling.char_prompt_state(tables, text, codec)
+  state, flags = codec.prompt_state(text)
   assert state == tables.start_state
   res = sampling.generate(model, codec.text_to_ids(text), tables,
                           sampling.SampleOptions(temperature=1.0), seed=0, num_samples=2,
@@ -140,4 +140,4 @@ def test_char_grammar_samples_decode():
     notes, report = codec.decode(out, return_report=True)
     assert len(notes) == res.notes[b] == 6, report
   with pytest.raises(ValueError, match="line 2"):
-    sampling.char_prompt_state(tables, "SONG=x\n!!!\n", codec)  # DUR 0 is illegal.
+    codec.prompt_state("SONG=x\n!!!\n")  # DUR 0 is illegal.

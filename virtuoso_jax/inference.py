@@ -82,7 +82,7 @@ class Run:
   codec: Any  # TokenCodec | CharCodec
   model: Any  # virtuoso_jax.models decoder
   step: int
-  tables: Any  # sampling.GrammarTables
+  tables: Any  # encoding.Grammar (the codec's)
 
   @property
   def kind(self) -> str:
@@ -111,7 +111,7 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from virtuoso_jax import checkpointing, models, sampling  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import checkpointing, models  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
   cfg_path = os.path.join(workdir, run_dir.CONFIG_FILE)
@@ -152,7 +152,7 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
         f"{config.model.emb_dim}, vocab {config.model.vocab_size}): {type(e).__name__}: "
         f"{str(e)[:500]}") from e
   nnx.update(model, restored)
-  return Run(workdir, config, codec, model, int(step), sampling.grammar_tables(codec))
+  return Run(workdir, config, codec, model, int(step), codec.grammar())
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -260,7 +260,6 @@ def build_prompt(run: Run, request: SampleRequest) -> tuple[np.ndarray, int, np.
     body = ids[1:]
     state, flags = run.tables.walk(body)
     return ids, state, np.concatenate([[True], flags])
-  from virtuoso_jax import sampling  # pylint: disable=g-import-not-at-top
   if request.instruments:
     raise SampleError("--instruments needs a token model (char ids are shared by every field)")
   text = request.prompt_text
@@ -271,7 +270,7 @@ def build_prompt(run: Run, request: SampleRequest) -> tuple[np.ndarray, int, np.
   if text.split("\n")[-1].startswith("SONG="):
     text += "\n"  # A title line the user wrote is complete; the model starts with notes.
   try:
-    state, flags = sampling.char_prompt_state(run.tables, text, run.codec)
+    state, flags = run.codec.prompt_state(text)
   except (ValueError, KeyError) as e:
     raise SampleError(f"char prompt {text[:60]!r} cannot be encoded: {e}") from e
   return run.codec.text_to_ids(text).astype(np.int32), state, flags

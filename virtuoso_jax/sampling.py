@@ -1,6 +1,6 @@
 """Grammar-constrained, KV-cached sampling in one compiled loop (jittable; no absl, no I/O).
 
-  tables = sampling.grammar_tables(codec)          # TokenCodec or CharCodec
+  tables = codec.grammar()                         # TokenCodec or CharCodec: an encoding.Grammar
   result = sampling.generate(model, prompt_ids, tables, SampleOptions(...), seed=0,
                              num_samples=4, max_new_tokens=1024)
   result.tokens   # int32 [B, max_new_tokens] generated ids (PAD after a row stops)
@@ -12,8 +12,8 @@ How it works:
   row from the logits of the previous one and feeds it through `model.decode` (one [B, 1]
   step over the KV cache); the window slide (below) happens between inner loops, so the
   per-token loop holds no conditional. No per-token Python dispatch.
-- Grammar: `GrammarTables` holds the codec's automaton (`allowed[S, V]`, `next_state[S, V]`) plus
-  two tables derived from it: `completes_note[S, V]` (emitting the id ends a note) and
+- Grammar: the codec's `encoding.Grammar` holds its automaton (`allowed[S, V]`,
+  `next_state[S, V]`), `completes_note[S, V]` (emitting the id ends a note) and
   `advance[S, V]` (grid units the id moves time forward). Every row keeps its state; logits of
   illegal ids are masked before temperature / top-k / top-p, so only legal ids are ever drawn
   and every sample decodes. Instrument restriction is one more bool[V] mask.
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,152 +41,10 @@ import numpy as np
 from flax import nnx
 
 from virtuoso_jax import preflight
+from virtuoso_jax.encoding.grammar import Grammar
 
 _NEG = -1e30  # Finite "minus infinity" for masked logits (exp() = 0, no inf - inf).
 NO_LIMIT = np.iinfo(np.int32).max
-
-
-# ---------------------------------------------------------------------------- grammar tables
-
-
-class GrammarTables(NamedTuple):
-  """The sampler's view of a codec's automaton (numpy; see the module docstring).
-
-  Attributes:
-    allowed: bool[S, V] ids legal in each state.
-    next_state: int32[S, V] state after an id.
-    completes_note: bool[S, V] emitting the id in that state ends a note.
-    advance: int32[S, V] grid units the id advances time in that state.
-    start_state: state at the start of a song body (after BOS / after the header line).
-    boundary_state: the state between notes (cutting before an id emitted here never splits
-      a note).
-    eos_id: stop id (-1: none, e.g. char models).
-    pad_id: what a stopped row emits.
-    header_state: char models only: the state inside a `SONG=` header line (-1: none).
-    bos_id: the id a token prompt may start with (-1: none).
-  """
-
-  allowed: np.ndarray
-  next_state: np.ndarray
-  completes_note: np.ndarray
-  advance: np.ndarray
-  start_state: int
-  boundary_state: int
-  eos_id: int
-  pad_id: int
-  header_state: int = -1
-  bos_id: int = -1
-
-  @property
-  def vocab_size(self) -> int:
-    return self.allowed.shape[1]
-
-  def walk(self, ids: Sequence[int], state: Optional[int] = None) -> tuple[int, np.ndarray]:
-    """(state after `ids`, bool boundary flag per id) starting from `state` (default start).
-
-    Raises ValueError naming the position of an id that is illegal where it stands.
-    """
-    state = self.start_state if state is None else int(state)
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    flags = np.zeros(len(ids), bool)
-    v = self.vocab_size
-    for i, t in enumerate(ids.tolist()):
-      if not 0 <= t < v or not self.allowed[state, t]:
-        raise ValueError(f"prompt id {t} at position {i} is not legal in grammar state {state} "
-                         "(a prompt must follow the codec's grammar)")
-      flags[i] = state == self.boundary_state
-      state = int(self.next_state[state, t])
-    return state, flags
-
-
-def grammar_tables(codec) -> GrammarTables:
-  """GrammarTables for a `TokenCodec` (its `grammar()`) or a `CharCodec` (built here)."""
-  if hasattr(codec, "grammar"):
-    return _token_tables(codec)
-  return char_grammar(codec)
-
-
-def _token_tables(codec) -> GrammarTables:
-  from virtuoso_jax.encoding import token_codec as tc  # pylint: disable=g-import-not-at-top
-  g = codec.grammar()
-  allowed, nxt = g.allowed, g.next_state.astype(np.int32)
-  completes = allowed & (nxt == g.boundary_state) & (
-      np.arange(g.num_states)[:, None] != g.boundary_state)
-  kinds = codec.kinds(np.arange(codec.vocab_size))
-  lo = codec.field_ranges()["time"][0]
-  per_id = np.where(kinds == tc.K_DT, np.arange(codec.vocab_size) - lo, 0)
-  per_id = np.where(kinds == tc.K_WAIT, codec.wait_units, per_id)
-  advance = np.where(allowed, per_id[None, :], 0).astype(np.int32)
-  return GrammarTables(allowed, nxt, completes, advance, int(g.start_state),
-                       int(g.boundary_state), int(codec.eos_id), int(codec.pad_id),
-                       bos_id=int(codec.bos_id))
-
-
-def char_grammar(codec) -> GrammarTables:
-  """The line grammar of the Optimus TXT char codec, as sampler tables.
-
-  States: 0 = line start (boundary), 1..F-1 = after field 0..F-2 of a note line, F = a note line
-  is complete (only newline), F+1 = inside a `SONG=` header line (anything printable, newline
-  ends it). After the STA field a newline is legal too (a wait line). Field values are legal
-  only in their range (STA 0..max, DUR 1..max, PTC 0..127, VEL 1..127, INS 0..128), so every
-  line decodes. Ids: PAD = 0, newline = 1, a value v is the character chr(v + 33) = id v + 3.
-  """
-  from virtuoso_jax.encoding import char_codec as cc  # pylint: disable=g-import-not-at-top
-  v = codec.vocab_size
-  m = codec.max_value
-  ranges = {"STA": (0, m), "DUR": (1, m), "PTC": (0, 127), "VEL": (1, 127), "INS": (0, 128)}
-  f = codec.num_fields
-  header, nl = f + 1, codec.newline_id
-  s = f + 2
-  allowed = np.zeros((s, v), bool)
-  nxt = np.zeros((s, v), np.int32)
-  completes = np.zeros((s, v), bool)
-  advance = np.zeros((s, v), np.int32)
-  value_id = lambda val: val + cc.OFFSET - 30  # chr(val + 33) -> id (code point - 30).
-  for j, name in enumerate(codec.fields):
-    lo, hi = ranges[name]
-    ids = np.arange(value_id(lo), value_id(hi) + 1)
-    ids = ids[ids < v]
-    allowed[j, ids] = True
-    nxt[j, ids] = j + 1
-    if j == 0:
-      advance[0, ids] = ids - value_id(0)
-  allowed[1, nl] = True  # Wait line: one STA character.
-  nxt[1, nl] = 0
-  allowed[f, nl] = True
-  nxt[f, nl] = 0
-  completes[f, nl] = True
-  allowed[header, 2:] = True  # Header: printable characters ...
-  nxt[header, 2:] = header
-  allowed[header, nl] = True  # ... until the newline.
-  nxt[header, nl] = 0
-  return GrammarTables(allowed, nxt, completes, advance, 0, 0, -1, int(codec.pad_id), header)
-
-
-def char_prompt_state(tables: GrammarTables, text: str, codec) -> tuple[int, np.ndarray]:
-  """(grammar state, boundary flags) after a char prompt such as `SONG=` or a whole song.
-
-  `SONG=...` header lines put the state in the header state; other lines must follow the note
-  line grammar. Raises ValueError naming the offending line.
-  """
-  ids = codec.text_to_ids(text)
-  flags = np.zeros(len(ids), bool)
-  pos = 0
-  state = tables.start_state
-  for k, line in enumerate(text.split("\n")):
-    last = k == len(text.split("\n")) - 1
-    n = len(line) + (0 if last else 1)
-    flags[pos:pos + 1] = n > 0
-    if line.startswith("SONG=") or (last and line and "SONG=".startswith(line)):
-      state = 0 if not last else tables.header_state
-    else:
-      try:
-        state, _ = tables.walk(ids[pos:pos + n], 0)
-      except ValueError as e:
-        raise ValueError(f"char prompt line {k + 1} ({line!r}) is not a note line, a wait line "
-                         f"or a SONG= header: {e}") from e
-    pos += n
-  return state, flags
 
 
 # ---------------------------------------------------------------------------- logits -> ids
@@ -359,7 +217,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
   return gen, out["ngen"], out["notes"], out["units"], out["slides"]
 
 
-def generate(model, prompt, tables: GrammarTables, options: SampleOptions = SampleOptions(), *,
+def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOptions(), *,
              seed: int = 0, num_samples: int = 1, max_new_tokens: int = 1024,
              max_notes: Optional[int] = None, max_units: Optional[int] = None,
              allowed_ids: Optional[np.ndarray] = None, prompt_state: Optional[int] = None,
@@ -372,7 +230,7 @@ def generate(model, prompt, tables: GrammarTables, options: SampleOptions = Samp
     model: a `virtuoso_jax.models` decoder (its parameters are used as they are).
     prompt: int ids [P] (P >= 1), e.g. `[BOS]` or `codec.encode(notes, add_eos=False)`. Every
       row starts from it. Ids must follow the grammar (else ValueError).
-    tables: `grammar_tables(codec)`.
+    tables: `codec.grammar()`.
     options: temperature / top-k / top-p.
     seed: PRNG seed (same seed, same prompt, same options: same samples).
     num_samples: batch size B.
@@ -478,7 +336,7 @@ def generate(model, prompt, tables: GrammarTables, options: SampleOptions = Samp
                       int(slides))
 
 
-def trim_to_units(ids: np.ndarray, tables: GrammarTables, max_units: int,
+def trim_to_units(ids: np.ndarray, tables: Grammar, max_units: int,
                   state: Optional[int] = None) -> np.ndarray:
   """Cuts generated `ids` before the first note whose onset is >= max_units grid units after
   the start of `ids` (`state`: the grammar state before them; default the start state)."""
@@ -495,7 +353,7 @@ def trim_to_units(ids: np.ndarray, tables: GrammarTables, max_units: int,
   return ids
 
 
-def drop_partial_note(ids: np.ndarray, tables: GrammarTables,
+def drop_partial_note(ids: np.ndarray, tables: Grammar,
                       state: Optional[int] = None) -> np.ndarray:
   """Cuts generated `ids` after the last complete note (or EOS): a row stopped by the token
   limit may end inside a note, which the decoder would skip. `state`: the grammar state before

@@ -6,6 +6,7 @@ Public names (docs/architecture.md section 1): `Notes`, `EncodingConfig`, `midi_
 """
 
 from virtuoso_jax.encoding.char_codec import CharCodec
+from virtuoso_jax.encoding.grammar import Grammar
 from virtuoso_jax.encoding.midi_io import MidiError
 from virtuoso_jax.encoding.midi_io import MidiInfo
 from virtuoso_jax.encoding.midi_io import describe
@@ -19,7 +20,6 @@ from virtuoso_jax.encoding.notes import GM_PROGRAM_NAMES
 from virtuoso_jax.encoding.notes import Notes
 from virtuoso_jax.encoding.notes import instrument_name
 from virtuoso_jax.encoding.notes import transpose
-from virtuoso_jax.encoding.token_codec import Grammar
 from virtuoso_jax.encoding.token_codec import TokenCodec
 
 KINDS = ("token", "char")  # config.data.encoding: the codec a dataset and a model use.

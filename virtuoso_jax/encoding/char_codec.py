@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from virtuoso_jax.encoding.grammar import Grammar
 from virtuoso_jax.encoding.notes import DRUMS, EncodingConfig, Notes
 
 OFFSET = 33
@@ -89,6 +90,7 @@ class CharCodec:
     self.max_codepoint = OFFSET + self.max_value
     self.vocab_size = 2 + (self.max_codepoint - 32 + 1)
     self.legend = "-".join(self.fields)
+    self._grammar = None  # Built once by grammar().
 
   # ------------------------------------------------------------------ encode
   def encode(self, notes: Notes, name: str | None = "song", *, return_report: bool = False):
@@ -245,6 +247,75 @@ class CharCodec:
     return out
 
   # ------------------------------------------------------------------ vocabulary
+  # ------------------------------------------------------------------ grammar
+  def grammar(self) -> Grammar:
+    """The line grammar of the TXT, as an automaton over ids (see `Grammar`).
+
+    States: 0 = line start (boundary), 1..F-1 = after field 0..F-2 of a note line, F = a note
+    line is complete (only newline), F+1 = inside a `SONG=` header line (anything printable,
+    newline ends it). After the STA field a newline is legal too (a wait line). Field values are
+    legal only in their range (STA 0..max, DUR 1..max, PTC 0..127, VEL 1..127, INS 0..128), so
+    every line decodes. Ids: PAD = 0, newline = 1, a value v is chr(v + 33) = id v + 3.
+    """
+    if self._grammar is not None:
+      return self._grammar
+    v, m, f, nl = self.vocab_size, self.max_value, self.num_fields, self.newline_id
+    ranges = {"STA": (0, m), "DUR": (1, m), "PTC": (0, 127), "VEL": (1, 127), "INS": (0, 128)}
+    header = f + 1
+    s = f + 2
+    allowed = np.zeros((s, v), bool)
+    nxt = np.zeros((s, v), np.int32)
+    completes = np.zeros((s, v), bool)
+    advance = np.zeros((s, v), np.int32)
+    value_id = lambda val: val + OFFSET - 30  # chr(val + 33) -> id (code point - 30).
+    for j, name in enumerate(self.fields):
+      lo, hi = ranges[name]
+      ids = np.arange(value_id(lo), value_id(hi) + 1)
+      ids = ids[ids < v]
+      allowed[j, ids] = True
+      nxt[j, ids] = j + 1
+      if j == 0:
+        advance[0, ids] = ids - value_id(0)
+    allowed[1, nl] = True  # Wait line: one STA character.
+    nxt[1, nl] = 0
+    allowed[f, nl] = True
+    nxt[f, nl] = 0
+    completes[f, nl] = True
+    allowed[header, 2:] = True  # Header: printable characters ...
+    nxt[header, 2:] = header
+    allowed[header, nl] = True  # ... until the newline.
+    nxt[header, nl] = 0
+    self._grammar = Grammar(allowed, nxt, completes, advance, 0, 0, -1, self.pad_id,
+                            header_state=header)
+    return self._grammar
+
+  def prompt_state(self, text: str) -> tuple[int, np.ndarray]:
+    """(grammar state, boundary flag per id) after a TXT prompt such as `SONG=` or a whole song.
+
+    `SONG=...` header lines put the state in the header state (or back to the line start once
+    their newline is given); other lines must follow the note-line grammar. Raises ValueError
+    naming the offending line.
+    """
+    g = self.grammar()
+    ids = self.text_to_ids(text)
+    flags = np.zeros(len(ids), bool)
+    pos, state = 0, g.start_state
+    lines = text.split("\n")
+    for k, line in enumerate(lines):
+      last = k == len(lines) - 1
+      n = len(line) + (0 if last else 1)
+      flags[pos:pos + 1] = n > 0
+      if line.startswith(_HEADER) or (last and line and _HEADER.startswith(line)):
+        state = 0 if not last else g.header_state
+      else:
+        try:
+          state, _ = g.walk(ids[pos:pos + n], 0)
+        except ValueError as e:
+          raise ValueError(f"char prompt line {k + 1} ({line!r}) is not a note line, a wait "
+                           f"line or a SONG= header: {e}") from e
+      pos += n
+    return state, flags
+
   def text_to_ids(self, text: str) -> np.ndarray:
     """TXT -> int32 ids. Raises ValueError naming the first character outside the vocabulary."""
     cp = _codepoints(text)

@@ -19,11 +19,11 @@ first EOS; PAD and BOS are ignored.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from virtuoso_jax.encoding.grammar import Grammar
 from virtuoso_jax.encoding.notes import DRUMS, NUM_INSTRUMENTS, EncodingConfig, Notes
 
 PAD, BOS, EOS, WAIT = 0, 1, 2, 3
@@ -44,41 +44,6 @@ def velocity_bin_tables(bins: int) -> tuple[np.ndarray, np.ndarray]:
     members = v[1:][to_bin[1:] == b]
     rep[b] = members[(len(members) - 1) // 2]
   return to_bin.astype(np.int64), rep
-
-
-@dataclasses.dataclass(frozen=True)
-class Grammar:
-  """A finite automaton over token ids, for grammar-constrained sampling.
-
-  Attributes:
-    allowed: bool[S, V], the ids legal in each state.
-    next_state: int32[S, V], the state after emitting an id (illegal ids lead to `end_state`).
-    start_state: the state after BOS.
-    boundary_state: the state between note groups (EOS is legal only here).
-    end_state: after EOS: only PAD is legal.
-  """
-
-  allowed: np.ndarray
-  next_state: np.ndarray
-  start_state: int
-  boundary_state: int
-  end_state: int
-
-  @property
-  def num_states(self) -> int:
-    return self.allowed.shape[0]
-
-  def state_after(self, ids: Iterable[int]) -> int:
-    """The state after a prefix (a leading BOS is optional). Raises ValueError on an illegal id."""
-    state = self.start_state
-    ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)
-    for i, t in enumerate(ids.tolist()):
-      if i == 0 and t == BOS:
-        continue
-      if not 0 <= t < self.allowed.shape[1] or not self.allowed[state, t]:
-        raise ValueError(f"id {t} at position {i} is not legal in grammar state {state}")
-      state = int(self.next_state[state, t])
-    return state
 
 
 class TokenCodec:
@@ -267,7 +232,7 @@ class TokenCodec:
   # ------------------------------------------------------------------ grammar and helpers
   def grammar(self) -> Grammar:
     """The automaton every encoded song follows (see `Grammar`). States: 0 = between groups
-    (start), 1 = after WAIT, 2 .. T = after field 0 .. T-2, T+1 = after EOS."""
+    (start, boundary), 1 = after WAIT, 2 .. T = after field 0 .. T-2, T+1 = after EOS."""
     if self._grammar is not None:
       return self._grammar
     t = self.tokens_per_note
@@ -289,7 +254,14 @@ class TokenCodec:
     for j in range(1, t):
       allow(1 + j, self._pattern[j], boundary if j == t - 1 else 2 + j)
     allow(end, K_PAD, end)
-    self._grammar = Grammar(allowed, nxt, boundary, boundary, end)
+    # A note ends where an id leads back to the boundary (not EOS/WAIT from the boundary).
+    completes = allowed & (nxt == boundary) & (np.arange(s)[:, None] != boundary)
+    lo = self.field_ranges()["time"][0]
+    per_id = np.where(kinds == K_DT, np.arange(self.vocab_size) - lo, 0)
+    per_id = np.where(kinds == K_WAIT, self.wait_units, per_id)
+    advance = np.where(allowed, per_id[None, :], 0).astype(np.int32)
+    self._grammar = Grammar(allowed, nxt, completes, advance, boundary, boundary, EOS, PAD,
+                            end_state=end, bos_id=BOS)
     return self._grammar
 
   def instrument_mask(self, instruments: Sequence[int]) -> np.ndarray:
