@@ -132,6 +132,7 @@ def get_config(arg=None):
   s.top_k = 0  # 0 = off.
   s.top_p = 1.0  # 1.0 = off.
   s.write_at_end = True  # Write a sample (MIDI + PNG) to <workdir>/samples when training ends.
+  s.every_steps = 0  # > 0: also every N steps, to <workdir>/samples/step_N (one process only).
 
   # ---------------------------------------------------------------- performance reporting
   f = config.perf = ml_collections.ConfigDict()

@@ -23,6 +23,7 @@ import pytest
 import input_pipeline_test  # tests/ is on sys.path (pytest rootdir-relative import).
 from virtuoso_jax import checkpointing
 from virtuoso_jax import config_lib
+from virtuoso_jax import encoding
 from virtuoso_jax import metrics as metrics_lib
 from virtuoso_jax import inference
 from virtuoso_jax import train
@@ -46,8 +47,8 @@ def data_dir(tmp_path_factory, fixture_corpus):
 def small(data_dir, kind="token", **extra):
   """Overrides for a fast run on the fixture dataset."""
   o = {"data.data_dir": data_dir, "data.tfds_name": input_pipeline_test.FIXTURE_NAME,
-       "data.source": "manual", "data.encoding": kind, "data.prefetch": 2, "model.max_len": 64, "model.max_relative": 64,
-       "model.num_layers": 1, "model.emb_dim": 64, "model.mlp_dim": 128, "model.num_heads": 2,
+       "data.source": "manual", "data.encoding": kind, "data.prefetch": 2, "model.max_len": 64,
+       "model.max_relative": 64, "model.num_layers": 1, "model.emb_dim": 64, "model.mlp_dim": 128, "model.num_heads": 2,
        "batch_size": 8, "num_train_steps": 2, "log_every_steps": 1, "eval_every_steps": 1000,
        "num_eval_batches": 2, "ckpt.every_steps": 1000, "tensorboard": False,
        "sample.write_at_end": False}
@@ -80,6 +81,32 @@ def run_main(spec, overrides, workdir, *, devices=8, env=None, wait=True, extra_
   out, _ = p.communicate(timeout=240)
   assert p.returncode == 0, out[-4000:]
   return out
+
+
+def test_periodic_actions_run_at_their_cadence_in_order():
+  seen = []
+  record = lambda name: (lambda info: seen.append((info.step, name)))
+  actions = [train.Action("every", record("every"), every=1, at_last=False),
+             train.Action("third", record("third"), every=3),
+             train.Action("stop", record("stop"), every=0, at_last=False, on_stop=True)]
+  for step in range(1, 8):
+    info = train.StepInfo(step, last_step=7, stopping=step == 5)
+    train.run_actions(actions, info)
+  assert seen == [(1, "every"), (2, "every"), (3, "every"), (3, "third"), (4, "every"),
+                  (5, "every"), (5, "stop"), (6, "every"), (6, "third"), (7, "every"),
+                  (7, "third")]  # Step 7: the last step, though not a multiple of 3.
+
+
+def test_sample_action_writes_music_while_training(data_dir, tmp_path):
+  cfg = load(SPECS["rga"], small(data_dir, num_train_steps=5, **{
+      "sample.every_steps": 2, "sample.max_new_tokens": 40}))
+  last = train.train_and_evaluate(cfg, str(tmp_path))
+  assert last["trained_steps"] == 5  # Not at step 5: the end-of-run sample is the binary's.
+  assert sorted(os.listdir(tmp_path / "samples")) == ["step_2", "step_4"]
+  notes = encoding.midi_to_notes(str(tmp_path / "samples" / "step_2" / "sample_00.mid"))
+  assert len(notes) > 0
+  rows = metrics_lib.read_metrics(str(tmp_path))
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # Sampling adds no metrics row.
 
 
 @pytest.mark.parametrize("name", ["rga", "gpt", "char"])

@@ -352,6 +352,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            (name, target), f"mesh axes must be among {axes}")
 
   _check(c.every_steps > 0, "ckpt.every_steps", c.every_steps, "must be positive")
+  _check(isinstance(config.sample.every_steps, int) and config.sample.every_steps >= 0,
+         "sample.every_steps", config.sample.every_steps, "must be an int >= 0 (0 = off)")
   _check(c.keep >= 1, "ckpt.keep", c.keep, "must be >= 1")
   _check(isinstance(c.fine_tune_from, str), "ckpt.fine_tune_from", c.fine_tune_from,
          "must be a workdir path (or '' for none)")

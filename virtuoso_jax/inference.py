@@ -430,14 +430,16 @@ def write_outputs(run: Run, samples: Sequence[Sample], out_dir: str, *,
   return written
 
 
-def write_config_sample(workdir: str, out_dir: str, *, audio: bool = False) -> list[str]:
-  """Samples the run in `workdir` (its latest checkpoint) as its config.sample says (number,
-  length, temperature, top-k, top-p; seed 0) and writes the pieces to `out_dir`: what
-  `config.sample.write_at_end` asks of the training binary. Returns the paths written."""
-  run = load_run(workdir)
+def write_config_sample(workdir: str, out_dir: str, *, audio: bool = False,
+                        run: Optional[Run] = None, why: str = "config.sample.write_at_end"
+                        ) -> list[str]:
+  """Samples a run as its config.sample says (number, length, temperature, top-k, top-p;
+  seed 0) and writes the pieces to `out_dir`; returns the paths written. `run`: an in-memory
+  model (the trainer's sample action); default the latest checkpoint of `workdir`."""
+  run = run or load_run(workdir)
   s = run.config.sample
   request = SampleRequest(num_samples=s.num_samples, seed=0, temperature=s.temperature,
                           top_k=s.top_k, top_p=s.top_p, max_tokens=s.max_new_tokens)
   print(f"Writing {s.num_samples} sample(s) of up to {s.max_new_tokens} tokens to {out_dir} "
-        "(config.sample.write_at_end)", flush=True)
+        f"({why})", flush=True)
   return write_outputs(run, generate(run, request), out_dir, audio=audio)

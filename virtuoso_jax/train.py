@@ -212,6 +212,20 @@ def default_actions(trainer: trainer_lib.Trainer, *, losses: _Losses, throughput
     ckpt.save(info.step, trainer.state, train_iter,
               metrics={"eval/loss": eval_loss} if eval_loss is not None else None)
 
+  def write_sample(info: StepInfo) -> None:
+    """A sample of the model as it is now; a failure (e.g. the sampler's memory pre-flight) is
+    reported and training goes on."""
+    from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
+    losses.fetch()
+    out = os.path.join(trainer.workdir, "samples", f"step_{info.step}")
+    try:
+      inference.write_config_sample(trainer.workdir, out, run=trainer.inference_run(info.step),
+                                    why=f"config.sample.every_steps={config.sample.every_steps}")
+    except (inference.SampleError, ValueError, OSError) as e:
+      log.warning("Could not write the step-%d sample (%s: %s); training goes on.", info.step,
+                  type(e).__name__, e)
+    throughput.restart()  # Sampling time is not step time.
+
   actions = [
       Action("preemption", check_preemption, every=1),
       Action("log", log_train, every=config.log_every_steps),
@@ -220,6 +234,12 @@ def default_actions(trainer: trainer_lib.Trainer, *, losses: _Losses, throughput
   ]
   if ckpt is not None:
     actions.append(Action("checkpoint", save, every=config.ckpt.every_steps, on_stop=True))
+  if config.sample.every_steps and jax.process_count() == 1:
+    actions.append(Action("sample", write_sample, every=config.sample.every_steps,
+                          at_last=False))  # The binary writes the end-of-run sample.
+  elif config.sample.every_steps:
+    log.warning("sample.every_steps: samples during training are written by single-process "
+                "runs only; sample this run with python -m virtuoso_jax.sample.")
   return actions
 
 

@@ -297,6 +297,15 @@ class Trainer:
       raise ValueError(f"eval split {self.config.data.eval_split!r} has no windows")
     return steps.summarize_eval({k: float(v) for k, v in jax.device_get(sums).items()})
 
+  def inference_run(self, step: int):
+    """The model as it is now, on this process's default device, ready for
+    virtuoso_jax.inference (single-process runs: every parameter is addressable here)."""
+    from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
+    params, rest = jax.device_get((self.state["params"], self.rest))
+    model = nnx.merge(self.graphdef, params, rest)
+    return inference.Run(self.workdir, self.config, self.data.info.codec, model, int(step),
+                         self.data.info.codec.grammar())
+
   def load_fine_tune_params(self, src: str) -> None:
     """config.ckpt.fine_tune_from: the other run's latest params (same shapes and encoding);
     the optimizer state stays fresh and training starts at step 0."""
