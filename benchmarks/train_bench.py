@@ -32,6 +32,7 @@ import jax
 from benchmarks import common
 from virtuoso_jax import config_lib
 from virtuoso_jax import dataset
+from virtuoso_jax import flops
 from virtuoso_jax import trainer as trainer_lib
 
 CONFIGS = {
@@ -84,7 +85,7 @@ def bench(spec: str, overrides: dict, steps: int, warmup: int, data_dir: str, wo
   cfg = trainer.config
   tokens = steps * cfg.batch_size * cfg.model.max_len
   tps = tokens / elapsed
-  mfu = trainer.flops_per_token * tps / peak
+  mfu = flops.mfu(tps, trainer.flops_per_token, peak)
   extra = dict(config=spec, params=trainer.num_params, batch=cfg.batch_size,
                seq_len=cfg.model.max_len, vocab=cfg.model.vocab_size, steps=steps,
                backend=jax.default_backend(), devices=jax.device_count())

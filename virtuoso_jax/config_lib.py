@@ -21,14 +21,20 @@ from ml_collections import config_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-_MODEL_NAMES = ("rga", "gpt")
 _OPTIMIZERS = ("adamw", "adam")
 _SCHEDULES = ("cosine", "constant", "noam")
 _WINDOWING = ("window", "pack")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-_REMAT = ("none", "block")
-_REL_IMPL = ("auto", "naive", "skew", "blockwise")
-_POS_EMB = ("learned", "none")
+# The model options (config.model fields with a fixed set of values): the one list, checked by
+# `validate` and by the model itself (models.transformer.Decoder), whoever builds it.
+MODEL_OPTIONS = {
+    "name": ("rga", "gpt"),
+    "rel_impl": ("auto", "naive", "skew", "blockwise"),
+    "remat": ("none", "block"),
+    "pos_emb": ("learned", "none"),
+    "dtype": _DTYPES,
+    "param_dtype": _DTYPES[1:],
+}
 _ENCODINGS = ("token", "char")  # virtuoso_jax.encoding.KINDS (this module imports no codec).
 _MANUAL_SOURCE = "manual"  # virtuoso_jax.dataset.MANUAL_SOURCE: the user's own folder.
 # The config flag's name: `--config=file.py[:variant]` and its `--config.a.b=value` overrides.
@@ -265,13 +271,20 @@ def _check(cond: bool, field: str, value: Any, reason: str) -> None:
     raise ConfigError(f"config.{field}={value!r}: {reason}")
 
 
+def check_model_options(model_config) -> None:
+  """ConfigError naming the first config.model field whose value is not one of MODEL_OPTIONS."""
+  for field, allowed in MODEL_OPTIONS.items():
+    value = model_config[field]
+    _check(value in allowed, f"model.{field}", value, f"expected one of {allowed}")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every field of the schema; raises ConfigError naming the field and the reason.
 
   Returns the config unchanged, so `config = validate(load_config(...))` reads naturally.
   """
   m, d, o, p, c = config.model, config.data, config.optim, config.parallel, config.ckpt
-  _check(m.name in _MODEL_NAMES, "model.name", m.name, f"expected one of {_MODEL_NAMES}")
+  check_model_options(m)
   _check(isinstance(m.vocab_size, int) and m.vocab_size >= 0, "model.vocab_size", m.vocab_size,
          "must be 0 (from the dataset's codec) or a positive int")
   for f in ("num_layers", "num_heads", "emb_dim", "mlp_dim", "max_len", "max_relative"):
@@ -281,12 +294,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"must be divisible by model.num_heads={m.num_heads}")
   for f in ("dropout_rate", "attention_dropout_rate"):
     _check(0.0 <= m[f] < 1.0, f"model.{f}", m[f], "must be in [0, 1)")
-  _check(m.dtype in _DTYPES, "model.dtype", m.dtype, f"expected one of {_DTYPES}")
-  _check(m.param_dtype in _DTYPES[1:], "model.param_dtype", m.param_dtype,
-         f"expected one of {_DTYPES[1:]}")
-  _check(m.remat in _REMAT, "model.remat", m.remat, f"expected one of {_REMAT}")
-  _check(m.rel_impl in _REL_IMPL, "model.rel_impl", m.rel_impl, f"expected one of {_REL_IMPL}")
-  _check(m.pos_emb in _POS_EMB, "model.pos_emb", m.pos_emb, f"expected one of {_POS_EMB}")
   _check(m.attn_block_size > 0, "model.attn_block_size", m.attn_block_size, "must be positive")
 
   _check(bool(d.tfds_name), "data.tfds_name", d.tfds_name, "must not be empty")

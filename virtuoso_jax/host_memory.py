@@ -86,9 +86,9 @@ def wait_for_release(baseline: Optional[int], nbytes: int, timeout_s: float = 2.
 
   XLA marks an execution's outputs ready before its worker thread frees the temporaries, so a
   step dispatched right after the previous one's outputs are ready can allocate its own
-  temporaries while the previous ones are still live (seen on 6 of 7 rga.py:original steps);
-  with a kept heap that doubles the process for good (char_gpt.py:original: 13 GB of
-  temporaries, killed at 24 GiB). The gap is microseconds, so this polls finely; after
+  temporaries while the previous ones are still live; with a kept heap that doubles the
+  process for good (docs/benchmarks.md, "Serialised CPU steps"). The gap is microseconds, so
+  this polls finely; after
   `timeout_s` it gives up (the heap may then grow, nothing else goes wrong). Returns whether
   the memory was seen released.
   """

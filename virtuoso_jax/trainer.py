@@ -273,9 +273,8 @@ class Trainer:
     is dispatched only once the previous one has finished and freed them
     (`host_memory.wait_for_release`). There the "device" memory is the process
     heap, which `virtuoso_jax` keeps rather than unmapping; a queued step would allocate its
-    temporaries while the running step still holds its own, and the heap would keep both:
-    char_gpt.py:original (13 GB of temporaries) grew to 24 GB and was OOM-killed on a 24 GiB
-    machine, against 14.6 GB serialised. The wait costs one dispatch per step (milliseconds);
+    temporaries while the running step still holds its own, and the heap would keep both
+    (docs/benchmarks.md, "Serialised CPU steps"). The wait costs one dispatch per step (ms);
     the input pipeline still prefetches in its own threads. Accelerators keep asynchronous
     dispatch.
     """

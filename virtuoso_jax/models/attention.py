@@ -148,7 +148,7 @@ def _dropout_mask(key, rate: float, shape) -> jax.Array:
 
 # Query block of the "skew" path: query block a only meets keys [0, (a + 1) * block), which
 # skips ~(1 - 1/n) / 2 of the L x L work above the causal diagonal (n = L / block blocks).
-# 128 measured best for rga.py:original on CPU (256: ~10% slower attention, 64: ~6% slower).
+# 128: the fastest for rga.py:original on CPU (benchmarks/model_bench.py; docs/benchmarks.md).
 SKEW_QUERY_BLOCK = 128
 
 

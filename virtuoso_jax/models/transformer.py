@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from virtuoso_jax import config_lib
 from virtuoso_jax.models import attention as attn_lib
 
 Array = jax.Array
@@ -224,17 +225,10 @@ class Decoder(nnx.Module):
   """GPT / RGA decoder. See the module docstring for the parameter layout."""
 
   def __init__(self, cfg, rngs: nnx.Rngs):
-    if cfg.name not in ("gpt", "rga"):
-      raise ValueError(f"model.name must be 'gpt' or 'rga', got {cfg.name!r}")
+    config_lib.check_model_options(cfg)
     if cfg.vocab_size <= 0:
       raise ValueError(f"model.vocab_size={cfg.vocab_size}: resolve it from the dataset's codec "
                        "before creating the model")
-    if cfg.rel_impl not in ("auto", "naive", "skew", "blockwise"):
-      raise ValueError(f"model.rel_impl must be auto|naive|skew|blockwise, got {cfg.rel_impl!r}")
-    if cfg.remat not in ("none", "block"):
-      raise ValueError(f"model.remat must be 'none' or 'block', got {cfg.remat!r}")
-    if cfg.pos_emb not in ("learned", "none"):
-      raise ValueError(f"model.pos_emb must be 'learned' or 'none', got {cfg.pos_emb!r}")
     dtype = resolve_dtype(cfg.dtype)
     param_dtype = resolve_dtype(cfg.param_dtype)
     self.dtype = dtype
