@@ -9,7 +9,7 @@ Variants (`--config=configs/rga.py:VARIANT`):
             larger than 390, so train it with `--config.model.vocab_size=0`.
   tiny      CPU smoke tests and the README quickstart (a few minutes on 2 cores).
   bach      the reference model: about one hour on a 2-core CPU on the Bach chorales, with the
-            figures in the README (held-out bits per second, music statistics).
+            figures in docs/benchmarks.md (held-out bits per second, music statistics).
   long      8192-token context with blockwise relative attention (linear memory).
   pod       a TPU-pod example: FSDP over the hosts' chips, data parallel across slices.
 

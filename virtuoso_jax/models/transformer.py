@@ -383,7 +383,7 @@ class Decoder(nnx.Module):
 # (batch x heads x L^2 x 4 bytes) reach this; skew below it. Skew is the faster path, but it
 # keeps those probabilities per layer (memory grows as L^2), while blockwise stays flat; so the
 # switch is on memory: 2 GiB is one layer at 1 x 8 heads x 8192 tokens, and rga.py:original's
-# shapes stay on skew. The timings behind it: README "Benchmarks" (benchmarks/model_bench.py).
+# shapes stay on skew. The timings behind it: docs/benchmarks.md (benchmarks/model_bench.py).
 AUTO_BLOCKWISE_BYTES = 2 << 30
 
 
