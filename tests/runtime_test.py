@@ -20,8 +20,10 @@ print(json.dumps({"xla_flags_before": before, "xla_flags": os.environ.get("XLA_F
                   "absl_filters": len(logging.getLogger("absl").filters)}))
 """
 
-LIBRARY = ("virtuoso_jax,virtuoso_jax.encoding,virtuoso_jax.train,virtuoso_jax.sampling,"
-           "virtuoso_jax.checkpointing,virtuoso_jax.sample,virtuoso_jax.compose")
+# The library modules (the binaries define absl flags at import, one binary per process).
+LIBRARY = ("virtuoso_jax,virtuoso_jax.encoding,virtuoso_jax.train,virtuoso_jax.trainer,"
+           "virtuoso_jax.sampling,virtuoso_jax.checkpointing,virtuoso_jax.inference,"
+           "virtuoso_jax.composition,virtuoso_jax.dataset,virtuoso_jax.run_dir")
 
 
 def _probe(modules, mode, **env):
