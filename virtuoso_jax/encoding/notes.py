@@ -114,6 +114,47 @@ class EncodingConfig:
     return self.grid_ms / 1000.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ControlConfig:
+  """Version 2 of the token codec: anticipated control notes and attribute tokens.
+
+  Attributes:
+    anticipation_ms: a control note (a note given, not generated: the parts kept around an
+      infilled span or under an accompaniment) enters the sequence this long before it sounds,
+      so the model hears what is coming. A multiple of grid_ms, at most max_time_shift units.
+    density_edges: notes per second: bin edges of the density attribute (len + 1 bins).
+    polyphony_edges: mean notes sounding at each onset: edges of the polyphony attribute.
+    pitch_range_edges: semitones between the lowest and highest pitched note.
+  """
+
+  anticipation_ms: int = 2000
+  density_edges: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+  polyphony_edges: tuple[float, ...] = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
+  pitch_range_edges: tuple[float, ...] = (6.0, 12.0, 18.0, 24.0, 30.0, 36.0, 48.0)
+
+  def __post_init__(self):
+    for name in ("density_edges", "polyphony_edges", "pitch_range_edges"):
+      edges = tuple(float(x) for x in getattr(self, name))
+      if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"ControlConfig: {name} must be increasing, got {edges}")
+      object.__setattr__(self, name, edges)
+    if not (isinstance(self.anticipation_ms, int) and self.anticipation_ms > 0):
+      raise ValueError(f"ControlConfig: anticipation_ms must be a positive int, got "
+                       f"{self.anticipation_ms!r}")
+
+  def to_dict(self) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ControlConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"ControlConfig.from_dict: unknown keys {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 def _as_int32(name: str, value) -> np.ndarray:
   arr = np.asarray(value)
   if arr.ndim != 1:

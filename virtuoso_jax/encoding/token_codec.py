@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from virtuoso_jax.encoding.grammar import Grammar
-from virtuoso_jax.encoding.notes import DRUMS, NUM_INSTRUMENTS, EncodingConfig, Notes
+from virtuoso_jax.encoding.notes import (DRUMS, NUM_INSTRUMENTS, ControlConfig, EncodingConfig,
+                                        Notes)
 
 PAD, BOS, EOS, WAIT = 0, 1, 2, 3
 _INT32_MAX = np.iinfo(np.int32).max
@@ -32,6 +33,11 @@ _INT32_MAX = np.iinfo(np.int32).max
 # Token kinds (what `kinds()` returns per id).
 K_INVALID, K_PAD, K_BOS, K_EOS, K_WAIT = -1, 0, 1, 2, 3
 K_DT, K_INS, K_PITCH, K_DUR, K_VEL, K_INS_PITCH, K_DUR_VEL = 4, 5, 6, 7, 8, 9, 10
+# Version 2 (controls): a control note's time offset, and the attribute tokens of the prefix.
+K_CTIME, K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT = 11, 12, 13, 14, 15
+ATTRIBUTES = ("density", "polyphony", "pitch_range", "instrument_present")
+_ATTR_KIND = {"density": K_DENSITY, "polyphony": K_POLYPHONY, "pitch_range": K_RANGE,
+              "instrument_present": K_INST_PRESENT}
 
 
 def velocity_bin_tables(bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +60,10 @@ class TokenCodec:
   eos_id = EOS
   wait_id = WAIT
 
-  def __init__(self, config: EncodingConfig = EncodingConfig()):
+  def __init__(self, config: EncodingConfig = EncodingConfig(),
+               controls: ControlConfig | None = None):
     self.config = config
+    self.controls = controls
     self.layout = config.token_layout
     self.max_time_shift = config.max_time_shift
     self.wait_units = config.max_time_shift + 1
@@ -84,6 +92,22 @@ class TokenCodec:
       _add("duration_velocity", self.max_duration * self.velocity_bins)
       self._pattern = (K_DT, K_INS_PITCH, K_DUR_VEL)
       kind_of = {"time": K_DT, "instrument_pitch": K_INS_PITCH, "duration_velocity": K_DUR_VEL}
+    if controls is not None:  # Version 2: appended, so every version-1 id keeps its meaning.
+      self.anticipation = controls.anticipation_ms // config.grid_ms
+      if (controls.anticipation_ms % config.grid_ms or
+          not 1 <= self.anticipation <= config.max_time_shift):
+        raise ValueError(f"ControlConfig.anticipation_ms={controls.anticipation_ms} must be a "
+                         f"multiple of grid_ms={config.grid_ms} and at most max_time_shift="
+                         f"{config.max_time_shift} units")
+      # A control enters at the last event-time position <= its onset - anticipation; positions
+      # are at most wait_units apart, so its offset from there is < anticipation + wait_units.
+      _add("control_time", self.anticipation + self.wait_units)
+      _add("density", len(controls.density_edges) + 1)
+      _add("polyphony", len(controls.polyphony_edges) + 1)
+      _add("pitch_range", len(controls.pitch_range_edges) + 1)
+      _add("instrument_present", NUM_INSTRUMENTS)
+      kind_of.update(control_time=K_CTIME, density=K_DENSITY, polyphony=K_POLYPHONY,
+                     pitch_range=K_RANGE, instrument_present=K_INST_PRESENT)
     self._ranges = ranges
     self.vocab_size = start
     kinds = np.full(self.vocab_size, K_INVALID, np.int64)
@@ -98,6 +122,11 @@ class TokenCodec:
   @property
   def tokens_per_note(self) -> int:
     return len(self._pattern)
+
+  @property
+  def version(self) -> int:
+    """1: notes only; 2: also control notes and attribute tokens (`controls`)."""
+    return 1 if self.controls is None else 2
 
   def field_ranges(self) -> dict[str, tuple[int, int]]:
     """Field name -> [start, stop) id range."""
@@ -128,19 +157,8 @@ class TokenCodec:
     delta = np.diff(onset, prepend=0)
     n_wait = delta // self.wait_units
     dt = delta - n_wait * self.wait_units
-    dur = np.minimum(notes.duration.astype(np.int64), self.max_duration)
-    vbin = self._vel_to_bin[notes.velocity]
-    r = self._ranges
-    if self.layout == "default":
-      fields = np.stack([r["time"][0] + dt, r["instrument"][0] + notes.instrument,
-                         r["pitch"][0] + notes.pitch, r["duration"][0] + dur - 1,
-                         r["velocity"][0] + vbin], axis=1)
-    else:
-      fields = np.stack([r["time"][0] + dt,
-                         r["instrument_pitch"][0] + notes.instrument.astype(np.int64) * 128
-                         + notes.pitch,
-                         r["duration_velocity"][0] + (dur - 1) * self.velocity_bins + vbin],
-                        axis=1)
+    fields = np.concatenate([(self._ranges["time"][0] + dt)[:, None], self._note_fields(notes)],
+                            axis=1)
     t = self.tokens_per_note
     head = 1 if add_bos else 0
     size = n_wait + t
@@ -158,15 +176,158 @@ class TokenCodec:
                    "wait_tokens": int(n_wait.sum())}
     return out
 
+  def _note_fields(self, notes: Notes) -> np.ndarray:
+    """int64 [n, tokens_per_note - 1]: the ids after the time id of each note's group."""
+    dur = np.minimum(notes.duration.astype(np.int64), self.max_duration)
+    vbin = self._vel_to_bin[notes.velocity]
+    r = self._ranges
+    if self.layout == "default":
+      cols = [r["instrument"][0] + notes.instrument, r["pitch"][0] + notes.pitch,
+              r["duration"][0] + dur - 1, r["velocity"][0] + vbin]
+    else:
+      cols = [r["instrument_pitch"][0] + notes.instrument.astype(np.int64) * 128 + notes.pitch,
+              r["duration_velocity"][0] + (dur - 1) * self.velocity_bins + vbin]
+    return np.stack([np.asarray(c, np.int64).reshape(-1) for c in cols], axis=1)
+
+  def _fields_to_notes(self, ids: np.ndarray, starts: np.ndarray, onset: np.ndarray):
+    """(onset, duration, pitch, velocity, instrument) int64 columns of the groups at `starts`
+    (their time id already turned into `onset`)."""
+    r = self._ranges
+    if self.layout == "default":
+      inst = ids[starts + 1] - r["instrument"][0]
+      pitch = ids[starts + 2] - r["pitch"][0]
+      dur = ids[starts + 3] - r["duration"][0] + 1
+      vbin = ids[starts + 4] - r["velocity"][0]
+    else:
+      ip = ids[starts + 1] - r["instrument_pitch"][0]
+      inst, pitch = ip // 128, ip % 128
+      dv = ids[starts + 2] - r["duration_velocity"][0]
+      dur, vbin = dv // self.velocity_bins + 1, dv % self.velocity_bins
+    return onset, dur, pitch, self._bin_rep[vbin], inst
+
+  # ------------------------------------------------------------------ version 2: controls
+  def _need_controls(self, what: str) -> ControlConfig:
+    if self.controls is None:
+      raise ValueError(f"{what} needs a version-2 token codec (TokenCodec(config, controls=...)); "
+                       "this one is version 1")
+    return self.controls
+
+  def attributes(self, notes: Notes) -> dict[str, Any]:
+    """The attribute bins of `notes`, computed from the notes themselves: note density (notes
+    per second of their span), polyphony (mean notes sounding at each onset), pitch range
+    (semitones, drums excluded) and the instruments present."""
+    c = self._need_controls("attributes")
+    notes = notes.canonical()
+    if not len(notes):
+      return {"density": 0, "polyphony": 0, "pitch_range": 0, "instrument_present": []}
+    onset = notes.onset.astype(np.int64)
+    end = onset + notes.duration
+    seconds = max(int(end.max() - onset.min()), 1) * self.config.grid_ms / 1000.0
+    starts_at = np.unique(onset)
+    sounding = (np.searchsorted(onset, starts_at, side="right")
+                - np.searchsorted(np.sort(end), starts_at, side="right"))
+    pitched = notes.pitch[notes.instrument != DRUMS]
+    span = int(pitched.max() - pitched.min()) if len(pitched) else 0
+    return {"density": int(np.searchsorted(c.density_edges, len(notes) / seconds, "right")),
+            "polyphony": int(np.searchsorted(c.polyphony_edges, float(sounding.mean()), "right")),
+            "pitch_range": int(np.searchsorted(c.pitch_range_edges, span, "right")),
+            "instrument_present": sorted(int(i) for i in np.unique(notes.instrument))}
+
+  def attribute_ids(self, attributes: dict[str, Any]) -> np.ndarray:
+    """The prefix ids of `attributes` (bins as `attributes()` gives them; a key left out or
+    None is not stated), in the fixed order of ATTRIBUTES."""
+    self._need_controls("attribute_ids")
+    unknown = sorted(set(attributes) - set(ATTRIBUTES))
+    if unknown:
+      raise ValueError(f"unknown attributes {unknown}; expected some of {ATTRIBUTES}")
+    out = []
+    for name in ATTRIBUTES:
+      value = attributes.get(name)
+      if value is None:
+        continue
+      lo, hi = self._ranges[name]
+      values = sorted(set(int(v) for v in value)) if name == "instrument_present" else [int(value)]
+      for v in values:
+        if not 0 <= v < hi - lo:
+          raise ValueError(f"attribute {name}={v} is outside 0..{hi - lo - 1}")
+        out.append(lo + v)
+    return np.asarray(out, np.int64)
+
+  def encode_controlled(self, events: Notes, controls: Notes | None = None,
+                        attributes: dict[str, Any] | None = None, *, add_bos: bool = True,
+                        add_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Events (the notes to predict) with control notes (given notes, e.g. the parts around an
+    infilled span or under an accompaniment) interleaved `anticipation` units before they
+    sound, after an optional attribute prefix: `[BOS, attributes..., groups..., EOS]`.
+
+    A control group is `[control-time, fields...]`: its onset is the current event time plus
+    the control-time value. It enters at the last event-time position (start, after a WAIT,
+    after an event) not later than its onset minus the anticipation. Returns (int32 ids,
+    bool is_control per id): training masks the control ids out of the loss; sampling forces
+    them. `decode` gives back events and controls together (`decode_parts`: apart).
+    """
+    self._need_controls("encode_controlled")
+    ev = events.canonical()
+    ct = controls.canonical() if controls is not None and len(controls) else None
+    w, a = self.wait_units, self.anticipation
+    t_lo, c_lo = self._ranges["time"][0], self._ranges["control_time"][0]
+    ev_fields = self._note_fields(ev)
+    out: list[int] = [BOS] if add_bos else []
+    if attributes:
+      out.extend(self.attribute_ids(attributes).tolist())
+    is_ctl: list[bool] = [False] * len(out)
+    pending = 0
+    ct_onset = ct.onset.astype(np.int64) if ct is not None else np.zeros(0, np.int64)
+    ct_fields = self._note_fields(ct) if ct is not None else None
+
+    def flush(now: int, next_position: float) -> None:
+      """Controls that must not wait past the next position enter here."""
+      nonlocal pending
+      while pending < len(ct_onset) and ct_onset[pending] < next_position + a:
+        out.append(c_lo + int(ct_onset[pending]) - now)
+        out.extend(ct_fields[pending].tolist())
+        is_ctl.extend([True] * (1 + ct_fields.shape[1]))
+        pending += 1
+
+    now = 0
+    for i in range(len(ev)):
+      t = int(ev.onset[i])
+      while t - now >= w:  # WAITs: each a position where controls may enter.
+        flush(now, now + w)
+        out.append(WAIT)
+        is_ctl.append(False)
+        now += w
+      flush(now, t)
+      out.append(t_lo + t - now)
+      out.extend(ev_fields[i].tolist())
+      is_ctl.extend([False] * (1 + ev_fields.shape[1]))
+      now = t
+    while pending < len(ct_onset):  # Controls after the last event: WAITs carry time there.
+      flush(now, now + w)
+      if pending < len(ct_onset):
+        out.append(WAIT)
+        is_ctl.append(False)
+        now += w
+    if add_eos:
+      out.append(EOS)
+      is_ctl.append(False)
+    return np.asarray(out, np.int32), np.asarray(is_ctl, bool)
+
+  def decode_parts(self, ids) -> tuple[Notes, Notes]:
+    """(events, controls) of a version-2 sequence, each canonical."""
+    self._need_controls("decode_parts")
+    return self._decode(ids, parts=True)
+
   # ------------------------------------------------------------------ decode
-  def _groups(self, ids: np.ndarray):
-    """(kinds, valid group starts) for a PAD/BOS-free id array."""
+  def _groups(self, ids: np.ndarray, first: int = K_DT):
+    """(kinds, valid group starts) for a PAD/BOS-free id array: note groups, or with
+    `first=K_CTIME` control groups (the same fields after a control-time id)."""
     k = self.kinds(ids)
     t = self.tokens_per_note
     L = len(k)
     padded = np.concatenate([k, np.full(t, K_INVALID)])
     valid = np.ones(L, bool)
-    for j, kind in enumerate(self._pattern):
+    for j, kind in enumerate((first,) + tuple(self._pattern[1:])):
       valid &= padded[j:j + L] == kind
     return k, np.flatnonzero(valid)
 
@@ -174,12 +335,16 @@ class TokenCodec:
     """Ids -> canonical Notes. Never raises on any sequence (ids that are not integers in the
     vocabulary, e.g. negative, huge, NaN or not numbers, are skipped like other bad fragments;
     a note whose onset plus duration passes 2^31 - 1 units, e.g. after 2^23 WAITs, is dropped and
-    counted in `out_of_range_notes`). Time and memory are linear in `len(ids)`.
+    counted in `out_of_range_notes`). Time and memory are linear in `len(ids)`. Version 2:
+    attribute ids are skipped and control notes are decoded with the events.
 
     With `return_report=True` returns `(notes, report)`, report = {"notes", "skipped_fragments"
     (maximal runs of ids outside well-formed note groups), "skipped_ids", "after_eos" (non-PAD ids
     after the first EOS), "out_of_range_notes" (notes whose time overflowed)}.
     """
+    return self._decode(ids, return_report=return_report)
+
+  def _decode(self, ids, *, return_report: bool = False, parts: bool = False):
     try:
       ids = np.asarray(ids).reshape(-1)
     except (TypeError, ValueError):  # Ragged nesting: each element on its own.
@@ -198,6 +363,17 @@ class TokenCodec:
       after_eos = int((tail != PAD).sum())
       ids = ids[:eos[0]]
     ids = ids[(ids != PAD) & (ids != BOS)]
+    ctl_starts = np.zeros(0, np.int64)
+    if self.controls is not None:
+      k = self.kinds(ids)
+      ids = ids[~np.isin(k, (K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT))]
+      k, ctl_starts = self._groups(ids, first=K_CTIME)
+      ctl = np.zeros(len(ids), bool)
+      if len(ctl_starts):
+        ctl[(ctl_starts[:, None] + np.arange(self.tokens_per_note)).reshape(-1)] = True
+      ctl_ids = ids
+      keep_before = np.cumsum(~ctl) - (~ctl)  # Event ids before each position.
+      ids = ids[~ctl]
     k, starts = self._groups(ids)
     t = self.tokens_per_note
     covered = np.zeros(len(ids), bool)
@@ -207,22 +383,28 @@ class TokenCodec:
     bad = ~covered & ~is_wait
     fragments = int((bad & ~np.concatenate([[False], bad[:-1]])).sum())
     inc = np.where(is_wait, self.wait_units, 0).astype(np.int64)
-    r = self._ranges
-    inc[starts] = ids[starts] - r["time"][0]
-    onset = np.cumsum(inc)[starts] if len(starts) else np.zeros(0, np.int64)
-    if self.layout == "default":
-      inst = ids[starts + 1] - r["instrument"][0]
-      pitch = ids[starts + 2] - r["pitch"][0]
-      dur = ids[starts + 3] - r["duration"][0] + 1
-      vbin = ids[starts + 4] - r["velocity"][0]
-    else:
-      ip = ids[starts + 1] - r["instrument_pitch"][0]
-      inst, pitch = ip // 128, ip % 128
-      dv = ids[starts + 2] - r["duration_velocity"][0]
-      dur, vbin = dv // self.velocity_bins + 1, dv % self.velocity_bins
-    fits = onset + dur <= _INT32_MAX
-    notes = Notes(onset[fits], dur[fits], pitch[fits], self._bin_rep[vbin[fits]], inst[fits])
-    notes = notes.canonical()
+    inc[starts] = ids[starts] - self._ranges["time"][0]
+    cum = np.cumsum(inc)
+    onset = cum[starts] if len(starts) else np.zeros(0, np.int64)
+    cols = self._fields_to_notes(ids, starts, onset)
+    ctl_cols = None
+    if len(ctl_starts):
+      before = keep_before[ctl_starts]
+      now = np.where(before > 0, cum[np.maximum(before - 1, 0)] if len(cum) else 0, 0)
+      ctl_onset = now + ctl_ids[ctl_starts] - self._ranges["control_time"][0]
+      ctl_cols = self._fields_to_notes(ctl_ids, ctl_starts, ctl_onset)
+    if ctl_cols is not None and not parts:
+      cols = tuple(np.concatenate([x, y]) for x, y in zip(cols, ctl_cols))
+
+    def to_notes(c):
+      o, dur, pitch, vel, inst = c
+      fits = o + dur <= _INT32_MAX
+      return Notes(o[fits], dur[fits], pitch[fits], vel[fits], inst[fits]).canonical(), fits
+
+    notes, fits = to_notes(cols)
+    if parts:
+      empty = tuple(np.zeros(0, np.int64) for _ in range(5))
+      return notes, to_notes(ctl_cols if ctl_cols is not None else empty)[0]
     if return_report:
       return notes, {"notes": len(notes), "skipped_fragments": fragments,
                      "skipped_ids": int(bad.sum()), "after_eos": after_eos,
@@ -232,12 +414,22 @@ class TokenCodec:
   # ------------------------------------------------------------------ grammar and helpers
   def grammar(self) -> Grammar:
     """The automaton every encoded song follows (see `Grammar`). States: 0 = between groups
-    (start, boundary), 1 = after WAIT, 2 .. T = after field 0 .. T-2, T+1 = after EOS."""
+    (start, boundary), 1 = after WAIT, 2 .. T = after field 0 .. T-2, T+1 = after EOS.
+
+    Version 2 adds: the attribute prefix after BOS (density, polyphony, pitch range, then any
+    instruments present, each optional; the start state), and control groups from states 0
+    and 1, which return to the state they left (a control never advances time or ends a
+    note); EOS is also legal after a WAIT (controls may follow the last event).
+    """
     if self._grammar is not None:
       return self._grammar
     t = self.tokens_per_note
     boundary, after_wait, end = 0, 1, t + 1
     s = t + 2
+    v2 = self.controls is not None
+    if v2:  # Control chains (from 0, from 1): t - 1 states each; prefix states: 4.
+      ctl0, ctl1, prefix = s, s + (t - 1), s + 2 * (t - 1)
+      s = prefix + 4
     allowed = np.zeros((s, self.vocab_size), bool)
     nxt = np.full((s, self.vocab_size), end, np.int32)
     kinds = self._kinds
@@ -247,20 +439,37 @@ class TokenCodec:
       allowed[state, m] = True
       nxt[state, m] = to
 
-    for st in (boundary, after_wait):
+    body_states = [boundary, after_wait] + ([prefix + i for i in range(4)] if v2 else [])
+    for st in body_states:
       allow(st, K_WAIT, after_wait)
       allow(st, K_DT, 2)
     allow(boundary, K_EOS, end)
     for j in range(1, t):
       allow(1 + j, self._pattern[j], boundary if j == t - 1 else 2 + j)
     allow(end, K_PAD, end)
-    # A note ends where an id leads back to the boundary (not EOS/WAIT from the boundary).
-    completes = allowed & (nxt == boundary) & (np.arange(s)[:, None] != boundary)
+    event_states = np.arange(2, t + 1)
+    if v2:
+      allow(after_wait, K_EOS, end)
+      for origin, chain in ((boundary, ctl0), (after_wait, ctl1)):
+        allow(origin, K_CTIME, chain)
+        for j in range(1, t):
+          allow(chain + j - 1, self._pattern[j], origin if j == t - 1 else chain + j)
+      for i in range(4):  # Prefix: density -> polyphony -> pitch range -> instruments present.
+        st = prefix + i
+        allow(st, K_EOS, end)
+        allow(st, K_CTIME, ctl0)
+        for later, kind in enumerate((K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT)):
+          if later >= i and not (i == 3 and later < 3):
+            allow(st, kind, prefix + min(later + 1, 3))
+      # Instruments present ascending is the encoder's order; any order is legal.
+    # A note ends where an event field leads back to the boundary.
+    completes = allowed & (nxt == boundary) & np.isin(np.arange(s), event_states)[:, None]
     lo = self.field_ranges()["time"][0]
     per_id = np.where(kinds == K_DT, np.arange(self.vocab_size) - lo, 0)
     per_id = np.where(kinds == K_WAIT, self.wait_units, per_id)
     advance = np.where(allowed, per_id[None, :], 0).astype(np.int32)
-    self._grammar = Grammar(allowed, nxt, completes, advance, boundary, boundary, EOS, PAD,
+    start = prefix if v2 else boundary
+    self._grammar = Grammar(allowed, nxt, completes, advance, start, boundary, EOS, PAD,
                             end_state=end, bos_id=BOS)
     return self._grammar
 

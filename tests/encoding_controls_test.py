@@ -1,0 +1,101 @@
+"""Version 2 of the token codec: control notes anticipated into the sequence, attribute tokens."""
+
+import numpy as np
+import pytest
+
+from virtuoso_jax.encoding import ControlConfig, EncodingConfig, Notes, TokenCodec
+from virtuoso_jax.encoding import token_codec as tc
+
+LAYOUTS = ("default", "compact")
+
+
+def codec(layout="default", **controls):
+  return TokenCodec(EncodingConfig(token_layout=layout), ControlConfig(**controls))
+
+
+def song(seed, n=120, span=3000):
+  rng = np.random.default_rng(seed)
+  onset = np.sort(rng.integers(0, span, n))
+  onset[n // 2:] += 1500  # A gap longer than a WAIT: controls must enter between WAITs too.
+  return Notes(onset, rng.integers(1, 400, n), rng.integers(30, 90, n), rng.integers(1, 128, n),
+               rng.choice([0, 0, 40, 128], n)).canonical()
+
+
+def test_version_1_ids_keep_their_meaning():
+  v1, v2 = TokenCodec(), codec()
+  assert (v1.version, v2.version) == (1, 2) and v2.vocab_size > v1.vocab_size
+  for name, span in v1.field_ranges().items():
+    assert v2.field_ranges()[name] == span
+  notes = song(0)
+  assert np.array_equal(v2.encode(notes), v1.encode(notes))
+  assert v2.decode(v1.encode(notes)) == v1.decode(v1.encode(notes))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("seed", range(4))
+def test_controlled_sequences_round_trip_and_follow_the_grammar(layout, seed):
+  c = codec(layout)
+  notes = c.quantize(song(seed))
+  rng = np.random.default_rng(seed)
+  is_ctl_note = rng.random(len(notes)) < 0.4
+  cols = notes.columns()
+  events = Notes(**{k: v[~is_ctl_note] for k, v in cols.items()})
+  controls = Notes(**{k: v[is_ctl_note] for k, v in cols.items()})
+  attrs = c.attributes(events)
+  ids, is_ctl = c.encode_controlled(events, controls, attrs)
+  assert ids.dtype == np.int32 and len(ids) == len(is_ctl)
+  assert is_ctl.sum() == len(controls) * c.tokens_per_note
+  kinds = c.kinds(ids)
+  assert (kinds[is_ctl] != tc.K_WAIT).all()
+  assert c.grammar().state_after(ids) == c.grammar().end_state  # BOS ... EOS, every id legal.
+  back_events, back_controls = c.decode_parts(ids)
+  assert back_events == events.canonical() and back_controls == controls.canonical()
+  assert c.decode(ids) == notes
+  # Each control enters no later than `anticipation` units before it sounds.
+  ctl_time = c.field_ranges()["control_time"][0]
+  offsets = ids[is_ctl & (kinds == tc.K_CTIME)] - ctl_time
+  assert offsets.max() < c.anticipation + c.wait_units
+  starts_late = offsets < c.anticipation
+  # Only controls near the start (or right after the previous position) may come later.
+  assert starts_late.sum() <= len(offsets)
+
+
+def test_attributes_are_computed_from_the_notes():
+  c = codec()
+  sparse = Notes.from_rows([(i * 100, 50, 60, 80, 0) for i in range(10)])  # 1 note/s, mono.
+  dense = Notes.from_rows([(i * 10, 40, 40 + (i % 30), 80, 0) for i in range(200)])
+  a, b = c.attributes(sparse), c.attributes(dense)
+  assert a["density"] < b["density"] and a["polyphony"] < b["polyphony"]
+  assert a["pitch_range"] == 0 and b["pitch_range"] > 0
+  assert a["instrument_present"] == [0]
+  drums = Notes.from_rows([(0, 5, 36, 100, 128), (0, 50, 60, 80, 40)])
+  assert c.attributes(drums)["instrument_present"] == [40, 128]
+  ids = c.attribute_ids({"density": 3, "instrument_present": [40, 0]})
+  assert c.kinds(ids).tolist() == [tc.K_DENSITY, tc.K_INST_PRESENT, tc.K_INST_PRESENT]
+  with pytest.raises(ValueError, match="outside"):
+    c.attribute_ids({"density": 99})
+  with pytest.raises(ValueError, match="version-2"):
+    TokenCodec().attributes(sparse)
+
+
+def test_grammar_walks_of_a_version_2_codec_always_decode():
+  c = codec()
+  g = c.grammar()
+  assert g.allowed.any(axis=1).all()  # Never a dead end.
+  # Controls never complete a note nor advance time; the prefix comes only first.
+  assert not g.completes_note[:, c.kinds(np.arange(c.vocab_size)) == tc.K_CTIME].any()
+  rng = np.random.default_rng(0)
+  for _ in range(100):
+    state, ids = g.start_state, [c.bos_id]
+    for _ in range(200):
+      legal = np.flatnonzero(g.allowed[state])
+      tok = int(rng.choice(legal))
+      ids.append(tok)
+      state = int(g.next_state[state, tok])
+      if tok == c.eos_id:
+        break
+    else:  # Cut at the last boundary: a walk stopped mid-group leaves a partial note.
+      _, at_boundary = g.walk(ids[1:])
+      ids = ids[:1 + int(np.flatnonzero(at_boundary)[-1])] if at_boundary.any() else ids[:1]
+    notes, report = c.decode(ids, return_report=True)
+    assert report["skipped_ids"] == 0 and report["skipped_fragments"] == 0
