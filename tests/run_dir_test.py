@@ -67,3 +67,24 @@ def test_fine_tuning_needs_the_same_encoding(tmp_path):
   other = encoding.TokenCodec(encoding.EncodingConfig(token_layout="compact"))
   with pytest.raises(run_dir.RunConfigMismatchError, match="token encoding"):
     run_dir.check_same_encoding(str(src), config, other)
+
+
+def test_token_version_travels_in_encoding_json(tmp_path):
+  v2 = encoding.TokenCodec(encoding.EncodingConfig(), encoding.ControlConfig(anticipation_ms=1000))
+  config = config_lib.resolve_vocab_size(_config(), v2.vocab_size)
+  run_dir.write(str(tmp_path), config, v2)
+  saved = json.loads((tmp_path / run_dir.ENCODING_FILE).read_text())
+  assert saved["token_version"] == 2 and saved["controls"]["anticipation_ms"] == 1000
+  _, back = run_dir.load_codec(str(tmp_path))
+  assert back.version == 2 and back.vocab_size == v2.vocab_size
+  assert back.controls == v2.controls
+  # A version-1 run's config cannot hold the version-2 codec: both are named.
+  small = config_lib.resolve_vocab_size(_config(), encoding.TokenCodec().vocab_size)
+  (tmp_path / run_dir.CONFIG_FILE).write_text(config_lib.to_json(small))
+  with pytest.raises(run_dir.RunError, match=r"token-version-2 codec \(\d+ ids"):
+    run_dir.load_codec(str(tmp_path))
+  # Fine-tuning across versions would read other ids.
+  with pytest.raises(run_dir.RunConfigMismatchError, match="controls"):
+    run_dir.check_same_encoding(str(tmp_path), config, encoding.TokenCodec())
+  with pytest.raises(ValueError, match="char model only continues"):
+    encoding.make_codec("char", encoding.EncodingConfig(), encoding.ControlConfig())

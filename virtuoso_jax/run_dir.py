@@ -54,11 +54,19 @@ def write_encoding(workdir: str, config, codec) -> None:
   from virtuoso_jax import dataset  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, ENCODING_FILE), "w", encoding="utf-8") as f:
     json.dump({"kind": config.data.encoding, "encoding": codec.config.to_dict(),
+               "token_version": getattr(codec, "version", 1), "controls": _controls_dict(codec),
                "dataset": dataset.dataset_name(config)}, f, indent=2, sort_keys=True)
 
 
+def _controls_dict(codec) -> dict[str, Any] | None:
+  controls = getattr(codec, "controls", None)
+  return None if controls is None else controls.to_dict()
+
+
 def read_encoding(workdir: str) -> dict[str, Any] | None:
-  """The saved `encoding.json` as a dict ({"kind", "encoding", "dataset"}), None if absent."""
+  """The saved `encoding.json` as a dict ({"kind", "encoding", "token_version", "controls",
+  "dataset"}; files written before token versions lack the last three's first two: version 1),
+  None if absent."""
   path = os.path.join(workdir, ENCODING_FILE)
   if not os.path.isfile(path):
     return None
@@ -101,6 +109,8 @@ def load_codec(workdir: str):
   try:
     saved = read_encoding(workdir)
     enc = None if saved is None else encoding.EncodingConfig.from_dict(saved["encoding"])
+    controls = (None if saved is None or not saved.get("controls")
+                else encoding.ControlConfig.from_dict(saved["controls"]))
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise RunError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to rebuild it "
                    "from the dataset") from e
@@ -108,7 +118,10 @@ def load_codec(workdir: str):
     if saved.get("kind", kind) != kind:
       raise RunError(f"{path} is for a {saved.get('kind')} codec but {workdir}/{CONFIG_FILE} "
                      f"trains a {kind} model (data.encoding={kind!r})")
-    codec = encoding.make_codec(kind, enc)
+    codec = encoding.make_codec(kind, enc, controls)
+    if saved.get("token_version", 1) != getattr(codec, "version", 1):
+      raise RunError(f"{path} says token version {saved.get('token_version')} but describes a "
+                     f"version-{codec.version} codec; the file is damaged")
   else:
     from virtuoso_jax import dataset  # pylint: disable=g-import-not-at-top
     if not dataset.is_prepared(config):
@@ -123,8 +136,9 @@ def load_codec(workdir: str):
       pass
   if config.model.vocab_size < codec.vocab_size:
     raise RunError(f"{os.path.join(workdir, CONFIG_FILE)}: model.vocab_size="
-                   f"{config.model.vocab_size} is smaller than the codec's vocabulary "
-                   f"({codec.vocab_size}); the config does not belong to this dataset")
+                   f"{config.model.vocab_size} is smaller than the vocabulary of the run's "
+                   f"token-version-{getattr(codec, 'version', 1)} codec ({codec.vocab_size} ids, "
+                   f"{path}); the checkpoint and this codec do not belong together")
   return config, codec
 
 
@@ -224,8 +238,10 @@ def check_same_encoding(src: str, config, codec) -> None:
   theirs = read_encoding(src)
   if theirs is None:
     return
-  ours = {"kind": config.data.encoding, "encoding": codec.config.to_dict()}
-  for key in ("kind", "encoding"):
+  theirs = dict(theirs, controls=theirs.get("controls"))  # Older files: version 1.
+  ours = {"kind": config.data.encoding, "encoding": codec.config.to_dict(),
+          "controls": _controls_dict(codec)}
+  for key in ("kind", "encoding", "controls"):
     if json.dumps(theirs.get(key), sort_keys=True) != json.dumps(ours[key], sort_keys=True):
       raise RunConfigMismatchError(
           f"config.ckpt.fine_tune_from={src}: that run's token encoding ({key}: "

@@ -261,7 +261,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
         homepage=_HOMEPAGE,
-        metadata=tfds.core.MetadataDict(encoding=config.encoding_config.to_dict()),
+        # The records' ids are token-codec version 1; version 2 (controls, attributes) is derived
+        # from them at training time, never stored.
+        metadata=tfds.core.MetadataDict(encoding=config.encoding_config.to_dict(),
+                                        token_version=1),
     )
     info.__class__ = _DatasetInfo  # Only __repr__ differs.
     return info

@@ -5,6 +5,8 @@ Public names (docs/architecture.md section 1): `Notes`, `EncodingConfig`, `midi_
 `transpose`, `MidiError`, `make_codec`.
 """
 
+from __future__ import annotations
+
 from virtuoso_jax.encoding.char_codec import CharCodec
 from virtuoso_jax.encoding.grammar import Grammar
 from virtuoso_jax.encoding.midi_io import MidiError
@@ -26,11 +28,16 @@ from virtuoso_jax.encoding.token_codec import TokenCodec
 KINDS = ("token", "char")  # config.data.encoding: the codec a dataset and a model use.
 
 
-def make_codec(kind: str, config: EncodingConfig):
-  """The codec of `kind` ("token" | "char") over `config`."""
+def make_codec(kind: str, config: EncodingConfig, controls: ControlConfig | None = None):
+  """The codec of `kind` ("token" | "char") over `config`; `controls`: token codec version 2."""
   if kind not in KINDS:
     raise ValueError(f"unknown encoding kind {kind!r}; expected one of {KINDS}")
-  return CharCodec(config) if kind == "char" else TokenCodec(config)
+  if kind == "char":
+    if controls is not None:
+      raise ValueError("control notes and attributes need the token codec; a char model "
+                       "only continues")
+    return CharCodec(config)
+  return TokenCodec(config, controls)
 
 
 __all__ = [
