@@ -59,6 +59,14 @@ def get_config(arg=None):
   d.eval_split = "validation"
   d.windowing = "window"  # "window": windows of L+1 tokens inside one song; "pack": songs packed.
   d.transpose_semitones = 6  # Train-time augmentation: uniform shift in [-n, n]; drums untouched. 0 = off.
+  # Beyond continuation (token encoding; virtuoso_jax/tasks.py): shares of training windows
+  # turned into span infilling and accompaniment (control notes anticipated anticipation_ms
+  # ahead), and of windows given an attribute prefix (density, polyphony, pitch range,
+  # instruments). Any rate > 0 trains with token codec version 2 (its vocabulary is larger).
+  d.infill_rate = 0.0
+  d.accompany_rate = 0.0
+  d.attribute_rate = 0.0
+  d.anticipation_ms = 2000
   d.worker_count = 0  # grain worker processes (0 = in the main process).
   d.prefetch = 2  # Batches prefetched ahead of the train step.
 

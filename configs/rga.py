@@ -10,6 +10,8 @@ Variants (`--config=configs/rga.py:VARIANT`):
   tiny      CPU smoke tests and the README quickstart (a few minutes on 2 cores).
   bach      the reference model: about one hour on a 2-core CPU on the Bach chorales, with the
             figures in docs/benchmarks.md (held-out bits per second, music statistics).
+  control   `bach` trained beyond continuation: span infilling, accompaniment and attribute
+            prefixes mixed in (token codec version 2; virtuoso_jax/tasks.py).
   long      8192-token context with blockwise relative attention (linear memory).
   pod       a TPU-pod example: FSDP over the hosts' chips, data parallel across slices.
 
@@ -41,6 +43,7 @@ VARIANTS = {
     "original": _original,
     "tiny": lambda config: variants.tiny(config, sample_tokens=512),
     "bach": variants.bach,
+    "control": variants.control,
     "long": _long,
     "pod": lambda config: variants.pod(config),
 }

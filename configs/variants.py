@@ -56,6 +56,15 @@ def bach(config):
   config.sample.top_p = 0.95  # Chosen with the evaluate binary (docs/benchmarks.md).
 
 
+def control(config):
+  """The reference model trained beyond continuation (virtuoso_jax/tasks.py): a quarter of the
+  windows become span infilling, a quarter accompaniment, half carry an attribute prefix; token
+  codec version 2. Same size and steps as `bach`, so the two compare on continuation NLL."""
+  bach(config)
+  d = config.data
+  d.infill_rate, d.accompany_rate, d.attribute_rate = 0.25, 0.25, 0.5
+
+
 def long(config, max_len: int):
   """Long context with per-block rematerialisation. The global batch of 8 is kept on any
   machine: the memory pre-flight picks the gradient accumulation that fits

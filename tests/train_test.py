@@ -83,6 +83,17 @@ def run_main(spec, overrides, workdir, *, devices=8, env=None, wait=True, extra_
   return out
 
 
+def test_training_beyond_continuation_uses_token_version_2(data_dir, tmp_path):
+  cfg = load(SPECS["rga"], small(data_dir, **{
+      "data.infill_rate": 0.4, "data.accompany_rate": 0.4, "data.attribute_rate": 0.5}))
+  last = train.train_and_evaluate(cfg, str(tmp_path))
+  assert last["trained_steps"] == 2 and math.isfinite(last["train/loss"])
+  saved = json.loads((tmp_path / run_dir.ENCODING_FILE).read_text())
+  assert saved["token_version"] == 2 and saved["controls"]["anticipation_ms"] == 2000
+  config, codec = run_dir.load_codec(str(tmp_path))
+  assert codec.version == 2 and config.model.vocab_size == codec.vocab_size > 1061
+
+
 def test_periodic_actions_run_at_their_cadence_in_order():
   seen = []
   record = lambda name: (lambda info: seen.append((info.step, name)))

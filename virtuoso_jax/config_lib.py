@@ -310,6 +310,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "data.transpose_semitones", d.transpose_semitones, "must be an int in 0..12")
   _check(d.encoding == "token" or d.transpose_semitones == 0, "data.transpose_semitones",
          d.transpose_semitones, "transposition is defined on token ids only; set 0 for char data")
+  for f in ("infill_rate", "accompany_rate", "attribute_rate"):
+    _check(isinstance(d[f], (int, float)) and 0.0 <= d[f] <= 1.0, f"data.{f}", d[f],
+           "must be in [0, 1]")
+  _check(d.infill_rate + d.accompany_rate <= 1.0, "data.accompany_rate", d.accompany_rate,
+         f"data.infill_rate + data.accompany_rate must be <= 1 (infill_rate={d.infill_rate})")
+  tasks = d.infill_rate > 0 or d.accompany_rate > 0 or d.attribute_rate > 0
+  _check(not tasks or d.encoding == "token", "data.encoding", d.encoding,
+         "infilling, accompaniment and attributes need the token encoding (a char model only "
+         "continues); set the *_rate fields to 0")
+  _check(isinstance(d.anticipation_ms, int) and d.anticipation_ms > 0, "data.anticipation_ms",
+         d.anticipation_ms, "must be a positive int (milliseconds)")
   _check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
   _check(d.prefetch >= 0, "data.prefetch", d.prefetch, "must be >= 0")
   _check(d.train_split != d.eval_split, "data.eval_split", d.eval_split,
@@ -413,6 +424,9 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[s
     a, b = get(saved, "data", field), get(new, "data", field)
     if a != b:
       out.append((f"data.{field}", a, b))
+  a, b = get(saved, "data", "anticipation_ms"), get(new, "data", "anticipation_ms")
+  if a is not None and a != b:  # What a control-time id means (runs saved before it: none).
+    out.append(("data.anticipation_ms", a, b))
   a, b = get(saved, "optim", "optimizer"), get(new, "optim", "optimizer")
   if a != b:
     out.append(("optim.optimizer", a, b))

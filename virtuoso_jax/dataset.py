@@ -140,8 +140,9 @@ def ensure_prepared(config) -> None:
 
 def load_codec(config):
   """The codec the dataset was encoded with (`DatasetInfo.metadata["encoding"]`), of the
-  config's data.encoding; a `manual` dataset built from another folder than data.manual_dir is
-  a ManualDirMismatchError."""
+  config's data.encoding, version 2 when the config trains beyond continuation (the records
+  are version 1, which version 2 reads unchanged); a `manual` dataset built from another folder
+  than data.manual_dir is a ManualDirMismatchError."""
   from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
   metadata = builder(config).info.metadata or {}
   if "encoding" not in metadata:
@@ -155,7 +156,18 @@ def load_codec(config):
         f"corpus (--config.data.data_dir=...), or rebuild it: "
         + " ".join(prepare_command(config)) + " --overwrite")
   return encoding.make_codec(config.data.encoding,
-                             encoding.EncodingConfig.from_dict(metadata["encoding"]))
+                             encoding.EncodingConfig.from_dict(metadata["encoding"]),
+                             control_config(config))
+
+
+def control_config(config):
+  """The ControlConfig of token codec version 2 when the config trains beyond continuation
+  (any of data.infill_rate, accompany_rate, attribute_rate > 0), else None (version 1)."""
+  from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if not (d.infill_rate > 0 or d.accompany_rate > 0 or d.attribute_rate > 0):
+    return None
+  return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms))
 
 
 def same_folder(a, b) -> bool:

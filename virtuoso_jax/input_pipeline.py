@@ -49,6 +49,7 @@ import numpy as np
 
 from virtuoso_jax import dataset
 from virtuoso_jax import evaluation
+from virtuoso_jax import tasks as tasks_lib
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ class BatchMaker:
   seed: int
   transpose: int = 0
   codec: Any = None
+  tasks: Any = None  # tasks.TaskRates: windows turned into infilling/accompaniment/attributes.
 
   def num_eval_batches(self) -> int:
     return -(-len(self.index) // self.global_batch)
@@ -282,6 +284,11 @@ class BatchMaker:
           s, st, mf, mt = self.window(j)
         t, m = _window_example(self._song(int(s)), int(st), int(mf), int(mt), self.seq_len,
                                self.pad_id)
+        if self.tasks is not None and self.mode == "window":
+          derived = tasks_lib.derive(self.codec, t, self.seq_len, self.tasks,
+                                     np.random.default_rng([self.seed, 11, j]))
+          if derived is not None:
+            t, m = derived
         if seconds is not None:
           scored = np.flatnonzero(m)
           seconds[r - lo, scored] = self._target_seconds(int(s))[int(st) + scored]
@@ -463,11 +470,15 @@ class InputPipeline:
     self.eval_index = build_windows(eval_lengths, self.seq_len)
     pad = int(self.codec.pad_id)
     vocab = int(self.codec.vocab_size)
+    rates = tasks_lib.TaskRates.from_config(config)
+    if rates.any and getattr(self.codec, "version", 1) < 2:
+      raise ValueError("data.*_rate > 0 needs the version-2 token codec "
+                       "(dataset.load_codec(config) builds it)")
     self.train_maker = BatchMaker(
         source=train, index=self.train_index, lengths=train_lengths, seq_len=self.seq_len,
         global_batch=self.global_batch, rows=self.rows, pad_id=pad, mode=d.windowing,
         seed=config.seed, transpose=d.transpose_semitones if kind == "token" else 0,
-        codec=self.codec)
+        codec=self.codec, tasks=rates if rates.any else None)
     self.eval_maker = BatchMaker(
         source=evals, index=self.eval_index, lengths=eval_lengths, seq_len=self.seq_len,
         global_batch=self.global_batch, rows=self.rows, pad_id=pad, mode="eval",

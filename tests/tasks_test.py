@@ -1,0 +1,81 @@
+"""Infilling, accompaniment and attribute examples derived from song windows (tasks.py)."""
+
+import numpy as np
+
+from virtuoso_jax import tasks
+from virtuoso_jax.encoding import ControlConfig, EncodingConfig, Notes, TokenCodec
+from virtuoso_jax.encoding import token_codec as tc
+
+CODEC = TokenCodec(EncodingConfig(), ControlConfig())
+L = 256
+
+
+def _window(seed=0, instruments=(0, 40)):
+  rng = np.random.default_rng(seed)
+  n = 120
+  notes = Notes(np.sort(rng.integers(0, 2000, n)), rng.integers(5, 80, n),
+                rng.integers(40, 80, n), rng.integers(30, 100, n), rng.choice(instruments, n))
+  ids = TokenCodec().encode(CODEC.quantize(notes))  # Records are version 1.
+  return ids[:L + 1]
+
+
+def test_plain_windows_stay_plain():
+  assert tasks.derive(CODEC, _window(), L, tasks.TaskRates(), np.random.default_rng(0)) is None
+
+
+def _draw(rates, seed):
+  return tasks.derive(CODEC, _window(seed), L, rates, np.random.default_rng(seed))
+
+
+def test_derived_examples_decode_and_mask_the_given_ids():
+  for seed in range(20):
+    for rates in (tasks.TaskRates(infill=1.0), tasks.TaskRates(accompany=1.0),
+                  tasks.TaskRates(attributes=1.0)):
+      tokens, mask = _draw(rates, seed)
+      assert tokens.shape == (L + 1,) and mask.shape == (L,)
+      body = tokens[tokens != CODEC.pad_id]
+      _, at_boundary = CODEC.grammar().walk(body[1:])  # Legal from BOS on (a prefix of a song).
+      kinds = CODEC.kinds(tokens[1:])
+      # Attributes and control-time ids are never targets; events are.
+      assert not mask[np.isin(kinds, (tc.K_CTIME, tc.K_DENSITY, tc.K_POLYPHONY, tc.K_RANGE,
+                                      tc.K_INST_PRESENT))].any()
+      assert mask[kinds == tc.K_DT].all()
+      events, controls = CODEC.decode_parts(body)
+      if rates.infill and len(controls) and len(events):
+        # Events start before the span's end e, controls at e or later.
+        assert controls.onset.min() > events.onset.max()
+      if rates.accompany and len(controls):
+        shared = set(events.instrument.tolist()) & set(controls.instrument.tolist())
+        # A kept instrument is all controls, or the kept part is the melody (the top line).
+        assert not shared or (tasks.melody(CODEC.decode(body)) .sum() >= len(controls))
+      # The control notes' field ids are masked too: the mask counts event groups, WAITs, EOS
+      # and at most one group cut by the window's end.
+      bound = (len(events) + 1) * CODEC.tokens_per_note + (tokens == tc.WAIT).sum() + 1
+      assert int(mask.sum()) <= bound
+
+
+def test_infill_controls_start_at_the_span_end():
+  window = _window(3)
+  notes = CODEC.decode(window)
+  end = int(np.median(notes.onset))
+  events, controls = tasks.split_span(notes, end // 2, end)
+  assert len(controls) and len(events)
+  assert controls.onset.min() >= end and events.onset.max() < end
+  assert len(events) + len(controls) == len(notes)
+
+
+def test_draws_are_a_pure_function_of_the_seed():
+  rates = tasks.TaskRates(infill=0.3, accompany=0.3, attributes=0.5)
+  a = [_draw(rates, s) for s in range(8)]
+  b = [_draw(rates, s) for s in range(8)]
+  for x, y in zip(a, b):
+    assert (x is None and y is None) or (np.array_equal(x[0], y[0]) and
+                                         np.array_equal(x[1], y[1]))
+
+
+def test_melody_is_the_top_line():
+  notes = Notes.from_rows([(0, 10, 60, 80, 0), (0, 10, 72, 80, 0), (0, 10, 36, 90, 128),
+                           (10, 10, 65, 80, 40), (10, 10, 64, 80, 0), (20, 5, 40, 80, 128)])
+  notes = notes.canonical()
+  top = tasks.melody(notes)
+  assert sorted(zip(notes.onset[top].tolist(), notes.pitch[top].tolist())) == [(0, 72), (10, 65)]

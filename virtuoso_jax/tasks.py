@@ -1,0 +1,122 @@
+"""Training examples beyond continuation, derived on the fly from a song window (numpy only).
+
+A window of a song's version-1 ids is decoded to notes and, at the rates of config.data, turned
+into one of:
+  infill      a span [s, e) of the window: the notes from e on become control notes (given,
+              anticipated), the notes before e are events (predicted);
+  accompany   a random proper subset of the window's instruments, or its melody (the top line,
+              `melody`), becomes control notes over the whole window, the rest are events;
+  (plain)     continuation, unchanged;
+and, independently, gets an attribute prefix computed from its events (each attribute stated or
+left out at random, so generation works with any subset). The example is re-encoded with the
+version-2 codec (`TokenCodec.encode_controlled`); control and attribute ids are inputs only:
+the mask leaves them out of the loss. Every choice is a pure function of (seed, sample number),
+so a resumed run sees the same examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from virtuoso_jax.encoding import DRUMS
+from virtuoso_jax.encoding import token_codec as tc
+
+_ATTRIBUTE_KINDS = (tc.K_DENSITY, tc.K_POLYPHONY, tc.K_RANGE, tc.K_INST_PRESENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRates:
+  """Shares of training windows turned into each task (config.data.*_rate)."""
+  infill: float = 0.0
+  accompany: float = 0.0
+  attributes: float = 0.0
+
+  @property
+  def any(self) -> bool:
+    return self.infill > 0 or self.accompany > 0 or self.attributes > 0
+
+  @classmethod
+  def from_config(cls, config) -> "TaskRates":
+    d = config.data
+    return cls(float(d.infill_rate), float(d.accompany_rate), float(d.attribute_rate))
+
+
+def split_span(notes, start: int, end: int):
+  """(events, controls) for infilling [start, end): controls are the notes starting at `end`
+  or later; events the notes before it (the history and the span)."""
+  later = notes.onset >= end
+  del start  # The span's start only matters at sampling time (where generation begins).
+  return _take(notes, ~later), _take(notes, later)
+
+
+def split_instruments(notes, kept):
+  """(events, controls) for accompaniment: the notes of the `kept` instruments are controls."""
+  is_kept = np.isin(notes.instrument, np.asarray(list(kept), np.int64))
+  return _take(notes, ~is_kept), _take(notes, is_kept)
+
+
+def melody(notes) -> np.ndarray:
+  """bool per note: the top line (the highest pitched note at each onset; drums never), the
+  part a melody-conditioned accompaniment keeps when the instruments do not separate it."""
+  out = np.zeros(len(notes), bool)
+  pitched = np.flatnonzero(notes.instrument != DRUMS)
+  if not len(pitched):
+    return out
+  order = pitched[np.lexsort((-notes.pitch[pitched], notes.onset[pitched]))]
+  first = np.concatenate([[True], np.diff(notes.onset[order]) != 0])
+  out[order[first]] = True
+  return out
+
+
+def _take(notes, which):
+  cols = notes.columns()
+  return type(notes)(**{k: v[which] for k, v in cols.items()})
+
+
+def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+  """(tokens int32[seq_len + 1], mask float32[seq_len]) of a derived example, or None when the
+  window stays plain continuation (the draw, or too few notes for the task)."""
+  u = rng.random()
+  task = ("infill" if u < rates.infill else
+          "accompany" if u < rates.infill + rates.accompany else "plain")
+  with_attributes = rng.random() < rates.attributes
+  if task == "plain" and not with_attributes:
+    return None
+  window = np.asarray(window)
+  ids = window[window != codec.pad_id]
+  notes = codec.decode(ids)
+  if len(notes) < 4:
+    return None
+  events, controls = notes, None
+  if task == "accompany":
+    instruments = np.unique(notes.instrument)
+    top = melody(notes)
+    if len(instruments) >= 2 and rng.random() < 0.5:  # Keep some instruments.
+      k = int(rng.integers(1, len(instruments)))
+      events, controls = split_instruments(notes, rng.choice(instruments, k, replace=False))
+    elif 2 <= top.sum() < len(notes):  # Keep the melody (one instrument, e.g. a chorale).
+      events, controls = _take(notes, ~top), _take(notes, top)
+    else:
+      task = "infill"  # Nothing to accompany.
+  if task == "infill":
+    t0, t1 = int(notes.onset.min()), int((notes.onset + notes.duration).max())
+    start = t0 + int(rng.uniform(0.1, 0.7) * (t1 - t0))
+    end = start + max(1, int(rng.uniform(0.1, 0.4) * (t1 - t0)))
+    events, controls = split_span(notes, start, end)
+  attributes = None
+  if with_attributes:
+    attributes = {name: value for name, value in codec.attributes(events).items()
+                  if rng.random() < 0.7}
+  has_eos = bool((ids == codec.eos_id).any())
+  tokens, is_control = codec.encode_controlled(events, controls, attributes, add_bos=True,
+                                               add_eos=has_eos)
+  given = is_control | np.isin(codec.kinds(tokens), _ATTRIBUTE_KINDS)  # Inputs, never targets.
+  out = np.full(seq_len + 1, codec.pad_id, np.int32)
+  n = min(len(tokens), seq_len + 1)
+  out[:n] = tokens[:n]
+  mask = np.zeros(seq_len, np.float32)
+  mask[:n - 1] = ~given[1:n]
+  return out, mask
