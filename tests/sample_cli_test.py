@@ -21,20 +21,24 @@ from virtuoso_jax import inference
 from virtuoso_jax import run_dir
 
 REPO = str(config_lib.REPO_ROOT)
-SPECS = {"token": "configs/rga.py:tiny", "char": "configs/char_gpt.py:tiny"}
+SPECS = {"token": "configs/rga.py:tiny", "char": "configs/char_gpt.py:tiny",
+         "control": "configs/rga.py:tiny"}
 
 
 def _train(root, corpus_dir, kind: str) -> str:
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
   data_dir = input_pipeline_test.build_fixture_dataset(os.path.join(root, "tfds"), corpus_dir)
   o = {"data.data_dir": data_dir, "data.tfds_name": input_pipeline_test.FIXTURE_NAME,
-       "data.source": "manual", "data.encoding": kind, "model.max_len": 48, "model.num_layers": 1,
+       "data.source": "manual", "data.encoding": "char" if kind == "char" else "token",
+       "model.max_len": 48, "model.num_layers": 1,
        "model.emb_dim": 32, "model.mlp_dim": 64, "model.num_heads": 2, "batch_size": 8,
        "num_train_steps": 3, "log_every_steps": 1, "eval_every_steps": 1000,
        "num_eval_batches": 1, "ckpt.every_steps": 1000, "ckpt.async_save": False,
        "tensorboard": False, "sample.max_new_tokens": 120}
-  if kind == "token":
+  if kind != "char":
     o["model.max_relative"] = 48
+  if kind == "control":  # Token codec version 2: infilling, accompaniment, attributes.
+    o.update({"data.infill_rate": 0.3, "data.accompany_rate": 0.3, "data.attribute_rate": 0.5})
   workdir = os.path.join(root, kind)
   train.train_and_evaluate(config_lib.validate(config_lib.load_config(SPECS[kind], o)), workdir)
   return workdir
@@ -64,6 +68,11 @@ def token_run(tmp_path_factory, fixture_corpus):
 @pytest.fixture(scope="session")
 def char_run(tmp_path_factory, fixture_corpus):
   return trained_workdir(tmp_path_factory, fixture_corpus, "char")
+
+
+@pytest.fixture(scope="session")
+def control_run(tmp_path_factory, fixture_corpus):
+  return trained_workdir(tmp_path_factory, fixture_corpus, "control")
 
 
 def run_cli(*args, module="virtuoso_jax.sample"):

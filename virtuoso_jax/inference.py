@@ -208,6 +208,11 @@ class SampleRequest:
   instruments: Optional[Sequence[int]] = None
   memory_check: str = "refuse"  # The sampler's memory pre-flight: "refuse" | "warn" | "off".
   memory_limit_mib: int = 0  # Plan for at most this much memory (0: all that is free).
+  # Beyond continuation (a version-2 token model, trained with data.*_rate > 0):
+  infill: Optional[tuple[float, float]] = None  # Seconds [start, end) of prompt_notes to redo.
+  keep_instruments: Optional[Sequence[int]] = None  # Keep these parts of prompt_notes exactly
+  keep_melody: bool = False  # ... or its melody (top line); generate the rest around them.
+  attributes: Optional[dict] = None  # Bins: density, polyphony, pitch_range (+ instruments).
 
   def __post_init__(self):
     """Counts and limits that cannot mean anything are a SampleError naming the flag (the
@@ -230,6 +235,20 @@ class SampleRequest:
                 seed=self.seed)
     if self.instruments is not None:
       self.instruments = parse_instruments(self.instruments)
+    if self.keep_instruments is not None:
+      self.keep_instruments = parse_instruments(self.keep_instruments, "--keep_instruments")
+    modes = [m for m, on in (("--infill", self.infill is not None),
+                             ("--keep_instruments", self.keep_instruments is not None),
+                             ("--keep_melody", self.keep_melody)) if on]
+    if len(modes) > 1:
+      raise SampleError(f"give one of {', '.join(modes)}, not several")
+    if modes and (self.prompt_notes is None or not len(self.prompt_notes)):
+      raise SampleError(f"{modes[0]} works on a piece: give it with --prompt_midi")
+    if self.infill is not None:
+      a, b = (float(x) for x in self.infill)
+      if not 0 <= a < b < float("inf"):
+        raise SampleError(f"--infill=START_S:END_S needs 0 <= START_S < END_S, got {a:g}:{b:g}")
+      self.infill = (a, b)
 
 
 @dataclasses.dataclass
@@ -274,6 +293,88 @@ def build_prompt(run: Run, request: SampleRequest) -> tuple[np.ndarray, int, np.
   except (ValueError, KeyError) as e:
     raise SampleError(f"char prompt {text[:60]!r} cannot be encoded: {e}") from e
   return run.codec.text_to_ids(text).astype(np.int32), state, flags
+
+
+@dataclasses.dataclass
+class ControlPlan:
+  """A request beyond continuation, ready for the sampler: the prompt ids, the control notes to
+  force (sampling.Controls fields), the generated span's length, and the given notes kept."""
+  ids: np.ndarray
+  controls: dict
+  max_units: Optional[int]  # Units from the prompt's end to stop at (None: the request's).
+  kept: encoding.Notes  # The notes given and kept exactly (outside what is generated).
+  window: tuple[int, int]  # Grid units [lo, hi): generated events kept only in here.
+
+  def finish(self, events: encoding.Notes) -> encoding.Notes:
+    """The piece: the kept notes exactly, plus the generated events inside the window."""
+    inside = (events.onset >= self.window[0]) & (events.onset < self.window[1])
+    cols = {k: np.concatenate([self.kept.columns()[k], v[inside]])
+            for k, v in events.columns().items()}
+    return encoding.Notes(**cols).canonical()
+
+
+def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
+  """The ControlPlan of an infill / accompaniment / attribute request (None: plain
+  continuation). SampleError when the model cannot do it (a char or version-1 model)."""
+  asked = [name for name, on in (
+      ("--infill", request.infill is not None),
+      ("--keep_instruments", request.keep_instruments is not None),
+      ("--keep_melody", request.keep_melody),
+      ("attributes (--density, --polyphony, --pitch_range)", bool(request.attributes))) if on]
+  if not asked:
+    return None
+  codec = run.codec
+  if run.kind == "char":
+    raise SampleError(f"{asked[0]}: {run.workdir} holds a char model, which only continues; "
+                      "infilling, accompaniment and attributes need a token model trained "
+                      "with them (configs/rga.py:control)")
+  if getattr(codec, "version", 1) < 2:
+    raise SampleError(f"{asked[0]}: {run.workdir} was trained for continuation only (token "
+                      "codec version 1); train with data.infill_rate / accompany_rate / "
+                      "attribute_rate > 0, e.g. configs/rga.py:control")
+  from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
+  attrs = dict(request.attributes or {})
+  try:
+    codec.attribute_ids(attrs)
+  except ValueError as e:
+    raise SampleError(f"attributes: {e}") from e
+  notes = request.prompt_notes
+  notes = codec.quantize(notes) if notes is not None and len(notes) else None
+  empty = encoding.Notes.from_rows([])
+  grid = run.enc_config.grid_ms
+  if request.infill is not None:
+    start, end = (int(round(x * 1000.0 / grid)) for x in request.infill)
+    history, rest = tasks.split_span(notes, start, end)
+    before = history.onset < start
+    # The span's own notes (history[~before]) are what is redone.
+    prefix = encoding.Notes(**{k: v[before] for k, v in history.columns().items()})
+    ids, is_ctl = codec.encode_controlled(prefix, rest, attrs, add_eos=False,
+                                          trailing_controls=False)
+    used = int(is_ctl.sum()) // codec.tokens_per_note
+    t_last = int(prefix.onset.max()) if len(prefix) else 0
+    later = encoding.Notes(**{k: v[used:] for k, v in rest.canonical().columns().items()})
+    kept = encoding.Notes(**{k: np.concatenate([a, b]) for (k, a), b in zip(
+        prefix.columns().items(), rest.columns().values())})
+    return ControlPlan(ids.astype(np.int32), codec.control_arrays(later, t_last),
+                       max(1, end - t_last), kept, (start, end))
+  if request.keep_instruments is not None or request.keep_melody:
+    if request.keep_melody:
+      top = tasks.melody(notes)
+      given = encoding.Notes(**{k: v[top] for k, v in notes.columns().items()})
+    else:
+      given = tasks.split_instruments(notes, request.keep_instruments)[1]
+    if not len(given):
+      raise SampleError("nothing to accompany: the prompt has no notes of the kept part "
+                        f"({'the melody' if request.keep_melody else request.keep_instruments})")
+    ids, _ = codec.encode_controlled(empty, None, attrs, add_eos=False)
+    end = int((given.onset + given.duration).max())
+    return ControlPlan(ids.astype(np.int32), codec.control_arrays(given, 0), end, given,
+                       (0, end))
+  # Attributes only: continue the prompt (or start) under them.
+  ids, _ = codec.encode_controlled(notes if notes is not None else empty, None, attrs,
+                                   add_eos=False)
+  return ControlPlan(ids.astype(np.int32), codec.control_arrays(empty, 0), None, empty,
+                     (0, np.iinfo(np.int32).max))
 
 
 def _length_units(codec) -> tuple[int, int, int]:
@@ -326,16 +427,31 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
   with the reason it stopped (`Sample.stopped`)."""
   from virtuoso_jax import sampling  # pylint: disable=g-import-not-at-top
   max_tokens, _ = token_budget(run.codec, request)
-  ids, state, flags = build_prompt(run, request)
+  max_units = None
+  if request.max_seconds:
+    max_units = max(1, int(round(request.max_seconds * 1000.0 / run.enc_config.grid_ms)))
+  plan = plan_controls(run, request)
+  if plan is None:
+    ids, state, flags = build_prompt(run, request)
+    controls = None
+  else:
+    ids, controls = plan.ids, sampling.Controls(**plan.controls)
+    state, flags = run.tables.walk(ids[1:])
+    flags = np.concatenate([[True], flags])
+    if plan.max_units is not None:
+      max_units = plan.max_units if max_units is None else min(max_units, plan.max_units)
+      # Room for the forced controls and the WAITs that carry time through the span.
+      max_tokens += len(plan.controls["onset"]) * run.codec.tokens_per_note + (
+          plan.max_units // run.codec.wait_units + 1)
   allowed = None
   if request.instruments:
     try:
       allowed = run.codec.instrument_mask(list(request.instruments))
     except ValueError as e:
       raise SampleError(f"--instruments: {e}") from e
-  max_units = None
-  if request.max_seconds:
-    max_units = max(1, int(round(request.max_seconds * 1000.0 / run.enc_config.grid_ms)))
+  if getattr(run.codec, "version", 1) >= 2:
+    mask = run.codec.generation_mask()
+    allowed = mask if allowed is None else allowed & mask
   try:
     options = sampling.SampleOptions(request.temperature, int(request.top_k),
                                      float(request.top_p))
@@ -347,7 +463,7 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
                           max_notes=request.max_notes, max_units=max_units, allowed_ids=allowed,
                           prompt_state=state, prompt_boundaries=flags, context=run.context,
                           cached=cached, memory_check=request.memory_check,
-                          memory_limit_mib=request.memory_limit_mib)
+                          memory_limit_mib=request.memory_limit_mib, controls=controls)
   seconds = time.perf_counter() - t
   tps = float(res.lengths.sum()) / max(seconds, 1e-9)
   out = []
@@ -358,7 +474,8 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
     elif request.max_notes and res.notes[b] >= request.max_notes:
       stopped = f"notes ({request.max_notes} reached)"
     elif max_units is not None and res.units[b] >= max_units:
-      stopped = f"seconds ({request.max_seconds:g} s reached)"
+      stopped = (f"seconds ({request.max_seconds:g} s reached)" if plan is None
+                 else "the end of what was asked")
     else:
       stopped = f"tokens (all {max_tokens} used)"
     gen = sampling.drop_partial_note(raw, run.tables, state)
@@ -369,6 +486,8 @@ def generate(run: Run, request: SampleRequest, *, cached: bool = True) -> list[S
     if run.kind == "char":
       text = run.codec.ids_to_text(full)
       notes = run.codec.decode(text)
+    elif plan is not None:
+      notes = plan.finish(run.codec.decode_parts(full)[0])
     else:
       notes = run.codec.decode(full)
     out.append(Sample(notes, full, len(ids), len(gen), int(res.notes[b]), text, tps, stopped))

@@ -101,6 +101,43 @@ def sample_ids(key, logits: jax.Array, allowed: jax.Array, options: SampleOption
 # ---------------------------------------------------------------------------- the loop
 
 
+@dataclasses.dataclass(frozen=True)
+class Controls:
+  """Control notes the sampler forces (token codec version 2; `TokenCodec.sampler_controls`).
+
+  Attributes:
+    onset: int [C] each control's onset in grid units from where generation starts, ascending.
+    fields: int [C, T-1] each control group's ids after its control-time id.
+    entry_states: bool [S] grammar states where a control group may start.
+    time_lo, time_size: the control-time id range (id = time_lo + offset).
+    anticipation: units before its onset that a control enters.
+  """
+
+  onset: np.ndarray
+  fields: np.ndarray
+  entry_states: np.ndarray
+  time_lo: int
+  time_size: int
+  anticipation: int
+
+  @classmethod
+  def none(cls, num_states: int) -> "Controls":
+    return cls(np.zeros(0, np.int32), np.zeros((0, 1), np.int32), np.zeros(num_states, bool), 0,
+               1, 0)
+
+  def arrays(self, num_states: int):
+    n = len(self.onset)
+    if self.entry_states.shape != (num_states,):
+      raise ValueError(f"Controls.entry_states must be bool[{num_states}]")
+    onset = np.full(max(n, 1), NO_LIMIT, np.int32)
+    onset[:n] = self.onset
+    fields = np.zeros((max(n, 1), self.fields.shape[1]), np.int32)
+    fields[:n] = self.fields
+    return (jnp.asarray(onset), jnp.asarray(fields), jnp.int32(n),
+            jnp.asarray(self.entry_states, bool), jnp.int32(self.time_lo),
+            jnp.int32(self.time_size), jnp.int32(self.anticipation))
+
+
 class SampleResult(NamedTuple):
   tokens: np.ndarray  # int32 [B, max_new_tokens]
   lengths: np.ndarray  # int32 [B]
@@ -127,9 +164,12 @@ def _rows_slice(history, starts, size):
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "prompt_len", "max_new",
                                              "context", "keep", "cached"))
 def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, max_notes,
-                  max_units, *, graphdef, options, prompt_len, max_new, context, keep, cached):
+                  max_units, controls, *, graphdef, options, prompt_len, max_new, context, keep,
+                  cached):
   model = nnx.merge(graphdef, state)
   allowed_t, next_t, completes_t, advance_t, boundary, eos, pad = tables
+  ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation = controls
+  n_fields = ctl_fields.shape[1]
   b = prompt.shape[0]
   # History: prompt, generated ids, then `context` spare slots so fixed-size slices never clamp.
   n_hist = prompt_len + max_new + context
@@ -162,7 +202,8 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
   carry = dict(i=jnp.int32(0), logits=logits, cache=cache, history=history, bflag=bflag,
                g=gstate0, done=jnp.zeros((b,), bool), notes=jnp.zeros((b,), jnp.int32),
                units=jnp.zeros((b,), jnp.int32), ngen=jnp.zeros((b,), jnp.int32),
-               start=start, wlen=wlen, slides=jnp.int32(0))
+               start=start, wlen=wlen, slides=jnp.int32(0), cptr=jnp.zeros((b,), jnp.int32),
+               force=jnp.zeros((b,), jnp.int32))
 
   def running(c):
     return (c["i"] < max_new) & ~jnp.all(c["done"])
@@ -177,6 +218,23 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     allowed = allowed_t[g] & allowed_extra[None, :]
     allowed = jnp.where(done[:, None], jnp.arange(allowed.shape[1])[None, :] == pad, allowed)
     tok = sample_ids(jax.random.fold_in(key, i), c["logits"], allowed, options)
+    # Control notes (given notes: infilling's right context, an accompaniment's kept part) are
+    # forced, as training placed them: a control enters at the last position (between groups)
+    # before the sampled id would carry time past its onset minus the anticipation (or end the
+    # piece); its group is then emitted over the next steps and sampling resumes after it.
+    cptr, force = c["cptr"], c["force"]
+    forcing = force > 0
+    k = jnp.minimum(cptr, ctl_onset.shape[0] - 1)
+    forced_field = ctl_fields[jnp.maximum(cptr - 1, 0),
+                              jnp.clip(n_fields - force, 0, n_fields - 1)]
+    onset = ctl_onset[k]
+    crosses = (~forcing & (cptr < n_ctl) & entry_t[g]
+               & ((c["units"] + advance_t[g, tok] > onset - anticipation) | (tok == eos)))
+    tok = jnp.where(forcing, forced_field, tok)
+    tok = jnp.where(crosses, ctl_time_lo + jnp.clip(onset - c["units"], 0, ctl_time_size - 1),
+                    tok)
+    force = jnp.where(forcing, force - 1, jnp.where(crosses, n_fields, 0))
+    cptr = cptr + crosses
     tok = jnp.where(done, pad, tok)
     live = ~done
     history = c["history"].at[:, total].set(tok)
@@ -187,7 +245,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     at_boundary = new_g == boundary
     stop = (tok == eos) | (at_boundary & ((notes >= max_notes) | (units >= max_units)))
     return dict(c, i=i + 1, history=history, bflag=bflag, g=new_g, done=done | (live & stop),
-                notes=notes, units=units, ngen=c["ngen"] + live), tok
+                notes=notes, units=units, ngen=c["ngen"] + live, cptr=cptr, force=force), tok
 
   def advance_step(c):
     """One token while the window has room: sample it, then append it to the cache."""
@@ -223,7 +281,7 @@ def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOpti
              allowed_ids: Optional[np.ndarray] = None, prompt_state: Optional[int] = None,
              prompt_boundaries: Optional[np.ndarray] = None, context: Optional[int] = None,
              keep: Optional[int] = None, cached: bool = True, memory_check: str = "refuse",
-             memory_limit_mib: int = 0) -> SampleResult:
+             memory_limit_mib: int = 0, controls: Optional[Controls] = None) -> SampleResult:
   """Samples `num_samples` continuations of one prompt in one compiled loop.
 
   Args:
@@ -249,6 +307,7 @@ def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOpti
       layers) against the free memory (virtuoso_jax.preflight): "refuse" raises
       preflight.OutOfMemoryError naming a num_samples or context that fits, "warn" logs, "off".
     memory_limit_mib: plan for at most this much memory (0: all that is free).
+    controls: control notes to force (a version-2 token codec's `Controls`), or None.
 
   Returns:
     SampleResult (host numpy arrays).
@@ -297,6 +356,7 @@ def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOpti
     allowed, nxt, completes, adv = (tables.allowed, tables.next_state, tables.completes_note,
                                     tables.advance)
   b = int(num_samples)
+  ctl = (controls or Controls.none(tables.num_states)).arrays(tables.num_states)
   graphdef, state = nnx.split(model)
   jt = (jnp.asarray(allowed), jnp.asarray(nxt, jnp.int32), jnp.asarray(completes),
         jnp.asarray(adv, jnp.int32), jnp.int32(tables.boundary_state), jnp.int32(tables.eos_id),
@@ -307,7 +367,7 @@ def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOpti
             jnp.asarray(np.broadcast_to(prompt_boundaries, (rows, len(prompt)))),
             jnp.full((rows,), prompt_state, jnp.int32), jnp.asarray(extra), jt,
             jax.random.key(seed), jnp.int32(NO_LIMIT if max_notes is None else max_notes),
-            jnp.int32(NO_LIMIT if max_units is None else max_units))
+            jnp.int32(NO_LIMIT if max_units is None else max_units), ctl)
 
   def compiled(rows, ctx):  # JAX caches a repeated lower().compile() of the same program.
     return _generate_jit.lower(*args(rows), graphdef=graphdef, options=options,

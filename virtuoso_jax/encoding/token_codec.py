@@ -255,7 +255,8 @@ class TokenCodec:
 
   def encode_controlled(self, events: Notes, controls: Notes | None = None,
                         attributes: dict[str, Any] | None = None, *, add_bos: bool = True,
-                        add_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                        add_eos: bool = True, trailing_controls: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Events (the notes to predict) with control notes (given notes, e.g. the parts around an
     infilled span or under an accompaniment) interleaved `anticipation` units before they
     sound, after an optional attribute prefix: `[BOS, attributes..., groups..., EOS]`.
@@ -265,6 +266,8 @@ class TokenCodec:
     after an event) not later than its onset minus the anticipation. Returns (int32 ids,
     bool is_control per id): training masks the control ids out of the loss; sampling forces
     them. `decode` gives back events and controls together (`decode_parts`: apart).
+    `trailing_controls=False` stops after the last event (a prompt: the controls not yet
+    entered, the last ones in canonical order, are the sampler's to force).
     """
     self._need_controls("encode_controlled")
     ev = events.canonical()
@@ -302,7 +305,7 @@ class TokenCodec:
       out.extend(ev_fields[i].tolist())
       is_ctl.extend([False] * (1 + ev_fields.shape[1]))
       now = t
-    while pending < len(ct_onset):  # Controls after the last event: WAITs carry time there.
+    while trailing_controls and pending < len(ct_onset):  # After the last event: WAITs.
       flush(now, now + w)
       if pending < len(ct_onset):
         out.append(WAIT)
@@ -312,6 +315,27 @@ class TokenCodec:
       out.append(EOS)
       is_ctl.append(False)
     return np.asarray(out, np.int32), np.asarray(is_ctl, bool)
+
+  def control_arrays(self, controls: Notes, start_time: int) -> dict[str, Any]:
+    """What the sampler needs to force `controls` (sampling.Controls' fields): onsets relative
+    to `start_time` (the stream time where generation starts), the field ids, the grammar
+    states a control may start in, the control-time ids and the anticipation."""
+    self._need_controls("control_arrays")
+    controls = controls.canonical()
+    lo, hi = self._ranges["control_time"]
+    return {"onset": (controls.onset.astype(np.int64) - int(start_time)).astype(np.int32),
+            "fields": self._note_fields(controls).astype(np.int32),
+            "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
+            "time_size": hi - lo, "anticipation": self.anticipation}
+
+  def generation_mask(self) -> np.ndarray:
+    """bool[V]: ids the model may generate itself (version 2: never a control-time id; those
+    are forced)."""
+    out = np.ones(self.vocab_size, bool)
+    if self.controls is not None:
+      lo, hi = self._ranges["control_time"]
+      out[lo:hi] = False
+    return out
 
   def decode_parts(self, ids) -> tuple[Notes, Notes]:
     """(events, controls) of a version-2 sequence, each canonical."""

@@ -1,0 +1,97 @@
+"""Beyond continuation at sampling time: infill a span, accompany a kept part, attributes."""
+
+import numpy as np
+import pytest
+
+from sample_cli_test import char_run, control_run, token_run  # noqa: F401  (fixtures)
+from virtuoso_jax import inference
+from virtuoso_jax import tasks
+from virtuoso_jax.encoding import Notes
+
+
+def _piece(run):
+  rng = np.random.default_rng(0)
+  n = 60
+  notes = Notes(np.sort(rng.integers(0, 1200, n)), rng.integers(5, 60, n), rng.integers(45, 80, n),
+                rng.integers(40, 100, n), rng.choice([0, 40], n))
+  return run.codec.quantize(notes)
+
+
+def _rows(notes):
+  return sorted(map(tuple, notes.to_rows()))
+
+
+def _contains(piece, part):
+  """Every note of `part` is in `piece` (as a multiset)."""
+  rows = _rows(piece)
+  for r in _rows(part):
+    if r not in rows:
+      return False
+    rows.remove(r)
+  return True
+
+
+def _take(notes, which):
+  return Notes(**{k: v[which] for k, v in notes.columns().items()})
+
+
+def test_infill_keeps_every_note_outside_the_span(control_run):
+  run = inference.load_run(control_run)
+  piece = _piece(run)
+  grid = run.enc_config.grid_ms / 1000
+  start, end = 4.0, 7.0
+  req = inference.SampleRequest(num_samples=3, seed=1, prompt_notes=piece, infill=(start, end),
+                                max_tokens=400)
+  for sample in inference.generate(run, req):
+    out = sample.notes
+    s, e = int(round(start / grid)), int(round(end / grid))
+    outside = (piece.onset < s) | (piece.onset >= e)
+    assert _contains(out, _take(piece, outside))  # Kept exactly.
+    new = _take(out, (out.onset >= s) & (out.onset < e))
+    assert len(out) == int(outside.sum()) + len(new)  # Nothing generated outside the span.
+    _, forced = run.codec.decode_parts(sample.ids)  # The right context was heard.
+    assert len(forced) > 0 and forced.onset.min() >= e
+
+
+def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
+  run = inference.load_run(control_run)
+  piece = _piece(run)
+  for req in (inference.SampleRequest(num_samples=2, seed=2, prompt_notes=piece,
+                                      keep_instruments=[40], max_tokens=500),
+              inference.SampleRequest(num_samples=2, seed=3, prompt_notes=piece,
+                                      keep_melody=True, max_tokens=500)):
+    for sample in inference.generate(run, req):
+      kept = (_take(piece, piece.instrument == 40) if req.keep_instruments else
+              _take(piece, tasks.melody(piece)))
+      assert _contains(sample.notes, kept)
+      # The model heard the kept part: its notes were forced into the sequence as controls.
+      _, forced = run.codec.decode_parts(sample.ids)
+      assert len(forced) > 0 and _contains(kept, forced)
+      end = int((kept.onset + kept.duration).max())
+      assert (sample.notes.onset < end).all()
+
+
+def test_attributes_condition_a_continuation(control_run):
+  run = inference.load_run(control_run)
+  req = inference.SampleRequest(num_samples=2, seed=0, max_notes=10,
+                                attributes={"density": 5, "polyphony": 2})
+  for sample in inference.generate(run, req):
+    assert sample.ids[0] == run.codec.bos_id
+    assert run.codec.kinds(sample.ids[1:3]).tolist() == [12, 13]  # density, polyphony ids.
+    assert len(sample.notes) >= 0
+  with pytest.raises(inference.SampleError, match="outside"):
+    inference.generate(run, inference.SampleRequest(attributes={"density": 99}))
+
+
+def test_models_that_cannot_say_so(token_run, char_run):
+  piece = _piece(inference.load_run(token_run))
+  with pytest.raises(inference.SampleError, match="continuation only"):
+    inference.generate(inference.load_run(token_run),
+                       inference.SampleRequest(prompt_notes=piece, infill=(1.0, 2.0)))
+  with pytest.raises(inference.SampleError, match="char model, which only continues"):
+    inference.generate(inference.load_run(char_run),
+                       inference.SampleRequest(prompt_notes=piece, keep_melody=True))
+  with pytest.raises(inference.SampleError, match="START_S < END_S"):
+    inference.SampleRequest(prompt_notes=piece, infill=(3.0, 2.0))
+  with pytest.raises(inference.SampleError, match="give it with --prompt_midi"):
+    inference.SampleRequest(infill=(1.0, 2.0))
