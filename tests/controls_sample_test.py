@@ -95,3 +95,30 @@ def test_models_that_cannot_say_so(token_run, char_run):
     inference.SampleRequest(prompt_notes=piece, infill=(3.0, 2.0))
   with pytest.raises(inference.SampleError, match="give it with --prompt_midi"):
     inference.SampleRequest(infill=(1.0, 2.0))
+
+
+def _sample_cli(*args):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from sample_cli_test import REPO  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, "-m", "virtuoso_jax.sample", *map(str, args)],
+                        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_the_sample_binary_infills_a_midi_file(control_run, token_run, tmp_path):
+  from virtuoso_jax.encoding import midi_to_notes, notes_to_midi  # pylint: disable=g-import-not-at-top
+  run = inference.load_run(control_run)
+  piece = _piece(run).replace(onset=_piece(run).onset + 300)  # Starts at 3 s: times are kept.
+  src = tmp_path / "song.mid"
+  notes_to_midi(piece, src)
+  res = _sample_cli(f"--workdir={control_run}", f"--prompt_midi={src}", "--infill=5:8",
+                    "--num_samples=1", "--audio=false", f"--out={tmp_path / 'out'}")
+  assert res.returncode == 0, res.stderr[-2000:]
+  out = midi_to_notes(tmp_path / "out" / "sample_00.mid")
+  outside = (piece.onset < 500) | (piece.onset >= 800)
+  assert _contains(out, _take(run.codec.quantize(piece), outside))
+  bad = _sample_cli(f"--workdir={control_run}", f"--prompt_midi={src}", "--infill=5-8")
+  assert bad.returncode != 0 and "--infill must be START_S:END_S" in bad.stderr
+  assert "Traceback" not in bad.stderr
+  v1 = _sample_cli(f"--workdir={token_run}", f"--prompt_midi={src}", "--keep_melody")
+  assert v1.returncode != 0 and "continuation only" in v1.stderr and "Traceback" not in v1.stderr

@@ -159,9 +159,10 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
 
 
 def read_prompt_midi(path: str, enc_config: encoding.EncodingConfig, *, last_notes: int = 0,
-                     last_seconds: float = 0.0) -> encoding.Notes:
+                     last_seconds: float = 0.0, shift: bool = True) -> encoding.Notes:
   """The last `last_notes` notes (or those starting in the last `last_seconds` seconds; 0: all)
-  of a MIDI file, shifted to start at 0. Raises SampleError naming the file and the reason."""
+  of a MIDI file, shifted to start at 0 (`shift=False`: at the file's own times, what infilling
+  and accompaniment use). Raises SampleError naming the file and the reason."""
   if last_notes < 0 or last_seconds < 0:
     raise SampleError("--prompt_notes and --prompt_seconds must be >= 0")
   if not os.path.isfile(path):
@@ -181,7 +182,8 @@ def read_prompt_midi(path: str, enc_config: encoding.EncodingConfig, *, last_not
     units = last_seconds * 1000.0 / enc_config.grid_ms
     idx = idx[notes.onset >= notes.onset.max() - units]
   cols = {k: v[idx] for k, v in notes.columns().items()}
-  cols["onset"] = cols["onset"] - cols["onset"].min()
+  if shift:
+    cols["onset"] = cols["onset"] - cols["onset"].min()
   return encoding.Notes(**cols).canonical()
 
 

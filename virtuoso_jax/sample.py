@@ -6,6 +6,11 @@ r"""Samples music from a trained run: MIDI, piano-roll PNG, TXT (char models), W
   python -m virtuoso_jax.sample --workdir=runs/rga --prompt_midi=song.mid --prompt_notes=64 \
       --instruments=0,40,128 --max_notes=200
   python -m virtuoso_jax.sample --workdir=runs/char --prompt_text='SONG=Relax_with_300_notes'
+  # Models trained beyond continuation (configs/rga.py:control):
+  python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --infill=8:12
+  python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --keep_melody
+  python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --keep_instruments=0
+  python -m virtuoso_jax.sample --workdir=runs/control --density=2 --polyphony=4 --max_notes=200
 
 It restores the model parameters only (the latest checkpoint, or `--checkpoint=best` / a step),
 rebuilds the model from <workdir>/config.json and the codec from <workdir>/encoding.json (or the
@@ -44,6 +49,16 @@ flags.DEFINE_enum("memory_check", "refuse", ["refuse", "warn", "off"],
                   "Memory pre-flight of the compiled sampler (KV caches): refuse a batch that "
                   "cannot fit, naming one that does; warn; or off.")
 flags.DEFINE_integer("memory_limit_mib", 0, "Plan for at most this much memory (0 = all free).")
+# Beyond continuation: models trained with data.*_rate > 0 (e.g. configs/rga.py:control).
+flags.DEFINE_string("infill", None, "START_S:END_S: regenerate that span of --prompt_midi given "
+                    "the music before and after it; every note outside it is kept.")
+flags.DEFINE_list("keep_instruments", None, "Keep these parts of --prompt_midi exactly (GM "
+                  "programs, 128 = drums) and generate the others around them.")
+flags.DEFINE_bool("keep_melody", False, "Keep the melody (top line) of --prompt_midi exactly and "
+                  "generate the accompaniment.")
+flags.DEFINE_integer("density", None, "Note density bin (0 = sparsest .. 7 = busiest).")
+flags.DEFINE_integer("polyphony", None, "Polyphony bin (0 = one voice .. 7 = thick chords).")
+flags.DEFINE_integer("pitch_range", None, "Pitch range bin (0 = narrow .. 7 = wide).")
 
 FLAGS = flags.FLAGS
 
@@ -70,12 +85,24 @@ def main(argv):
       raise inference.SampleError("give --prompt_midi or --prompt_text, not both")
     if f.prompt_midi and not os.path.isfile(f.prompt_midi):
       raise inference.SampleError(f"prompt MIDI {f.prompt_midi} does not exist")
+    infill = None
+    if f.infill is not None:
+      try:
+        infill = tuple(float(x) for x in f.infill.split(":"))
+        if len(infill) != 2:
+          raise ValueError(f.infill)
+      except ValueError:
+        raise inference.SampleError(f"--infill must be START_S:END_S (seconds), got "
+                                    f"{f.infill!r}") from None
+    attributes = {k: v for k, v in (("density", f.density), ("polyphony", f.polyphony),
+                                    ("pitch_range", f.pitch_range)) if v is not None}
     # The codec alone (no JAX) reads the prompt, so a bad prompt never waits for the model.
     _, codec = run_dir.load_codec(f.workdir)
     prompt_notes = None
     if f.prompt_midi:
       prompt_notes = inference.read_prompt_midi(
-          f.prompt_midi, codec.config, last_notes=f.prompt_notes, last_seconds=f.prompt_seconds)
+          f.prompt_midi, codec.config, last_notes=f.prompt_notes, last_seconds=f.prompt_seconds,
+          shift=infill is None and f.keep_instruments is None and not f.keep_melody)
     inference.token_budget(codec, lengths)  # A length that cannot be honoured is refused here.
     run = inference.load_run(f.workdir, f.checkpoint)
     s = run.config.sample
@@ -90,7 +117,9 @@ def main(argv):
         top_p=pick(f.top_p, s.top_p), max_tokens=max_tokens,
         max_notes=f.max_notes, max_seconds=f.max_seconds, prompt_notes=prompt_notes,
         prompt_text=f.prompt_text, instruments=instruments, memory_check=f.memory_check,
-        memory_limit_mib=f.memory_limit_mib)
+        memory_limit_mib=f.memory_limit_mib, infill=infill,
+        keep_instruments=f.keep_instruments, keep_melody=f.keep_melody,
+        attributes=attributes or None)
     _, why = inference.token_budget(run.codec, request)
     out = f.out or os.path.join(run.workdir, "samples")
     print(f"Sampling {request.num_samples} x up to {why} from "
