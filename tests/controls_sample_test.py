@@ -122,3 +122,32 @@ def test_the_sample_binary_infills_a_midi_file(control_run, token_run, tmp_path)
   assert "Traceback" not in bad.stderr
   v1 = _sample_cli(f"--workdir={token_run}", f"--prompt_midi={src}", "--keep_melody")
   assert v1.returncode != 0 and "continuation only" in v1.stderr and "Traceback" not in v1.stderr
+
+
+def test_compose_infills_and_accompanies_the_composition(control_run, tmp_path):
+  from virtuoso_jax import composition  # pylint: disable=g-import-not-at-top
+  run = inference.load_run(control_run)
+  piece = _piece(run)
+  session = composition.Session.create(str(tmp_path / "s"), control_run, notes=piece)
+  cands = session.infill(2.0, 5.0, run=run, candidates=2)
+  assert len(cands) == 2
+  outside = (piece.onset < 200) | (piece.onset >= 500)
+  assert all(_contains(c, _take(piece, outside)) for c in cands)
+  session.accept(1)
+  assert composition.Session.load(str(tmp_path / "s")).notes == cands[1]
+  cands = session.accompany(keep_instruments=[0], run=run, candidates=1)
+  assert _contains(cands[0], _take(cands[0], cands[0].instrument == 0))
+  assert _contains(cands[0], _take(session.notes, session.notes.instrument == 0))
+  assert session.undo() == piece
+  res = _compose_cli("infill", f"--session={tmp_path / 's'}", "--span=5")
+  assert res.returncode != 0 and "--span=START_S:END_S" in res.stderr
+  res = _compose_cli("accompany", f"--session={tmp_path / 's'}")
+  assert res.returncode != 0 and "--keep_instruments=... or --keep_melody" in res.stderr
+
+
+def _compose_cli(*args):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from sample_cli_test import REPO  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, "-m", "virtuoso_jax.compose", *map(str, args)],
+                        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)

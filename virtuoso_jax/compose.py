@@ -11,6 +11,8 @@ never cuts a note in half, and undo removes exactly the notes a block added.
   python -m virtuoso_jax.compose start --session=comp --workdir=W --song=3      # dataset song
   python -m virtuoso_jax.compose continue --session=comp --notes=32 --candidates=3
   python -m virtuoso_jax.compose set --session=comp --temperature=0.9 --notes=16  # kept
+  python -m virtuoso_jax.compose infill --session=comp --span=8:12 --candidates=3  # redo 8-12 s
+  python -m virtuoso_jax.compose accompany --session=comp --keep_melody  # (or --keep_instruments)
   python -m virtuoso_jax.compose accept --session=comp --candidate=1
   python -m virtuoso_jax.compose undo --session=comp
   python -m virtuoso_jax.compose show --session=comp
@@ -38,7 +40,8 @@ from virtuoso_jax import composition
 from virtuoso_jax import inference
 from virtuoso_jax import run_dir
 
-COMMANDS = ("start", "continue", "set", "accept", "undo", "show", "export")
+COMMANDS = ("start", "continue", "infill", "accompany", "set", "accept", "undo", "show",
+            "export")
 
 flags.DEFINE_string("session", None, "Session folder (holds state.json and the rendered files).")
 flags.DEFINE_string("workdir", None, "start: the trained run to compose with.")
@@ -60,6 +63,11 @@ flags.DEFINE_list("instruments", None, "continue/set: restrict to these instrume
                   "drums); 'any' lifts the restriction.")
 flags.DEFINE_bool("keep", False, "continue: also make this block's flags the session's settings "
                   "(as `set` does); without it they apply to this block only.")
+flags.DEFINE_string("span", None, "infill: START_S:END_S of the composition to redo (a model "
+                    "trained beyond continuation, e.g. configs/rga.py:control).")
+flags.DEFINE_list("keep_instruments", None, "accompany: keep these parts (GM programs, 128 = "
+                  "drums) and write the others.")
+flags.DEFINE_bool("keep_melody", False, "accompany: keep the melody (top line), write the rest.")
 flags.DEFINE_integer("candidate", 0, "accept: which candidate.")
 flags.DEFINE_string("out", None, "export: output stem (default <session>/composition).")
 flags.DEFINE_string("sf2", None, "export: soundfont for the WAV.")
@@ -119,8 +127,33 @@ def _command(cmd: str, f) -> None:
     else:
       print(f"Started {session.path} from nothing")
     return
-  changes = _setting_changes(f) if cmd in ("continue", "set") else {}
+  changes = _setting_changes(f) if cmd in ("continue", "set", "infill", "accompany") else {}
   session = composition.Session.load(f.session)
+  if cmd in ("infill", "accompany"):
+    knobs = {k: changes.get(k) for k in ("temperature", "top_k", "top_p", "candidates",
+                                         "instruments")}
+    if cmd == "infill":
+      try:
+        start, end = (float(x) for x in (f.span or "").split(":"))
+      except ValueError:
+        raise composition.SampleError(f"infill needs --span=START_S:END_S (seconds), got "
+                                      f"{f.span!r}") from None
+      cands = session.infill(start, end, **knobs)
+      what = f"span {start:g}-{end:g} s redone"
+    else:
+      if f.keep_instruments is None and not f.keep_melody:
+        raise composition.SampleError("accompany needs --keep_instruments=... or --keep_melody")
+      cands = session.accompany(keep_instruments=f.keep_instruments, keep_melody=f.keep_melody,
+                                **knobs)
+      what = "melody kept" if f.keep_melody else f"instruments {f.keep_instruments} kept"
+    enc = session.enc_config
+    for i, c in enumerate(cands):
+      paths = inference.write_piece(c, enc, os.path.join(session.path, f"candidate_{i:02d}"),
+                                    audio=False, title=f"candidate {i}: {what}")
+      print(f"candidate {i} ({what}): {inference.summarize(c, enc)} -> {', '.join(paths)}")
+    print(f"accept one with: python -m virtuoso_jax.compose accept --session={f.session} "
+          f"--candidate=N")
+    return
   if cmd == "continue":
     settings = session.block_settings(**changes)  # Checked before the model loads.
     before, seed = len(session.notes), session.state["seed"]

@@ -290,14 +290,48 @@ class Session:
         max_tokens=None, max_notes=max_notes, max_seconds=max_seconds,
         prompt_notes=composition if len(composition) else None,
         instruments=settings.instruments)
-    samples = inference.generate(run, request)
-    self.last_samples = samples
     if keep:
       self.state["settings"] = dataclasses.asdict(settings)
+    return self._propose(run, request)
+
+  def _propose(self, run: inference.Run, request: inference.SampleRequest
+               ) -> list[encoding.Notes]:
+    """Generates `request`'s candidates (whole compositions), stores them; next seed; saves."""
+    samples = inference.generate(run, request)
+    self.last_samples = samples
     self.state["seed"] = (int(self.state["seed"]) + 1) % (inference.SEED_MAX + 1)
     self.state["candidates"] = [_rows(s.notes) for s in samples]
     self.save()
     return [s.notes for s in samples]
+
+  def _reworking(self, what: str, **changes) -> inference.SampleRequest:
+    """A request that redoes part of the composition (infill, accompany) with the session's
+    settings and `changes` (sampling knobs, candidates)."""
+    if not len(self.notes):
+      raise SampleError(f"{what} works on the composition, which is empty (start from a MIDI "
+                        "file or continue and accept first)")
+    settings = self.block_settings(**changes)
+    return inference.SampleRequest(
+        num_samples=settings.candidates, seed=self.state["seed"],
+        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        prompt_notes=self.notes, instruments=settings.instruments)
+
+  def infill(self, start_s: float, end_s: float, run: Optional[inference.Run] = None,
+             **changes) -> list[encoding.Notes]:
+    """Candidates that redo the span [start_s, end_s) of the composition given the music
+    before and after it (every note outside the span kept exactly)."""
+    request = self._reworking("infill", **changes)
+    request = dataclasses.replace(request, infill=(float(start_s), float(end_s)))
+    return self._propose(run or self.run(), request)
+
+  def accompany(self, keep_instruments=None, keep_melody: bool = False,
+                run: Optional[inference.Run] = None, **changes) -> list[encoding.Notes]:
+    """Candidates that keep the composition's `keep_instruments` parts (or its melody) exactly
+    and write the other parts around them."""
+    request = self._reworking("accompany", **changes)
+    request = dataclasses.replace(request, keep_instruments=keep_instruments,
+                                  keep_melody=keep_melody)
+    return self._propose(run or self.run(), request)
 
   def accept(self, index: int = 0) -> encoding.Notes:
     """Makes candidate `index` the composition (the old one goes on the undo stack)."""
