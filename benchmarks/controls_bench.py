@@ -1,0 +1,185 @@
+r"""What the controls do, measured on held-out music (issue 18, point 4).
+
+  python -m benchmarks.controls_bench --workdir=runs/control [--pieces=21] [--samples=4]
+
+For a run trained beyond continuation (e.g. configs/rga.py:control) and the test split of its
+dataset, one JSON line per figure:
+  kept_exact_share         given notes found unchanged in the output, over every mode and sample
+  infill_span_nll_per_note the span's notes (NLL per note, teacher-forced) given the music after
+                           the span as anticipated controls, and without it (`no_right_context`)
+  accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
+                           `--keep_melody` and for unconditioned music of the same length
+                           (`baseline`), and the real accompaniment (`real`)
+  density_notes_per_s      generated notes per second for each requested density bin, whether
+                           they rise with the bin, and the share landing in the requested bin
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import common
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run trained beyond continuation.")
+_PIECES = flags.DEFINE_integer("pieces", 21, "Test pieces used (at most the split's).")
+_SAMPLES = flags.DEFINE_integer("samples", 4, "Samples per piece and mode.")
+_SPLIT = flags.DEFINE_string("split", "test", "Held-out split of the run's dataset.")
+_SECONDS = flags.DEFINE_float("seconds", 20.0, "Length of each piece's excerpt (seconds).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.mark_flag_as_required("workdir")
+
+
+def _take(notes, which):
+  from virtuoso_jax.encoding import Notes  # pylint: disable=g-import-not-at-top
+  return Notes(**{k: v[which] for k, v in notes.columns().items()})
+
+
+def _kept(out, given) -> tuple[int, int]:
+  """(given notes found unchanged in `out`, given notes)."""
+  rows = {}
+  for r in map(tuple, out.to_rows()):
+    rows[r] = rows.get(r, 0) + 1
+  found = 0
+  for r in map(tuple, given.to_rows()):
+    if rows.get(r, 0):
+      rows[r] -= 1
+      found += 1
+  return found, len(given)
+
+
+def _pieces(run, split: str, count: int, seconds: float):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import dataset  # pylint: disable=g-import-not-at-top
+  src = tfds.data_source(dataset.dataset_name(run.config), split=split,
+                         data_dir=dataset.data_dir(run.config))
+  units = int(seconds * 1000 / run.enc_config.grid_ms)
+  out = []
+  for i in range(min(count, len(src))):
+    notes = run.codec.decode(np.asarray(src[i]["ids"]))
+    out.append(_take(notes, notes.onset < units))
+  return [p for p in out if len(p) >= 16]
+
+
+def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | None:
+  """(NLL of the span's notes with the music after it as controls, without it, span notes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
+  codec = run.codec
+  events, after = tasks.split_span(piece, start, end)
+  prefix = _take(events, events.onset < start)
+  n_span = len(events) - len(prefix)
+  if n_span < 2 or not len(after):
+    return None
+  with_ctx, is_ctl = codec.encode_controlled(events, after, add_eos=False)
+  without, _ = codec.encode_controlled(events, None, add_eos=False)
+  n_prefix = len(codec.encode_controlled(prefix, None, add_eos=False)[0])
+  if max(len(with_ctx), len(without)) > run.context + 1:
+    return None
+
+  def nll(ids):
+    logits = run.model(np.asarray(ids[:-1], np.int32)[None], deterministic=True)
+    logp = jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1)
+    return -np.asarray(logp)[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+
+  a = nll(with_ctx)
+  event_pos = np.flatnonzero(~is_ctl)  # The event stream inside the controlled sequence.
+  span_targets_a = event_pos[n_prefix:] - 1  # Target index = position - 1.
+  b = nll(without)
+  span_targets_b = np.arange(n_prefix, len(without)) - 1
+  return float(a[span_targets_a].sum()) / n_span, float(b[span_targets_b].sum()) / n_span, n_span
+
+
+def _onset_share(generated, melody) -> float:
+  if not len(generated):
+    return float("nan")
+  return float(np.isin(generated.onset, melody.onset).mean())
+
+
+def main(argv):
+  del argv
+  from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
+  run = inference.load_run(_WORKDIR.value)
+  if getattr(run.codec, "version", 1) < 2:
+    raise app.UsageError(f"{_WORKDIR.value} was trained for continuation only")
+  tag = {"workdir": run.workdir, "step": run.step, "split": _SPLIT.value}
+  pieces = _pieces(run, _SPLIT.value, _PIECES.value, _SECONDS.value)
+  grid_s = run.enc_config.grid_ms / 1000.0
+  rng = np.random.default_rng(_SEED.value)
+  found = total = 0
+  spans, acc, base, real = [], [], [], []
+  for k, piece in enumerate(pieces):
+    t1 = int(piece.onset.max())
+    start = int(rng.uniform(0.3, 0.6) * t1)
+    end = start + int(0.2 * t1)
+    scored = _span_nll(run, piece, start, end)
+    if scored:
+      spans.append(scored)
+    req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
+                                  prompt_notes=piece, infill=(start * grid_s, end * grid_s),
+                                  memory_check="off")
+    outside = (piece.onset < start) | (piece.onset >= end)
+    for s in inference.generate(run, req):
+      f, n = _kept(s.notes, _take(piece, outside))
+      found, total = found + f, total + n
+    top = tasks.melody(piece)
+    melody = _take(piece, top)
+    req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
+                                  prompt_notes=piece, keep_melody=True, memory_check="off")
+    for s in inference.generate(run, req):
+      f, n = _kept(s.notes, melody)
+      found, total = found + f, total + n
+      acc.append(_onset_share(_generated_part(s.notes, melody), melody))
+    length = float((melody.onset + melody.duration).max()) * grid_s
+    req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
+                                  max_seconds=length, memory_check="off")
+    for s in inference.generate(run, req):
+      base.append(_onset_share(s.notes, melody))
+    real.append(_onset_share(_take(piece, ~top), melody))
+    print(f"piece {k + 1}/{len(pieces)}", file=sys.stderr, flush=True)
+  common.emit("kept_exact_share", found / max(total, 1), "fraction", notes=total, **tag)
+  if spans:
+    common.emit("infill_span_nll_per_note", float(np.mean([a for a, _, _ in spans])), "nats",
+                no_right_context=float(np.mean([b for _, b, _ in spans])),
+                spans=len(spans), notes=int(sum(n for _, _, n in spans)), **tag)
+  common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
+              baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
+  per_bin, hits = [], []
+  edges = run.codec.controls.density_edges
+  for b in range(len(edges) + 1):
+    req = inference.SampleRequest(num_samples=_SAMPLES.value * 2, seed=_SEED.value + b,
+                                  max_seconds=10.0, attributes={"density": b},
+                                  memory_check="off")
+    rates = []
+    for s in inference.generate(run, req):
+      rates.append(len(s.notes) / 10.0)
+      hits.append(run.codec.attributes(s.notes)["density"] == b if len(s.notes) else b == 0)
+    per_bin.append(float(np.mean(rates)))
+  common.emit("density_notes_per_s", per_bin, "notes/s",
+              monotonic=bool(np.all(np.diff(per_bin) >= 0)),
+              in_requested_bin=float(np.mean(hits)), **tag)
+
+
+def _generated_part(notes, melody):
+  """The notes of an accompaniment output that are not the kept melody."""
+  rows = {}
+  for r in map(tuple, melody.to_rows()):
+    rows[r] = rows.get(r, 0) + 1
+  keep = []
+  for r in map(tuple, notes.to_rows()):
+    if rows.get(r, 0):
+      rows[r] -= 1
+      keep.append(False)
+    else:
+      keep.append(True)
+  return _take(notes, np.asarray(keep, bool))
+
+
+if __name__ == "__main__":
+  from virtuoso_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_binary()
+  app.run(main)
