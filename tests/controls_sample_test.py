@@ -151,3 +151,27 @@ def _compose_cli(*args):
   from sample_cli_test import REPO  # pylint: disable=g-import-not-at-top
   return subprocess.run([sys.executable, "-m", "virtuoso_jax.compose", *map(str, args)],
                         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_runs_written_before_token_versions_still_sample(token_run, tmp_path):
+  """A workdir as the previous releases wrote it: config.json with data.tfds_config, an
+  encoding.json without token_version/controls."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import run_dir  # pylint: disable=g-import-not-at-top
+  old = tmp_path / "old"
+  shutil.copytree(token_run, old)
+  config = json.loads((old / run_dir.CONFIG_FILE).read_text())
+  for key in ("source", "encoding", "infill_rate", "accompany_rate", "attribute_rate",
+              "anticipation_ms"):
+    config["data"].pop(key, None)
+  config["data"]["tfds_config"] = "token"
+  (old / run_dir.CONFIG_FILE).write_text(json.dumps(config))
+  enc = json.loads((old / run_dir.ENCODING_FILE).read_text())
+  enc.pop("token_version")
+  enc.pop("controls")
+  (old / run_dir.ENCODING_FILE).write_text(json.dumps(enc))
+  run = inference.load_run(str(old))
+  assert run.codec.version == 1 and run.kind == "token"
+  samples = inference.generate(run, inference.SampleRequest(num_samples=2, max_notes=5))
+  assert all(len(s.notes) > 0 for s in samples)
