@@ -70,7 +70,13 @@ def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | No
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   codec = run.codec
   events, after = tasks.split_span(piece, start, end)
+  # The controls a sampler would have forced by the span's end (the rest cannot enter yet).
+  after = _take(after, after.onset < end + codec.anticipation + codec.wait_units)
   prefix = _take(events, events.onset < start)
+  room = run.context + 1 - (len(after) + 2) * codec.tokens_per_note - 8
+  while len(prefix) and (len(events) + 2) * codec.tokens_per_note > room:
+    keep = np.arange(len(events)) >= 1  # Drop the earliest history note to fit the context.
+    events, prefix = _take(events, keep), _take(prefix, np.arange(len(prefix)) >= 1)
   n_span = len(events) - len(prefix)
   if n_span < 2 or not len(after):
     return None
