@@ -33,22 +33,22 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flag_as_required("workdir")
 
 
-def _take(notes, which):
-  from virtuoso_jax.encoding import Notes  # pylint: disable=g-import-not-at-top
-  return Notes(**{k: v[which] for k, v in notes.columns().items()})
+def _given(notes, given) -> np.ndarray:
+  """bool per note of `notes`: one of the `given` notes (matched as a multiset)."""
+  left = {}
+  for r in given.to_rows():
+    left[r] = left.get(r, 0) + 1
+  out = np.zeros(len(notes), bool)
+  for i, r in enumerate(notes.to_rows()):
+    if left.get(r, 0):
+      left[r] -= 1
+      out[i] = True
+  return out
 
 
 def _kept(out, given) -> tuple[int, int]:
   """(given notes found unchanged in `out`, given notes)."""
-  rows = {}
-  for r in map(tuple, out.to_rows()):
-    rows[r] = rows.get(r, 0) + 1
-  found = 0
-  for r in map(tuple, given.to_rows()):
-    if rows.get(r, 0):
-      rows[r] -= 1
-      found += 1
-  return found, len(given)
+  return int(_given(out, given).sum()), len(given)
 
 
 def _pieces(run, split: str, count: int, seconds: float):
@@ -60,7 +60,7 @@ def _pieces(run, split: str, count: int, seconds: float):
   out = []
   for i in range(min(count, len(src))):
     notes = run.codec.decode(np.asarray(src[i]["ids"]))
-    out.append(_take(notes, notes.onset < units))
+    out.append(notes[notes.onset < units])
   return [p for p in out if len(p) >= 16]
 
 
@@ -71,12 +71,12 @@ def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | No
   codec = run.codec
   events, after = tasks.split_span(piece, start, end)
   # The controls a sampler would have forced by the span's end (the rest cannot enter yet).
-  after = _take(after, after.onset < end + codec.anticipation + codec.wait_units)
-  prefix = _take(events, events.onset < start)
+  after = after[after.onset < end + codec.anticipation + codec.wait_units]
+  prefix = events[events.onset < start]
   room = run.context + 1 - (len(after) + 2) * codec.tokens_per_note - 8
   while len(prefix) and (len(events) + 2) * codec.tokens_per_note > room:
     keep = np.arange(len(events)) >= 1  # Drop the earliest history note to fit the context.
-    events, prefix = _take(events, keep), _take(prefix, np.arange(len(prefix)) >= 1)
+    events, prefix = events[keep], prefix[np.arange(len(prefix)) >= 1]
   n_span = len(events) - len(prefix)
   if n_span < 2 or not len(after):
     return None
@@ -130,10 +130,10 @@ def main(argv):
                                   memory_check="off")
     outside = (piece.onset < start) | (piece.onset >= end)
     for s in inference.generate(run, req):
-      f, n = _kept(s.notes, _take(piece, outside))
+      f, n = _kept(s.notes, piece[outside])
       found, total = found + f, total + n
     top = tasks.melody(piece)
-    melody = _take(piece, top)
+    melody = piece[top]
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
                                   prompt_notes=piece, keep_melody=True, memory_check="off")
     for s in inference.generate(run, req):
@@ -145,7 +145,7 @@ def main(argv):
                                   max_seconds=length, memory_check="off")
     for s in inference.generate(run, req):
       base.append(_onset_share(s.notes, melody))
-    real.append(_onset_share(_take(piece, ~top), melody))
+    real.append(_onset_share(piece[~top], melody))
     print(f"piece {k + 1}/{len(pieces)}", file=sys.stderr, flush=True)
   common.emit("kept_exact_share", found / max(total, 1), "fraction", notes=total, **tag)
   if spans:
@@ -172,17 +172,7 @@ def main(argv):
 
 def _generated_part(notes, melody):
   """The notes of an accompaniment output that are not the kept melody."""
-  rows = {}
-  for r in map(tuple, melody.to_rows()):
-    rows[r] = rows.get(r, 0) + 1
-  keep = []
-  for r in map(tuple, notes.to_rows()):
-    if rows.get(r, 0):
-      rows[r] -= 1
-      keep.append(False)
-    else:
-      keep.append(True)
-  return _take(notes, np.asarray(keep, bool))
+  return notes[~_given(notes, melody)]
 
 
 if __name__ == "__main__":

@@ -31,10 +31,6 @@ def _contains(piece, part):
   return True
 
 
-def _take(notes, which):
-  return Notes(**{k: v[which] for k, v in notes.columns().items()})
-
-
 def test_infill_keeps_every_note_outside_the_span(control_run):
   run = inference.load_run(control_run)
   piece = _piece(run)
@@ -46,8 +42,8 @@ def test_infill_keeps_every_note_outside_the_span(control_run):
     out = sample.notes
     s, e = int(round(start / grid)), int(round(end / grid))
     outside = (piece.onset < s) | (piece.onset >= e)
-    assert _contains(out, _take(piece, outside))  # Kept exactly.
-    new = _take(out, (out.onset >= s) & (out.onset < e))
+    assert _contains(out, piece[outside])  # Kept exactly.
+    new = out[(out.onset >= s) & (out.onset < e)]
     assert len(out) == int(outside.sum()) + len(new)  # Nothing generated outside the span.
     _, forced = run.codec.decode_parts(sample.ids)  # The right context was heard.
     assert len(forced) > 0 and forced.onset.min() >= e
@@ -61,8 +57,8 @@ def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
               inference.SampleRequest(num_samples=2, seed=3, prompt_notes=piece,
                                       keep_melody=True, max_tokens=500)):
     for sample in inference.generate(run, req):
-      kept = (_take(piece, piece.instrument == 40) if req.keep_instruments else
-              _take(piece, tasks.melody(piece)))
+      kept = (piece[piece.instrument == 40] if req.keep_instruments else
+              piece[tasks.melody(piece)])
       assert _contains(sample.notes, kept)
       # The model heard the kept part: its notes were forced into the sequence as controls.
       _, forced = run.codec.decode_parts(sample.ids)
@@ -116,7 +112,7 @@ def test_the_sample_binary_infills_a_midi_file(control_run, token_run, tmp_path)
   assert res.returncode == 0, res.stderr[-2000:]
   out = midi_to_notes(tmp_path / "out" / "sample_00.mid")
   outside = (piece.onset < 500) | (piece.onset >= 800)
-  assert _contains(out, _take(run.codec.quantize(piece), outside))
+  assert _contains(out, run.codec.quantize(piece)[outside])
   bad = _sample_cli(f"--workdir={control_run}", f"--prompt_midi={src}", "--infill=5-8")
   assert bad.returncode != 0 and "--infill must be START_S:END_S" in bad.stderr
   assert "Traceback" not in bad.stderr
@@ -132,12 +128,11 @@ def test_compose_infills_and_accompanies_the_composition(control_run, tmp_path):
   cands = session.infill(2.0, 5.0, run=run, candidates=2)
   assert len(cands) == 2
   outside = (piece.onset < 200) | (piece.onset >= 500)
-  assert all(_contains(c, _take(piece, outside)) for c in cands)
+  assert all(_contains(c, piece[outside]) for c in cands)
   session.accept(1)
   assert composition.Session.load(str(tmp_path / "s")).notes == cands[1]
   cands = session.accompany(keep_instruments=[0], run=run, candidates=1)
-  assert _contains(cands[0], _take(cands[0], cands[0].instrument == 0))
-  assert _contains(cands[0], _take(session.notes, session.notes.instrument == 0))
+  assert _contains(cands[0], session.notes[session.notes.instrument == 0])
   assert session.undo() == piece
   res = _compose_cli("infill", f"--session={tmp_path / 's'}", "--span=5")
   assert res.returncode != 0 and "--span=START_S:END_S" in res.stderr

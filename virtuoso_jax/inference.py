@@ -310,9 +310,7 @@ class ControlPlan:
   def finish(self, events: encoding.Notes) -> encoding.Notes:
     """The piece: the kept notes exactly, plus the generated events inside the window."""
     inside = (events.onset >= self.window[0]) & (events.onset < self.window[1])
-    cols = {k: np.concatenate([self.kept.columns()[k], v[inside]])
-            for k, v in events.columns().items()}
-    return encoding.Notes(**cols).canonical()
+    return encoding.Notes.concatenate([self.kept, events[inside]]).canonical()
 
 
 def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
@@ -342,27 +340,25 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
     raise SampleError(f"attributes: {e}") from e
   notes = request.prompt_notes
   notes = codec.quantize(notes) if notes is not None and len(notes) else None
-  empty = encoding.Notes.from_rows([])
+  empty = encoding.Notes.empty()
   grid = run.enc_config.grid_ms
   if request.infill is not None:
     start, end = (int(round(x * 1000.0 / grid)) for x in request.infill)
     history, rest = tasks.split_span(notes, start, end)
     before = history.onset < start
     # The span's own notes (history[~before]) are what is redone.
-    prefix = encoding.Notes(**{k: v[before] for k, v in history.columns().items()})
+    prefix = history[before]
     ids, is_ctl = codec.encode_controlled(prefix, rest, attrs, add_eos=False,
                                           trailing_controls=False)
     used = int(is_ctl.sum()) // codec.tokens_per_note
     t_last = int(prefix.onset.max()) if len(prefix) else 0
-    later = encoding.Notes(**{k: v[used:] for k, v in rest.canonical().columns().items()})
-    kept = encoding.Notes(**{k: np.concatenate([a, b]) for (k, a), b in zip(
-        prefix.columns().items(), rest.columns().values())})
+    later = rest.canonical()[used:]
+    kept = encoding.Notes.concatenate([prefix, rest])
     return ControlPlan(ids.astype(np.int32), codec.control_arrays(later, t_last),
                        max(1, end - t_last), kept, (start, end))
   if request.keep_instruments is not None or request.keep_melody:
     if request.keep_melody:
-      top = tasks.melody(notes)
-      given = encoding.Notes(**{k: v[top] for k, v in notes.columns().items()})
+      given = notes[tasks.melody(notes)]
     else:
       given = tasks.split_instruments(notes, request.keep_instruments)[1]
     if not len(given):

@@ -48,13 +48,13 @@ def split_span(notes, start: int, end: int):
   or later; events the notes before it (the history and the span)."""
   later = notes.onset >= end
   del start  # The span's start only matters at sampling time (where generation begins).
-  return _take(notes, ~later), _take(notes, later)
+  return notes[~later], notes[later]
 
 
 def split_instruments(notes, kept):
   """(events, controls) for accompaniment: the notes of the `kept` instruments are controls."""
   is_kept = np.isin(notes.instrument, np.asarray(list(kept), np.int64))
-  return _take(notes, ~is_kept), _take(notes, is_kept)
+  return notes[~is_kept], notes[is_kept]
 
 
 def melody(notes) -> np.ndarray:
@@ -68,11 +68,6 @@ def melody(notes) -> np.ndarray:
   first = np.concatenate([[True], np.diff(notes.onset[order]) != 0])
   out[order[first]] = True
   return out
-
-
-def _take(notes, which):
-  cols = notes.columns()
-  return type(notes)(**{k: v[which] for k, v in cols.items()})
 
 
 def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
@@ -98,7 +93,7 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
       k = int(rng.integers(1, len(instruments)))
       events, controls = split_instruments(notes, rng.choice(instruments, k, replace=False))
     elif 2 <= top.sum() < len(notes):  # Keep the melody (one instrument, e.g. a chorale).
-      events, controls = _take(notes, ~top), _take(notes, top)
+      events, controls = notes[~top], notes[top]
     else:
       task = "infill"  # Nothing to accompany.
   if task == "infill":
