@@ -69,7 +69,7 @@ def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | No
   import jax  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   codec = run.codec
-  events, after = tasks.split_span(piece, start, end)
+  events, after = tasks.split_at(piece, end)
   # The controls a sampler would have forced by the span's end (the rest cannot enter yet).
   after = after[after.onset < end + codec.anticipation + codec.wait_units]
   prefix = events[events.onset < start]

@@ -58,7 +58,7 @@ def test_infill_controls_start_at_the_span_end():
   window = _window(3)
   notes = CODEC.decode(window)
   end = int(np.median(notes.onset))
-  events, controls = tasks.split_span(notes, end // 2, end)
+  events, controls = tasks.split_at(notes, end)
   assert len(controls) and len(events)
   assert controls.onset.min() >= end and events.onset.max() < end
   assert len(events) + len(controls) == len(notes)

@@ -80,10 +80,11 @@ def prepare_command(config) -> list[str]:
   return cmd
 
 
-def not_prepared_error(config) -> DatasetNotPreparedError:
-  """The error for a dataset that is not there, naming the command that prepares it."""
+def not_prepared_error(config, why: str = "") -> DatasetNotPreparedError:
+  """The error for a dataset that is not there (`why`: what stops preparing it here), naming
+  the command that prepares it."""
   return DatasetNotPreparedError(
-      f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}; run: "
+      f"dataset {dataset_name(config)} is not prepared in {data_dir(config)}{why}; run: "
       + " ".join(prepare_command(config)))
 
 
@@ -127,9 +128,7 @@ def ensure_prepared(config) -> None:
   if is_prepared(config):
     return
   if not config.data.prepare_if_missing:
-    raise DatasetNotPreparedError(
-        f"dataset {dataset_name(config)} is not prepared in {data_dir(config)} and "
-        f"data.prepare_if_missing is False; run: " + " ".join(prepare_command(config)))
+    raise not_prepared_error(config, " and data.prepare_if_missing is False")
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     prepare_dataset(config)

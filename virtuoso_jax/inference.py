@@ -344,7 +344,7 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
   grid = run.enc_config.grid_ms
   if request.infill is not None:
     start, end = (int(round(x * 1000.0 / grid)) for x in request.infill)
-    history, rest = tasks.split_span(notes, start, end)
+    history, rest = tasks.split_at(notes, end)
     before = history.onset < start
     # The span's own notes (history[~before]) are what is redone.
     prefix = history[before]

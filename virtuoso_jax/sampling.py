@@ -103,7 +103,7 @@ def sample_ids(key, logits: jax.Array, allowed: jax.Array, options: SampleOption
 
 @dataclasses.dataclass(frozen=True)
 class Controls:
-  """Control notes the sampler forces (token codec version 2; `TokenCodec.sampler_controls`).
+  """Control notes the sampler forces (token codec version 2; `TokenCodec.control_arrays`).
 
   Attributes:
     onset: int [C] each control's onset in grid units from where generation starts, ascending.

@@ -43,11 +43,11 @@ class TaskRates:
     return cls(float(d.infill_rate), float(d.accompany_rate), float(d.attribute_rate))
 
 
-def split_span(notes, start: int, end: int):
-  """(events, controls) for infilling [start, end): controls are the notes starting at `end`
-  or later; events the notes before it (the history and the span)."""
+def split_at(notes, end: int):
+  """(events, controls) for infilling a span that ends at `end`: controls are the notes
+  starting at `end` or later; events the notes before it (the history and the span; where
+  the span starts only matters when sampling, where generation begins)."""
   later = notes.onset >= end
-  del start  # The span's start only matters at sampling time (where generation begins).
   return notes[~later], notes[later]
 
 
@@ -100,7 +100,7 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
     t0, t1 = int(notes.onset.min()), int((notes.onset + notes.duration).max())
     start = t0 + int(rng.uniform(0.1, 0.7) * (t1 - t0))
     end = start + max(1, int(rng.uniform(0.1, 0.4) * (t1 - t0)))
-    events, controls = split_span(notes, start, end)
+    events, controls = split_at(notes, end)
   attributes = None
   if with_attributes:
     attributes = {name: value for name, value in codec.attributes(events).items()

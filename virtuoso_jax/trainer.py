@@ -54,17 +54,14 @@ class Trainer:
       codec = dataset.load_codec(config)
     config = config_lib.resolve_vocab_size(config, codec.vocab_size,
                                            f"dataset {dataset.dataset_name(config)}")
-    # A parameter the mesh cannot shard (e.g. an odd vocabulary on tensor=2) stops the run
-    # here, from shapes only, before the data pipeline reads the training split.
-    sharding_lib.check_shardable(lambda: models.create_model(config.model, nnx.Rngs(0)),
-                                 self.mesh, self.rules)
     self.config = config
+    # Before the data pipeline reads the training split: a parameter the mesh cannot shard
+    # (e.g. an odd vocabulary on tensor=2) stops the run here (sharding.ShardingError).
+    model = sharding_lib.create_sharded(
+        lambda: models.create_model(config.model, nnx.Rngs(config.seed)), self.mesh, self.rules)
     self.data = input_pipeline.InputPipeline(config, batch_sharding=self.batch_sharding,
                                              codec=codec)
     info = self.data.info
-
-    model = sharding_lib.create_sharded(
-        lambda: models.create_model(config.model, nnx.Rngs(config.seed)), self.mesh, self.rules)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     self.graphdef, self.rest = graphdef, rest
     self.num_params = int(sum(x.size for x in jax.tree.leaves(params)))

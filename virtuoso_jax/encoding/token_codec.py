@@ -413,8 +413,8 @@ class TokenCodec:
     cols = self._fields_to_notes(ids, starts, onset)
     ctl_cols = None
     if len(ctl_starts):
-      before = keep_before[ctl_starts]
-      now = np.where(before > 0, cum[np.maximum(before - 1, 0)] if len(cum) else 0, 0)
+      # Event time at each control: the time advanced by the event ids before it.
+      now = np.concatenate([[0], cum])[keep_before[ctl_starts]]
       ctl_onset = now + ctl_ids[ctl_starts] - self._ranges["control_time"][0]
       ctl_cols = self._fields_to_notes(ctl_ids, ctl_starts, ctl_onset)
     if ctl_cols is not None and not parts:
