@@ -162,10 +162,10 @@ def _rows_slice(history, starts, size):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "prompt_len", "max_new",
-                                             "context", "keep", "cached"))
+                                             "context", "keep", "cached", "forced"))
 def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, max_notes,
                   max_units, controls, *, graphdef, options, prompt_len, max_new, context, keep,
-                  cached):
+                  cached, forced):
   model = nnx.merge(graphdef, state)
   allowed_t, next_t, completes_t, advance_t, boundary, eos, pad = tables
   ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation = controls
@@ -222,19 +222,21 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     # forced, as training placed them: a control enters at the last position (between groups)
     # before the sampled id would carry time past its onset minus the anticipation (or end the
     # piece); its group is then emitted over the next steps and sampling resumes after it.
+    # `forced` (static): a request without controls compiles none of this per-token work.
     cptr, force = c["cptr"], c["force"]
-    forcing = force > 0
-    k = jnp.minimum(cptr, ctl_onset.shape[0] - 1)
-    forced_field = ctl_fields[jnp.maximum(cptr - 1, 0),
-                              jnp.clip(n_fields - force, 0, n_fields - 1)]
-    onset = ctl_onset[k]
-    crosses = (~forcing & (cptr < n_ctl) & entry_t[g]
-               & ((c["units"] + advance_t[g, tok] > onset - anticipation) | (tok == eos)))
-    tok = jnp.where(forcing, forced_field, tok)
-    tok = jnp.where(crosses, ctl_time_lo + jnp.clip(onset - c["units"], 0, ctl_time_size - 1),
-                    tok)
-    force = jnp.where(forcing, force - 1, jnp.where(crosses, n_fields, 0))
-    cptr = cptr + crosses
+    if forced:
+      forcing = force > 0
+      k = jnp.minimum(cptr, ctl_onset.shape[0] - 1)
+      forced_field = ctl_fields[jnp.maximum(cptr - 1, 0),
+                                jnp.clip(n_fields - force, 0, n_fields - 1)]
+      onset = ctl_onset[k]
+      crosses = (~forcing & (cptr < n_ctl) & entry_t[g]
+                 & ((c["units"] + advance_t[g, tok] > onset - anticipation) | (tok == eos)))
+      tok = jnp.where(forcing, forced_field, tok)
+      tok = jnp.where(crosses, ctl_time_lo + jnp.clip(onset - c["units"], 0, ctl_time_size - 1),
+                      tok)
+      force = jnp.where(forcing, force - 1, jnp.where(crosses, n_fields, 0))
+      cptr = cptr + crosses
     tok = jnp.where(done, pad, tok)
     live = ~done
     history = c["history"].at[:, total].set(tok)
@@ -373,7 +375,8 @@ def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOpti
     return _generate_jit.lower(*args(rows), graphdef=graphdef, options=options,
                                prompt_len=len(prompt), max_new=int(max_new_tokens), context=ctx,
                                keep=keep if ctx == context else max(1, ctx // 2),
-                               cached=cached).compile()
+                               cached=cached,
+                               forced=controls is not None and len(controls.onset) > 0).compile()
 
   program = compiled(b, context)
   if memory_check != "off":
