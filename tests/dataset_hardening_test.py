@@ -15,6 +15,7 @@ import zipfile
 import pytest
 import tensorflow_datasets as tfds
 
+from data_pipelines.virtuoso_midi import aggregation
 from data_pipelines.virtuoso_midi import processing
 from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm
 from virtuoso_jax.encoding import EncodingConfig, Notes, notes_to_midi
@@ -31,12 +32,22 @@ def song(seed: int) -> bytes:
   return notes_to_midi(Notes.from_rows(rows))
 
 
-def build(data_dir, config, manual_dir, num_workers=1):
-  builder = vm.Builder(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers)
+def build(data_dir, config, manual_dir, beam_options=None):
+  """Builds in this process, or with Beam given `beam_options` (e.g. `IN_MEMORY_BEAM`)."""
+  builder = vm.Builder(config=config, data_dir=os.fspath(data_dir))
   builder.download_and_prepare(
       file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir),
+                                                   beam_options=beam_options))
   return builder
+
+
+def in_memory_beam():
+  """Beam's Direct runner in this process: the Beam path at the least start-up cost (the
+  DoFns run here, so a test's sys.path and monkeypatches reach them)."""
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  return pipeline_options.PipelineOptions(["--runner=DirectRunner",
+                                           "--direct_running_mode=in_memory"])
 
 
 def written_names(builder) -> list[str]:
@@ -113,7 +124,9 @@ def hostile_parser(monkeypatch):
       parser=HOSTILE_PARSER))
 
 
-def test_any_failure_of_one_file_is_that_files_skip(tmp_path, monkeypatch, hostile_parser):
+@pytest.mark.parametrize("with_beam", [False, True], ids=["in_process", "beam"])
+def test_any_failure_of_one_file_is_that_files_skip(tmp_path, monkeypatch, hostile_parser,
+                                                     with_beam):
   del hostile_parser
   monkeypatch.setenv("VIRTUOSO_FILE_TIMEOUT", "3")
   corpus = tmp_path / "midis"
@@ -124,7 +137,8 @@ def test_any_failure_of_one_file_is_that_files_skip(tmp_path, monkeypatch, hosti
   for name, (data, _, _) in HOSTILE.items():
     (corpus / name).write_bytes(data)
   start = time.monotonic()
-  builder = build(tmp_path / "tfds", "token", corpus, num_workers=2)
+  builder = build(tmp_path / "tfds", "token", corpus,
+                  beam_options=in_memory_beam() if with_beam else None)
   assert time.monotonic() - start < 60
   report = builder.info.metadata["report"]
   assert written_names(builder) == goods  # No good file is lost to a bad one.
@@ -135,21 +149,28 @@ def test_any_failure_of_one_file_is_that_files_skip(tmp_path, monkeypatch, hosti
   assert report["files_read"] == len(goods) + len(HOSTILE)
   # Every skip is also in skipped.tsv next to the shards (the metadata lists up to 200 a reason).
   tsv = pathlib.Path(report["skipped_list"])
-  assert tsv.parent == pathlib.Path(builder.data_dir) and tsv.name == processing.SKIPPED_TSV
+  assert tsv.parent == pathlib.Path(builder.data_dir) and tsv.name == aggregation.SKIPPED_TSV
   rows = [l.split("\t") for l in tsv.read_text().splitlines()[1:]]
   assert {n: r for r, n, _ in rows} == {n: v[1] for n, v in HOSTILE.items()}
 
 
-def test_every_skip_is_listed_even_past_the_metadata_cap():
-  report = processing.ReportBuilder()
-  n = processing.MAX_LISTED_PER_REASON + 50
-  for i in range(n):
-    report.skip(f"bad_{i}.mid", "corrupt", f"reason\twith tab {i}")
-  stored = report.as_dict(encoding="token")
-  assert len(stored["skipped_files"]["corrupt"]) == processing.MAX_LISTED_PER_REASON
-  lines = report.skipped_tsv().splitlines()
-  assert lines[0] == "reason\tname\tdetail" and len(lines) == n + 1
-  assert lines[-1] == f"corrupt\tbad_{n - 1}.mid\treason with tab {n - 1}"
+def test_the_metadata_lists_the_first_skips_whatever_the_merge_order():
+  n = aggregation.MAX_LISTED_PER_REASON + 50
+  skips = [((1, i), "corrupt", f"bad_{i}.mid", f"reason {i}") for i in range(n)]
+  whole = aggregation.Report()
+  for s in skips:
+    whole.skip(*s)
+  # As Beam combines: partial reports of interleaved parts, merged in any order.
+  parts = [aggregation.Report() for _ in range(3)]
+  for i, s in enumerate(reversed(skips)):
+    parts[i % 3].skip(*s)
+  merged = parts[2].merge(parts[0]).merge(parts[1])
+  for report in (whole, merged):
+    stored = report.as_dict(encoding="token")
+    assert stored["skipped"]["corrupt"] == n
+    assert [e["name"] for e in stored["skipped_files"]["corrupt"]] == [
+        f"bad_{i}.mid" for i in range(aggregation.MAX_LISTED_PER_REASON)]
+  assert aggregation.tsv_row("corrupt", "a\tb.mid", "line\nbreak") == "corrupt\ta b.mid\tline break"
 
 
 def test_a_fuzzed_corpus_builds_and_accounts_for_every_file(tmp_path):
@@ -162,36 +183,38 @@ def test_a_fuzzed_corpus_builds_and_accounts_for_every_file(tmp_path):
   (corpus / "good").mkdir()
   for i, name in enumerate(goods):
     (corpus / name).write_bytes(song(100 + i))
-  builder = build(tmp_path / "tfds", "token", corpus, num_workers=2)
+  builder = build(tmp_path / "tfds", "token", corpus)
   report = builder.info.metadata["report"]
   written = written_names(builder)
   assert set(goods) <= set(written)
   rows = [l.split("\t") for l in pathlib.Path(report["skipped_list"]).read_text().splitlines()[1:]]
   skipped_names = [n for _, n, _ in rows]
-  assert all(r in processing.SKIP_REASONS and d for r, _, d in rows), rows
+  assert all(r in aggregation.SKIP_REASONS and d for r, _, d in rows), rows
   everything = sorted(goods + [f"fuzz/{p.name}" for p, _ in hostile])
   assert sorted(written + skipped_names) == everything
   assert report["files_read"] == len(everything)
 
 
-def test_one_worker_loses_no_file_queued_behind_a_crash(tmp_path, monkeypatch):
-  """The files sent to a worker behind the one that kills it are requeued, in order."""
+def test_a_sandbox_outlives_the_files_that_kill_its_process(tmp_path, monkeypatch):
+  """One FileSandbox, files in a row: each crash or hang is that file's outcome, the next file
+  gets a fresh process and its own example."""
   monkeypatch.syspath_prepend(os.fspath(pathlib.Path(__file__).parent))
-  contents = [song(1), b"SEGV", song(2), b"EXIT", song(3), b"RAISE:ValueError", song(4)]
+  contents = [song(1), b"SEGV", song(2), b"EXIT", b"HANG", song(3), b"RAISE:ValueError", song(4)]
   items = []
   for i, data in enumerate(contents):
     (tmp_path / f"{i}.mid").write_bytes(data)
     items.append(processing.Item(f"{i}.mid", os.fspath(tmp_path / f"{i}.mid")))
   settings = processing.Settings("token", EncodingConfig().to_dict(), parser=HOSTILE_PARSER)
-  spill = tmp_path / "spill"
-  spill.mkdir()
-  outcomes = list(processing.encode_items(items, settings, os.fspath(spill), num_workers=1,
-                                          timeout_s=60))
-  assert [o.name for o in outcomes] == [i.name for i in items]
-  assert [o.status for o in outcomes] == ["ok", "corrupt", "ok", "corrupt", "ok", "corrupt", "ok"]
-  reader = processing.SpillReader()
-  assert [reader.load(o.spill)["name"] for o in outcomes if o.spill] == ["0.mid", "2.mid", "4.mid", "6.mid"]
-  reader.close()
+  sandbox = processing.FileSandbox(settings, timeout_s=2)
+  try:
+    results = [sandbox.process(item) for item in items]
+  finally:
+    sandbox.close()
+  assert [o.name for o, _ in results] == [i.name for i in items]
+  assert [o.status for o, _ in results] == ["ok", "corrupt", "ok", "corrupt", "over_limit", "ok",
+                                            "corrupt", "ok"]
+  assert [ex["name"] for _, ex in results if ex is not None] == ["0.mid", "2.mid", "5.mid", "7.mid"]
+  assert "killed by SIGSEGV" in results[1][0].detail and "exit code 3" in results[3][0].detail
 
 
 def test_keyboard_interrupt_is_not_swallowed(monkeypatch, tmp_path):

@@ -17,6 +17,8 @@ import tensorflow_datasets as tfds
 
 import hermetic_corpus  # tests/ is on sys.path (imports no jax)
 
+from data_pipelines.virtuoso_midi import aggregation
+from data_pipelines.virtuoso_midi import compare
 from data_pipelines.virtuoso_midi import processing
 from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm
 from virtuoso_jax.encoding import CharCodec, EncodingConfig, Notes, TokenCodec, midi_to_notes, notes_to_midi
@@ -26,13 +28,13 @@ DUMMY = REPO_ROOT / "data_pipelines" / "virtuoso_midi" / "dummy_data"
 SPLIT_NAMES = ("train", "validation", "test")
 
 
-def build(data_dir, config, manual_dir=None, num_workers=1, download_dir=None):
+def build(data_dir, config, manual_dir=None, num_workers=1, download_dir=None, beam_options=None):
   builder = vm.Builder(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers)
   builder.download_and_prepare(
       file_format="array_record",
       download_dir=os.fspath(download_dir) if download_dir else None,
       download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir) if manual_dir else None))
+          manual_dir=os.fspath(manual_dir) if manual_dir else None, beam_options=beam_options))
   return builder
 
 
@@ -117,31 +119,84 @@ def split_hashes(records):
   return {split: sorted(as_str(ex["sha256"]) for ex in exs) for split, exs in records.items()}
 
 
-def test_splits_disjoint_deterministic_and_parallel_equals_serial(tmp_path, dummy_token_build):
-  _, serial = dummy_token_build
-  parallel = read_all(build(tmp_path, "token", manual_dir=DUMMY, num_workers=2))
-  first, second = split_hashes(serial), split_hashes(parallel)
-  assert first == second
-  assert set(first) == set(SPLIT_NAMES)
-  all_hashes = [h for v in first.values() for h in v]
+def test_beam_build_equals_the_in_process_build(tmp_path, dummy_token_build):
+  """The Beam pipeline (the Direct runner on 2 worker processes, as `tfds build
+  --beam_pipeline_options=runner=DirectRunner,direct_running_mode=multi_processing,
+  direct_num_workers=2` runs it) writes the same records, DatasetInfo, report and skipped.tsv
+  as the in-process build; splits are disjoint."""
+  pipeline_options = pytest.importorskip("apache_beam.options.pipeline_options")
+  serial_builder, serial = dummy_token_build
+  options = pipeline_options.PipelineOptions([
+      "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+  beam_builder = build(tmp_path, "token", manual_dir=DUMMY, beam_options=options)
+  assert compare.differences(serial_builder.data_dir, beam_builder.data_dir) == []
+  hashes = split_hashes(serial)
+  assert set(hashes) == set(SPLIT_NAMES)
+  all_hashes = [h for v in hashes.values() for h in v]
   assert len(all_hashes) == len(set(all_hashes))  # Disjoint, and no duplicate examples.
-  by_hash = {as_str(ex["sha256"]): ex for v in serial.values() for ex in v}
-  for ex in (ex for v in parallel.values() for ex in v):
-    np.testing.assert_array_equal(ex["ids"], by_hash[as_str(ex["sha256"])]["ids"])
+
+
+def test_compare_finds_a_changed_record(tmp_path, dummy_token_build):
+  """The comparison the Beam test relies on sees a different build."""
+  serial_builder, _ = dummy_token_build
+  other = build(tmp_path, "token", manual_dir=DUMMY / "songs")
+  found = compare.differences(serial_builder.data_dir, other.data_dir)
+  assert any(line.startswith("report['files_read']: 16 != 11") for line in found), found
+  assert any(line.startswith("train: 10 records != ") for line in found), found
+
+
+def rank_splits(sha256s):
+  """The split rule by rank over the sorted hashes (what SplitCuts computes with bounded
+  memory): cuts at 90 % / 95 % of the hash space, moved the least so that no split is empty."""
+  order = sorted(set(sha256s), key=aggregation.split_key)
+  n = len(order)
+  a = sum(aggregation.hash_fraction(s) < 0.90 for s in order)
+  b = sum(aggregation.hash_fraction(s) < 0.95 for s in order)
+  if n < 3:
+    a = b = n
+  else:
+    b = min(max(b, 2), n - 1)
+    a = min(max(a, 1), b - 1)
+  return {s: "train" if i < a else ("validation" if i < b else "test") for i, s in enumerate(order)}
+
+
+def sha_at(fraction: float, salt: int) -> str:
+  """A fake content hash whose hash fraction is `fraction`."""
+  return f"{int(fraction * 2**64):016x}" + __import__("hashlib").sha256(b"%d" % salt).hexdigest()[16:]
+
+
+def test_split_cuts_equal_the_rank_rule_merged_in_any_order():
+  rng = np.random.default_rng(0)
+  cases = []
+  for n in list(range(1, 12)) + [40, 61, 200]:
+    for _ in range(6):
+      cases.append([sha_at(f, i) for i, f in enumerate(rng.random(n))])
+  # Corpora whose cuts must move: every file over 0.95, under 0.90, none in [0.90, 0.95).
+  cases.append([sha_at(0.96 + 0.03 * i / 50, i) for i in range(50)])
+  cases.append([sha_at(0.5 * i / 70, i) for i in range(70)])
+  cases.append([sha_at(0.8 * i / 80, i) for i in range(80)] + [sha_at(0.97, 999)])
+  for hashes in cases:
+    expected = rank_splits(hashes)
+    assert aggregation.assign_splits(hashes) == expected
+    parts = [aggregation.SplitCuts() for _ in range(3)]
+    for i, h in enumerate(hashes):
+      parts[(i * 7) % 3].add(h)
+    cuts = parts[1].merge(parts[2]).merge(parts[0]).cuts()
+    assert {h: cuts.split_of(h) for h in hashes} == expected
 
 
 def test_assign_splits_is_by_content_only():
   hashes = [f"{i:064x}" for i in range(0, 2**64, 2**64 // 1000)][:1000]
   hashes = [__import__("hashlib").sha256(h.encode()).hexdigest() for h in hashes]
-  splits = processing.assign_splits(hashes)
+  splits = aggregation.assign_splits(hashes)
   counts = {s: list(splits.values()).count(s) for s in SPLIT_NAMES}
   assert 850 < counts["train"] < 950 and 25 < counts["validation"] < 80 and 25 < counts["test"] < 80
   # Adding files never moves an existing file (on a corpus large enough for the 90/5/5 cuts).
-  more = processing.assign_splits(hashes + [__import__("hashlib").sha256(b"x%d" % i).hexdigest() for i in range(50)])
+  more = aggregation.assign_splits(hashes + [__import__("hashlib").sha256(b"x%d" % i).hexdigest() for i in range(50)])
   assert all(more[h] == s for h, s in splits.items())
   # Tiny corpora still get every split, when they have 3 files or more.
-  assert sorted(processing.assign_splits(hashes[:3]).values()) == ["test", "train", "validation"]
-  assert set(processing.assign_splits(hashes[:2]).values()) == {"train"}
+  assert sorted(aggregation.assign_splits(hashes[:3]).values()) == ["test", "train", "validation"]
+  assert set(aggregation.assign_splits(hashes[:2]).values()) == {"train"}
 
 
 def test_bad_files_are_skipped_and_counted_by_reason(tmp_path):
@@ -301,19 +356,6 @@ def test_bach_chorales_convert_to_midi(tmp_path):
   for work in works[:2]:
     notes = midi_to_notes(tmp_path / (work.replace("/", "_") + ".mid"))
     assert len(notes) > 20 and len(set(notes.instrument.tolist())) >= 1
-
-
-def exit_on_negative(task):
-  """A worker task that kills its process (as a segfaulting parser would) on a negative item."""
-  return [x if x >= 0 else os._exit(7) for x in task]
-
-
-def test_a_dying_worker_does_not_stop_the_map():
-  results = list(processing.parallel_map(
-      exit_on_negative, [[1], [2, -1, 3]], num_workers=2, total=4, desc="crash test",
-      isolate=lambda task: [[x] for x in task],
-      crashed=lambda part, reason: [("crashed", part[0], "died" in reason)]))
-  assert results == [[1], [2, ("crashed", -1, True), 3]]
 
 
 def test_build_workers_import_neither_jax_nor_tensorflow():

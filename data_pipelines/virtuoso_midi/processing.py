@@ -1,22 +1,17 @@
-"""The TF-free work of the `virtuoso_midi` build: read, hash, parse, encode, split, report.
+"""The TF-free work of the `virtuoso_midi` build: list, read, hash, parse and encode a file.
 
-Everything here runs without TensorFlow and without JAX, in the builder's process or in
-`multiprocessing` workers started with the `spawn` method (so a parent that imported TF or
-JAX never forks its threads into a worker). The builder
-(`virtuoso_midi_dataset_builder.py`) only lists the source files and hands them here.
+Everything here runs without TensorFlow and without JAX: in a Beam worker (`beam_pipeline.py`),
+or in the builder's process for small corpora (`build_in_process`). The builder
+(`virtuoso_midi_dataset_builder.py`) lists the source files with the functions here and hands
+the list to one of the two.
 
-The build is two passes over the unique files:
-
-1. `encode_items` (in parallel, one file at a time per worker): read a file (size checked
-   before reading, the read bounded), hash its bytes, parse it into notes
-   (`virtuoso_jax.encoding.midi_to_notes`, which retries a file the fast parser rejects with
-   a tolerant one), check the limits and encode it. The encoded example is appended to the
-   worker's spill file in a temporary folder; only a small `Outcome` travels back to the
-   parent. Whatever one file does (any exception, killing its worker, hanging) is that file's
-   skip, named with the reason in the report; no other file is lost.
-2. `assign_splits` then puts each good, unique file in `train`/`validation`/`test` by its
-   content hash, and the builder's `_generate_examples` streams the spilled examples of one
-   split back out. A file is parsed once; memory stays flat on large corpora.
+The work of one file is `process_item`: read it (size checked before reading, the read
+bounded), hash its bytes, parse it into notes (`virtuoso_jax.encoding.midi_to_notes`, which
+retries a file the fast parser rejects with a tolerant one), check the limits and encode it.
+It always runs inside a `FileSandbox` (a child process), so whatever one file does (any
+exception, killing its process, hanging) is that file's skip, named with the reason in the
+report; no other file is lost. What happens over all files (duplicates, splits, the report)
+is in `aggregation.py`.
 
 Listing (`walk_midi_files`, `zip_items`, `tar_items`) enters each real folder once, reads
 archives one level deep, never follows links inside archives, and gives every example a
@@ -25,7 +20,6 @@ printable, bounded, unique name; what it leaves out goes to the report too.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -33,7 +27,6 @@ import hashlib
 import importlib
 import multiprocessing
 import os
-import pickle
 import shutil
 import signal
 import stat
@@ -44,23 +37,18 @@ import time
 import types
 import zipfile
 from multiprocessing import connection as mp_connection
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 from etils import epath
 import numpy as np
 
+try:  # `tfds build` imports this package as `virtuoso_midi`.
+  from . import aggregation
+except ImportError:  # pragma: no cover - imported as a top-level module.
+  import aggregation  # type: ignore[no-redef]
+
 MIDI_SUFFIXES = (".mid", ".midi")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
-# Split name and its share of the content-hash space, in hash order.
-SPLITS = (("train", 0.90), ("validation", 0.05), ("test", 0.05))
-# Reasons a file is left out; every one is counted in the build report. `unsupported`: an
-# archive member the build does not read (a link, a path outside the archive, an archive inside
-# an archive, a device file).
-SKIP_REASONS = ("corrupt", "empty", "over_limit", "duplicate", "unsupported")
-# At most this many file names are listed per skip reason in the stored report (metadata);
-# every skipped file is in `SKIPPED_TSV` next to the dataset's shards.
-MAX_LISTED_PER_REASON = 200
-SKIPPED_TSV = "skipped.tsv"
 
 
 def log(message: str) -> None:
@@ -110,7 +98,7 @@ class Item:
 
 
 class SkipFile(Exception):
-  """A file left out for a known reason (one of `SKIP_REASONS`), before it is parsed."""
+  """A file left out for a known reason (one of `aggregation.SKIP_REASONS`), before it is parsed."""
 
   def __init__(self, reason: str, detail: str):
     super().__init__(detail)
@@ -250,7 +238,7 @@ def unique_names(items: Sequence[Item]) -> list[Item]:
 
 
 def _member_problem(name: str, *, link: str = "", special: bool = False) -> str:
-  """Why an archive member is not read ('' when it is read): see `SKIP_REASONS`."""
+  """Why an archive member is not read ('' when it is read): see `aggregation.SKIP_REASONS`."""
   why = unsafe_member_path(name)
   if why:
     return f"not read: {why}"
@@ -466,14 +454,13 @@ class Outcome:
   Attributes:
     name: the item's source-relative name.
     sha256: hex digest of the file's bytes ('' if it could not be read).
-    status: "ok" or one of `SKIP_REASONS`.
+    status: "ok" or one of `aggregation.SKIP_REASONS`.
     detail: why it was skipped (the parser's error, the limit), '' when ok.
     recovered: parsed only by the tolerant fallback parser.
     num_notes: notes in the example.
     length: tokens (token configs) or characters (char configs) of the example.
     seconds: duration of the song.
     clipped: notes with a clipped field, summed over fields.
-    spill: (chunk file, index) of the spilled example; None when skipped.
   """
 
   name: str
@@ -485,7 +472,6 @@ class Outcome:
   length: int = 0
   seconds: float = 0.0
   clipped: int = 0
-  spill: tuple[str, int] | None = None
 
 
 # --------------------------------------------------------------------------- encoding glue
@@ -636,53 +622,18 @@ def clipped_counts(encode_report: dict[str, Any]) -> dict[str, np.int32]:
   return {f: np.int32(encode_report.get(f"{f}_clipped", 0)) for f in CLIPPED_FIELDS}
 
 
-def make_spill_dir() -> str:
-  """A fresh folder for spilled examples, under $VIRTUOSO_BUILD_TMP or the system temp."""
+def make_build_tmp() -> str:
+  """A fresh local folder for the build (extracted tar members), under $VIRTUOSO_BUILD_TMP or
+  the system temp."""
   return tempfile.mkdtemp(prefix="virtuoso_midi_", dir=os.environ.get("VIRTUOSO_BUILD_TMP") or None)
 
 
-def remove_spill_dir(path: str) -> None:
-  """Deletes a folder made by `make_spill_dir`."""
+def remove_build_tmp(path: str) -> None:
+  """Deletes a folder made by `make_build_tmp`."""
   shutil.rmtree(path, ignore_errors=True)
 
 
-class SpillReader:
-  """Reads spilled examples back by `Outcome.spill` (file, offset); keeps one file open."""
-
-  def __init__(self):
-    self._path, self._file = None, None
-
-  def load(self, spill: tuple[str, int]) -> dict[str, Any]:
-    path, offset = spill
-    if path != self._path:
-      self.close()
-      self._path, self._file = path, open(path, "rb")  # pylint: disable=consider-using-with
-    self._file.seek(offset)
-    return pickle.load(self._file)
-
-  def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-    self._path, self._file = None, None
-
-
-def _encode_worker(conn, settings: Settings, spill_file: str) -> None:
-  """A build worker process: receives (index, item) until None, answers (index, Outcome), and
-  appends each good example to its own spill file (the Outcome holds its offset)."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops us.
-  with open(spill_file, "ab") as spill:
-    while True:
-      task = conn.recv()
-      if task is None:
-        return
-      index, item = task
-      outcome, example = process_item(item, settings)
-      if example is not None:
-        offset = spill.tell()
-        pickle.dump(example, spill, protocol=pickle.HIGHEST_PROTOCOL)
-        spill.flush()
-        outcome.spill = (spill_file, offset)
-      conn.send((index, outcome))
+# --------------------------------------------------------------------------- per-file isolation
 
 
 def _death_text(exitcode: int | None) -> str:
@@ -694,157 +645,172 @@ def _death_text(exitcode: int | None) -> str:
   return f"exit code {exitcode}"
 
 
-class _EncodeWorker:
-  """One spawned `_encode_worker` process and the items sent to it, in the order it works on
-  them: `tasks[0]` is the one it is on (since `head_start`), the others wait in its pipe (so it
-  never idles between files while the parent answers)."""
+def _sandbox_main(conn, settings: Settings) -> None:
+  """The sandbox process: imports the parser, says "ready", then answers each Item with
+  `process_item(item, settings)` until it receives None."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops us.
+  _parser(settings)
+  conn.send("ready")
+  while True:
+    item = conn.recv()
+    if item is None:
+      return
+    conn.send(process_item(item, settings))
 
-  def __init__(self, settings: Settings, spill_file: str):
+
+class FileSandbox:
+  """Runs `process_item` on one file at a time in a child process of its own.
+
+  Why: `process_item` turns any Python exception of a file into that file's skip, but a C++
+  parser can also segfault, abort or loop forever on hostile bytes. In the caller's process
+  that would kill (or hang) a whole Beam bundle; Beam would retry the bundle and then fail the
+  pipeline, and the build would never name the file. Here the child dies or is killed instead:
+  that file becomes `corrupt` ("the parser process died on it (killed by SIGSEGV)") or, past
+  `timeout_s` ($VIRTUOSO_FILE_TIMEOUT), `over_limit`; the next file gets a fresh child. This is
+  all the isolation there is: no pool, no scheduling (the Beam runner, or the in-process loop,
+  decides what runs where); one child per caller, started lazily with `spawn` so it never
+  inherits a parent's TensorFlow/JAX threads.
+  """
+
+  def __init__(self, settings: Settings, timeout_s: float | None = None,
+               startup_timeout_s: float = 300.0):
+    self.settings = settings
+    self.timeout_s = file_timeout_s() if timeout_s is None else timeout_s
+    self.startup_timeout_s = startup_timeout_s
+    self._proc = None
+    self._conn = None
+    self._exitcode = None
+
+  def _start(self) -> None:
     ctx = multiprocessing.get_context("spawn")
-    self.conn, child = ctx.Pipe()
-    self.proc = ctx.Process(target=_encode_worker, args=(child, settings, spill_file), daemon=True)
-    with _spawnable(_encode_worker.__module__):
-      self.proc.start()
+    self._conn, child = ctx.Pipe()
+    self._proc = ctx.Process(target=_sandbox_main, args=(child, self.settings), daemon=True)
+    with _spawnable(_sandbox_main.__module__):
+      self._proc.start()
     child.close()
-    self.tasks: collections.deque[int] = collections.deque()
-    self.head_start = 0.0
-    self.done = 0
+    ready = mp_connection.wait([self._conn, self._proc.sentinel], self.startup_timeout_s)
+    try:
+      if self._conn in ready and self._conn.recv() == "ready":
+        return
+    except (EOFError, OSError):
+      pass
+    self._stop(kill=True)
+    # Before any file: a broken environment (an import error, shown above), not a bad file.
+    raise RuntimeError(f"the build's parser process could not start ({_death_text(self._exitcode)}); "
+                       "see its error above")
 
-  def give(self, index: int, item: Item) -> None:
-    self.conn.send((index, item))
-    if not self.tasks:
-      self.head_start = time.monotonic()
-    self.tasks.append(index)
+  def process(self, item: Item) -> tuple[Outcome, dict[str, Any] | None]:
+    """`process_item(item, settings)`, or the outcome of the child dying or timing out on it."""
+    if self._proc is None:
+      self._start()
+    self._conn.send(item)
+    ready = mp_connection.wait([self._conn, self._proc.sentinel], self.timeout_s)
+    if self._conn in ready:
+      try:
+        return self._conn.recv()
+      except (EOFError, OSError):
+        pass  # Died while answering: a death, below.
+    if ready:
+      self._stop(kill=True)
+      reason = _death_text(self._exitcode)
+      log(f"the parser process died ({reason}) on {item.name}; starting another")
+      return Outcome(name=item.name, status="corrupt",
+                     detail=f"the parser process died on it ({reason})"), None
+    self._stop(kill=True)
+    log(f"{item.name} took more than {self.timeout_s:g} s; stopped it")
+    return Outcome(name=item.name, status="over_limit",
+                   detail=f"took more than {self.timeout_s:g} s to read and parse (the per-file "
+                          "time limit, $VIRTUOSO_FILE_TIMEOUT); its process was stopped"), None
 
-  def stop(self, *, kill: bool) -> None:
+  def _stop(self, *, kill: bool) -> None:
+    if self._proc is None:
+      return
     if not kill:
       try:
-        self.conn.send(None)
+        self._conn.send(None)
       except OSError:
         pass
-      self.proc.join(5)
-    if self.proc.is_alive():
-      self.proc.kill()
-      self.proc.join(5)
-    self.conn.close()
+      self._proc.join(5)
+    if self._proc.is_alive():
+      self._proc.kill()
+    self._proc.join(5)
+    self._exitcode = self._proc.exitcode
+    self._conn.close()
+    self._proc = self._conn = None
+
+  def close(self) -> None:
+    """Stops the child (it finishes nothing: call between files)."""
+    self._stop(kill=False)
 
 
-# Files sent to a worker ahead of its answers (it starts the next while the parent reads one).
-_IN_FLIGHT = 2
-# Workers that die before finishing any file, with no file finished by any worker yet, after
-# which the build stops (a broken environment, not a bad file).
-_MAX_STARTUP_DEATHS = 3
+# --------------------------------------------------------------------------- in-process build
 
 
-def encode_items(items: Sequence[Item], settings: Settings, spill_dir: str, *,
-                 num_workers: int, timeout_s: float | None = None,
-                 desc: str = "encoding") -> Iterator[Outcome]:
-  """`process_item` over `items` on `num_workers` spawned processes (at least one: the parser
-  never runs in the builder's process), yielding one Outcome per item, in item order, and
-  printing progress lines (files done, files/s, ETA) every 5 s.
+@dataclasses.dataclass
+class InProcessBuild:
+  """What `build_in_process` found: each split's (sha256, example) pairs, the report of the
+  files read, and every skip as (order, skipped.tsv row)."""
 
-  Each worker takes one file at a time, so whatever one file does stays that file's skip:
-  an exception is caught in the worker (`process_item`); a worker that dies on a file (a
-  segfault in a C++ parser, the OOM killer) makes it `corrupt` ("the parser process died on
-  it"); a file that takes more than `timeout_s` (default `file_timeout_s()`) has its worker
-  killed and is `over_limit`. A dead or killed worker is replaced; no other file is lost.
-  """
-  timeout_s = file_timeout_s() if timeout_s is None else timeout_s
+  examples: dict[str, list[tuple[str, dict[str, Any]]]]
+  report: aggregation.Report
+  skipped_rows: list[tuple[Any, str]]
+
+
+def build_in_process(items: Sequence[Item], settings: Settings, *, desc: str) -> InProcessBuild:
+  """The build of a small corpus without Beam: the same per-file work (`FileSandbox`, one file
+  at a time) and the same aggregations as `beam_pipeline.build`, run in a loop here. Holds the
+  kept examples in memory until TFDS writes them, so it is meant for corpora of a few thousand
+  files (the builder picks it below `IN_PROCESS_MAX_FILES`)."""
   total = len(items)
-  num_workers = max(1, min(num_workers, total))
-  log(f"{desc}: {total} files on {num_workers} worker process(es)")
+  log(f"{desc}: {total} files in this process, one at a time (its parser in a child process)")
   start = last = time.monotonic()
-  pending = collections.deque(enumerate(items))
-  results: dict[int, Outcome] = {}
-  spawned = 0
-  startup_deaths = 0
-  any_done = False
-
-  def spawn() -> _EncodeWorker:
-    nonlocal spawned
-    spawned += 1
-    return _EncodeWorker(settings, os.path.join(spill_dir, f"worker-{spawned:05d}.pkl"))
-
-  def feed(worker: _EncodeWorker) -> None:
-    while pending and len(worker.tasks) < _IN_FLIGHT:
-      worker.give(*pending.popleft())
-
-  workers: list[_EncodeWorker] = []
-  ok = False
+  copies: dict[str, aggregation.FirstCopy] = {}
+  unread = []
+  sandbox = FileSandbox(settings)
   try:
-    for _ in range(num_workers if total else 0):
-      workers.append(spawn())
-      feed(workers[-1])
-    next_out = 0
-    while next_out < total:
-      while next_out in results:
-        yield results.pop(next_out)
-        next_out += 1
-      if next_out >= total:
-        break
-      busy = [w for w in workers if w.tasks]
-      now = time.monotonic()
-      wait_s = min([max(0.0, w.head_start + timeout_s - now) for w in busy] + [5.0])
-      mp_connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], wait_s)
-      for i, w in enumerate(workers):
-        answered = False
-        while w.tasks and w.conn.poll():
-          try:
-            got, outcome = w.conn.recv()
-          except (EOFError, OSError):
-            break  # Died mid-answer: handled below as a death.
-          index = w.tasks.popleft()
-          assert got == index, (got, index)
-          results[index] = outcome
-          w.done += 1
-          w.head_start = time.monotonic()
-          answered = any_done = True
-        if answered:
-          feed(w)
-          continue
-        if not w.tasks:
-          continue
-        index = w.tasks[0]
-        if not w.proc.is_alive():
-          reason = _death_text(w.proc.exitcode)
-          results[index] = Outcome(name=items[index].name, status="corrupt",
-                                   detail=f"the parser process died on it ({reason})")
-          log(f"{desc}: a worker process died ({reason}) on {items[index].name}; replacing it")
-          if w.done == 0 and not any_done:
-            startup_deaths += 1
-            if startup_deaths >= _MAX_STARTUP_DEATHS:
-              raise RuntimeError(f"{startup_deaths} build worker processes died before "
-                                 f"finishing any file ({reason}); see their errors above")
-        elif time.monotonic() - w.head_start > timeout_s:
-          results[index] = Outcome(
-              name=items[index].name, status="over_limit",
-              detail=f"took more than {timeout_s:g} s to read and parse (the per-file time "
-                     "limit, $VIRTUOSO_FILE_TIMEOUT); its process was stopped")
-          log(f"{desc}: {items[index].name} took more than {timeout_s:g} s; stopped it")
-        else:
-          continue
-        # The files queued behind the culprit were not started: back to the front of the line.
-        w.tasks.popleft()
-        pending.extendleft((j, items[j]) for j in reversed(w.tasks))
-        w.stop(kill=True)
-        workers[i] = spawn()
-        feed(workers[i])
+    for index, item in enumerate(items):
+      outcome, example = sandbox.process(item)
+      record = (index, outcome, example)
+      if outcome.sha256:
+        copies.setdefault(outcome.sha256, aggregation.FirstCopy()).add(record)
+      else:
+        unread.append(record)
       now = time.monotonic()
       if now - last >= 5.0:
         last = now
-        done = next_out + len(results)
-        rate = done / max(now - start, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        log(f"{desc}: {done}/{total} files, {rate:.1f} files/s, ETA {eta:.0f} s")
-    ok = True
+        rate = (index + 1) / max(now - start, 1e-9)
+        log(f"{desc}: {index + 1}/{total} files, {rate:.1f} files/s, ETA {(total - index - 1) / rate:.0f} s")
   finally:
-    for w in workers:
-      w.stop(kill=not ok)
+    sandbox.close()
   elapsed = max(time.monotonic() - start, 1e-9)
   log(f"{desc}: {total}/{total} files, {total / elapsed:.1f} files/s, {elapsed:.1f} s")
 
+  unique = sorted([c.first for c in copies.values()] + unread, key=lambda r: r[0])
+  cut_acc = aggregation.SplitCuts()
+  for _, outcome, _ in unique:
+    if outcome.status == "ok":
+      cut_acc.add(outcome.sha256)
+  cuts = cut_acc.cuts()
+  events = []
+  examples: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+  for index, outcome, example in unique:
+    split = cuts.split_of(outcome.sha256) if outcome.status == "ok" else None
+    events.append(aggregation.file_event((1, index), outcome, split))
+    if split is not None:
+      examples.setdefault(split, []).append((outcome.sha256, example))
+  for c in copies.values():
+    events.extend(aggregation.duplicate_events(c))
+  report = aggregation.Report()
+  rows = []
+  for event in events:
+    report.add(event)
+    skipped = aggregation.skip_of(event)
+    if skipped is not None:
+      rows.append((skipped[0], aggregation.tsv_row(*skipped[1:])))
+  return InProcessBuild(examples=examples, report=report, skipped_rows=sorted(rows))
 
-# --------------------------------------------------------------------------- parallel map
+
+# --------------------------------------------------------------------------- worker processes
 
 
 def env_num_workers() -> int | None:
@@ -869,7 +835,7 @@ def default_num_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _module_root(module_name: str) -> str:
+def module_root(module_name: str) -> str:
   """The sys.path entry from which `module_name` is importable."""
   root = os.path.dirname(os.path.abspath(sys.modules[module_name].__file__))
   if os.path.basename(sys.modules[module_name].__file__).startswith("__init__."):
@@ -884,7 +850,7 @@ def _spawnable(module_name: str):
   """While `spawn` processes start: `module_name`'s root is on sys.path (the child finds the
   module by the name the parent imported it under) and __main__ is a bare module (the child
   does not re-import the parent's __main__; under `tfds build` that imports TensorFlow)."""
-  root = _module_root(module_name)
+  root = module_root(module_name)
   added = root not in sys.path
   if added:
     sys.path.insert(0, root)
@@ -898,270 +864,6 @@ def _spawnable(module_name: str):
       sys.path.remove(root)
 
 
-class _Workers:
-  """A `spawn` process pool whose broken state (a worker died) is reported, not hung on.
-
-  `spawn`: the parent may hold TF/JAX threads; a fresh interpreter imports only the TF-free
-  module of the mapped function. The child must find that module by the name the parent
-  imported it under (`tfds build` puts the dataset folder on sys.path only briefly), and must
-  not re-import the parent's __main__ (spawn does, to resolve pickled __main__ references;
-  ours never are): under `tfds build` that is the tfds CLI, which imports TensorFlow (~10 s and
-  ~1 GB per worker). So while tasks are submitted (when workers start), the module's root is
-  on sys.path and __main__ is a bare module.
-  """
-
-  def __init__(self, fn: Callable[[Any], list[Any]], num_workers: int):
-    self.fn = fn
-    self.executor = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"))
-
-  def submit(self, tasks: Sequence[Any]) -> list[concurrent.futures.Future]:
-    with _spawnable(self.fn.__module__):
-      return [self.executor.submit(self.fn, t) for t in tasks]
-
-  def close(self) -> None:
-    self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _run_alone(fn: Callable[[Any], list[Any]], task: Any) -> list[Any]:
-  """Runs one task in a fresh one-process pool (raises BrokenProcessPool if it kills it)."""
-  workers = _Workers(fn, 1)
-  try:
-    return workers.submit([task])[0].result()
-  finally:
-    workers.close()
-
-
-def _rerun_crashed(fn, task, isolate, crashed) -> list[Any]:
-  """A task whose pool broke: rerun it alone; if it breaks again, rerun each of its parts
-  (`isolate(task)`) alone, replacing a part that still kills its process by `crashed(part,
-  reason)`. Without `isolate`, a task that kills its process twice is an error."""
-  try:
-    return _run_alone(fn, task)
-  except concurrent.futures.process.BrokenProcessPool as e:
-    if isolate is None:
-      raise RuntimeError(f"a build worker died twice on the same task: {task!r}") from e
-  results = []
-  for part in isolate(task):
-    try:
-      results.extend(_run_alone(fn, part))
-    except concurrent.futures.process.BrokenProcessPool as e:
-      results.extend(crashed(part, f"the parser process died on it ({e})"))
-  return results
-
-
-def parallel_map(
-    fn: Callable[[Any], list[Any]],
-    tasks: Sequence[Any],
-    *,
-    num_workers: int,
-    total: int,
-    desc: str,
-    isolate: Callable[[Any], list[Any]] | None = None,
-    crashed: Callable[[Any, str], list[Any]] | None = None,
-) -> Iterator[list[Any]]:
-  """Maps `fn` over `tasks` (chunks of files; `fn` returns one result per file) in order, on
-  `num_workers` spawned processes, printing progress lines (files done, files/s, ETA).
-
-  `fn` must be a module-level function of a module importable by name. With one worker (or one
-  task) it runs in this process. `num_workers` is taken as given; see `auto_workers`.
-
-  A worker that dies (a segfault in a C++ parser, the OOM killer) does not stop the map: the
-  tasks in flight are rerun, the culprit alone, then split by `isolate(task)` into parts run
-  one by one; a part that still kills its process becomes `crashed(part, reason)`.
-  """
-  start = last = time.monotonic()
-  done = 0
-
-  def report(final: bool = False):
-    elapsed = max(time.monotonic() - start, 1e-9)
-    rate = done / elapsed
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    tail = f"{elapsed:.1f} s" if final else f"ETA {eta:.0f} s"
-    log(f"{desc}: {done}/{total} files, {rate:.1f} files/s, {tail}")
-
-  num_workers = max(1, min(num_workers, len(tasks)))
-  log(f"{desc}: {total} files on {num_workers} worker process(es)")
-
-  def results() -> Iterator[list[Any]]:
-    if num_workers == 1:
-      yield from map(fn, tasks)
-      return
-    workers = _Workers(fn, num_workers)
-    futures = workers.submit(tasks)
-    try:
-      i = 0
-      while i < len(tasks):
-        try:
-          result = futures[i].result()
-        except concurrent.futures.process.BrokenProcessPool:
-          workers.close()
-          log(f"{desc}: a worker process died; rerunning task {i} alone")
-          result = _rerun_crashed(fn, tasks[i], isolate, crashed)
-          workers = _Workers(fn, num_workers)
-          futures[i + 1:] = workers.submit(tasks[i + 1:])
-        yield result
-        i += 1
-    finally:
-      workers.close()
-
-  for result in results():
-    done += len(result)
-    now = time.monotonic()
-    if now - last >= 5.0:
-      last = now
-      report()
-    yield result
-  report(final=True)
-
-
-def auto_workers(num_files: int, files_per_worker: int) -> int:
-  """All cores, but no more workers than `num_files / files_per_worker`: starting a spawned
-  worker costs about half a second, more than parsing a few hundred MIDI files."""
-  return max(1, min(default_num_workers(), num_files // max(1, files_per_worker)))
-
-
-def chunked(items: Sequence[Any], num_workers: int, max_chunk: int = 64) -> list[list[Any]]:
-  """Splits items into chunks: about 8 per worker (load balance), at most `max_chunk` long
-  (progress granularity and spill size)."""
-  if not items:
-    return []
-  size = max(1, min(max_chunk, -(-len(items) // (8 * max(1, num_workers)))))
-  return [list(items[i:i + size]) for i in range(0, len(items), size)]
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def hash_fraction(sha256: str) -> float:
-  """Where a content hash falls in [0, 1): the first 64 bits of the digest."""
-  return int(sha256[:16], 16) / 2.0**64
-
-
-def assign_splits(sha256s: Sequence[str]) -> dict[str, str]:
-  """Assigns unique content hashes to `train`/`validation`/`test` (about 90/5/5).
-
-  Hashes are sorted by `hash_fraction`; the cut points sit at 90 % and 95 % of the hash
-  space. On a corpus too small for that to give every split a file (fewer than ~60 files),
-  the cuts move the least needed so no split is empty; with fewer than 3 files, all go to
-  `train`. A file's split therefore depends on its content only (and, for tiny corpora, on
-  the other files), never on names or listing order.
-
-  Returns:
-    {sha256: split name}.
-  """
-  order = sorted(set(sha256s), key=lambda s: (hash_fraction(s), s))
-  n = len(order)
-  fractions = [hash_fraction(s) for s in order]
-  a = sum(f < SPLITS[0][1] for f in fractions)
-  b = sum(f < SPLITS[0][1] + SPLITS[1][1] for f in fractions)
-  if n < 3:
-    a = b = n
-  else:
-    b = min(max(b, 2), n - 1)
-    a = min(max(a, 1), b - 1)
-  result = {}
-  for i, s in enumerate(order):
-    result[s] = "train" if i < a else ("validation" if i < b else "test")
-  return result
-
-
-# --------------------------------------------------------------------------- report
-
-
-class ReportBuilder:
-  """Accumulates the build report from the outcomes of every file."""
-
-  def __init__(self):
-    self.files_read = 0
-    self.recovered = 0
-    self.skipped = collections.Counter({r: 0 for r in SKIP_REASONS})
-    self.skipped_files: dict[str, list[dict[str, str]]] = {r: [] for r in SKIP_REASONS}
-    self.all_skips: list[tuple[str, str, str]] = []  # (reason, name, detail), every one.
-    self.notes = 0
-    self.length = 0
-    self.seconds = 0.0
-    self.clipped = 0
-    self.splits: dict[str, int] = {}
-    self.source_notes: list[str] = []
-
-  def skip(self, name: str, reason: str, detail: str) -> None:
-    """Counts one skipped file (and lists it, up to `MAX_LISTED_PER_REASON`)."""
-    if reason not in SKIP_REASONS:
-      raise ValueError(f"unknown skip reason {reason!r} for {name}")
-    self.skipped[reason] += 1
-    self.all_skips.append((reason, name, detail))
-    if len(self.skipped_files[reason]) < MAX_LISTED_PER_REASON:
-      self.skipped_files[reason].append({"name": name, "detail": detail})
-
-  def add(self, outcome: Outcome) -> None:
-    """Counts one processed file (duplicates are counted by the caller via `skip`)."""
-    self.files_read += 1
-    if outcome.status != "ok":
-      self.skip(outcome.name, outcome.status, outcome.detail)
-      return
-    self.recovered += int(outcome.recovered)
-
-  def add_example(self, outcome: Outcome, split: str) -> None:
-    """Counts one written example."""
-    self.notes += outcome.num_notes
-    self.length += outcome.length
-    self.seconds += outcome.seconds
-    self.clipped += outcome.clipped
-    self.splits[split] = self.splits.get(split, 0) + 1
-
-  def skipped_tsv(self) -> str:
-    """Every skipped file, one `reason<TAB>name<TAB>detail` line each, after a header."""
-    clean = lambda t: " ".join(str(t).split("\t")).replace("\n", " ").replace("\r", " ")
-    rows = ["reason\tname\tdetail"]
-    rows += [f"{clean(r)}\t{clean(n)}\t{clean(d)}" for r, n, d in self.all_skips]
-    return "\n".join(rows) + "\n"
-
-  def as_dict(self, *, encoding: str) -> dict[str, Any]:
-    """The JSON-safe report stored in `DatasetInfo.metadata["report"]`."""
-    return {
-        "files_read": self.files_read,
-        "recovered_by_tolerant_parser": self.recovered,
-        "skipped": dict(self.skipped),
-        "skipped_files": {r: list(v) for r, v in self.skipped_files.items()},
-        "examples": sum(self.splits.values()),
-        "notes": self.notes,
-        ("tokens" if encoding == "token" else "characters"): self.length,
-        "seconds": round(self.seconds, 3),
-        "clipped_notes": self.clipped,
-        "splits": dict(sorted(self.splits.items())),
-        "source_notes": list(self.source_notes),
-    }
-
-
-def format_report(report: dict[str, Any]) -> str:
-  """The human-readable build report printed at the end of a build."""
-  unit = "tokens" if "tokens" in report else "characters"
-  lines = [
-      "build report",
-      f"  files read:        {report['files_read']}"
-      f" (recovered by the tolerant parser: {report['recovered_by_tolerant_parser']})",
-      f"  examples written:  {report['examples']}  "
-      + "  ".join(f"{k}={v}" for k, v in report["splits"].items()),
-      f"  notes:             {report['notes']}",
-      f"  {unit + ':':<19}{report[unit]}",
-      f"  music:             {report['seconds'] / 3600:.2f} h",
-      f"  clipped notes:     {report['clipped_notes']}",
-      "  skipped:           "
-      + ", ".join(f"{k}={v}" for k, v in report["skipped"].items()),
-  ]
-  for reason, files in report["skipped_files"].items():
-    for entry in files[:10]:
-      lines.append(f"    {reason}: {entry['name']}: {entry['detail']}")
-    if report["skipped"][reason] > 10:
-      where = report.get("skipped_list") or "metadata"
-      lines.append(f"    {reason}: ... {report['skipped'][reason] - 10} more (all in {where})")
-  if report.get("skipped_list"):
-    lines.append(f"  every skipped file: {report['skipped_list']}")
-  lines.extend(f"  note: {n}" for n in report["source_notes"])
-  return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- Bach (music21)
 
 
@@ -1171,17 +873,6 @@ def bach_chorale_works() -> list[str]:
 
   works = chorales.Iterator(numberingSystem="riemenschneider", returnType="filename")
   return sorted(set(works))
-
-
-def isolate_bach(task: tuple[Sequence[str], str]) -> list[tuple[list[str], str]]:
-  """Splits a `convert_bach_chunk` task into one task per work (after a worker crash)."""
-  works, out_dir = task
-  return [([w], out_dir) for w in works]
-
-
-def crashed_bach(task: tuple[Sequence[str], str], reason: str) -> list[tuple[str, str]]:
-  """The result of a work whose conversion killed its worker process."""
-  return [(w, reason) for w in task[0]]
 
 
 def _bach_work_path(corpus, work: str):
@@ -1223,3 +914,28 @@ def convert_bach_chunk(task: tuple[Sequence[str], str]) -> list[tuple[str, str]]
       # music21 raises many exception types; one bad chorale must not stop the build.
       results.append((work, f"{type(e).__name__}: {e}"))
   return results
+
+
+def convert_bach(works: Sequence[str], out_dir: str, num_workers: int) -> dict[str, str]:
+  """Converts music21 chorales to MIDI files in `out_dir` on `num_workers` spawned processes
+  (music21 is pure Python: an error of one work is that work's, reported by the caller; a
+  process that dies is an error of the build).
+
+  Returns:
+    {work: error} for the works that failed.
+  """
+  if not works:
+    return {}
+  chunk = max(1, min(8, -(-len(works) // max(1, num_workers))))
+  tasks = [(list(works[i:i + chunk]), out_dir) for i in range(0, len(works), chunk)]
+  start = time.monotonic()
+  log(f"converting music21 Bach chorales to MIDI: {len(works)} on {num_workers} process(es)")
+  failed = {}
+  with concurrent.futures.ProcessPoolExecutor(
+      max(1, min(num_workers, len(tasks))), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _spawnable(convert_bach_chunk.__module__):
+      futures = [pool.submit(convert_bach_chunk, t) for t in tasks]
+    for future in futures:
+      failed.update({w: err for w, err in future.result() if err})
+  log(f"converting music21 Bach chorales to MIDI: done in {time.monotonic() - start:.1f} s")
+  return failed

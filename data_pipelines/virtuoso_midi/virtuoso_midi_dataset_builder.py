@@ -21,8 +21,13 @@ one example and a file never lands in two splits. `DatasetInfo.metadata["encodin
 `EncodingConfig.to_dict()` the records were written with, `metadata["report"]` the build
 report (files read, recovered, skipped by reason with names, notes, tokens, per-split counts).
 
-This module does file I/O through epath only (DatasetBuilderTestCase mocks `open`/`os`); the
-TF-free, JAX-free per-file work lives in `processing.py` and runs on all cores.
+This module does file I/O through epath only (DatasetBuilderTestCase mocks `open`/`os`). It
+lists the files, then runs the build either as an Apache Beam pipeline (`beam_pipeline.py`: any
+runner; `tfds build --beam_pipeline_options=...`, or a local Direct runner on all cores for
+corpora of `IN_PROCESS_MAX_FILES` files or more) or, for small corpora, in this process
+(`processing.build_in_process`). Both run the same per-file function (`processing.process_item`,
+in a `processing.FileSandbox`) and the same aggregations (`aggregation.py`), and write the same
+records and report.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import dataclasses
 import os
 import pathlib
 import sys
+import time
 from typing import Any
 
 from etils import epath
@@ -54,8 +60,10 @@ except ModuleNotFoundError as _e:  # pragma: no cover - depends on how the packa
 from virtuoso_jax import dataset as vj_dataset  # pylint: disable=g-bad-import-order
 
 try:  # `tfds build` imports this module as `virtuoso_midi.virtuoso_midi_dataset_builder`.
+  from . import aggregation
   from . import processing
 except ImportError:  # pragma: no cover - imported as a top-level module.
+  import aggregation  # type: ignore[no-redef]
   import processing  # type: ignore[no-redef]
 
 _HOMEPAGE = "https://github.com/asigalov61/Tegridy-MIDI-Dataset"
@@ -229,19 +237,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   The other configs (bach_*, tegridy_*, maestro_*, lakh_*) need no manual step.
   """
 
-  # Files per build worker below which fewer workers are started (auto mode only).
-  _FILES_PER_WORKER = {"encode": 500, "bach": 8}
+  # Without Beam options, a corpus of fewer files is built in this process (one file at a time),
+  # more with Beam's local Direct runner on all cores: below this, starting the runner's worker
+  # processes costs more than they save (docs/benchmarks.md, "virtuoso_midi build").
+  IN_PROCESS_MAX_FILES = 1000
 
   def __init__(self, *, file_format=None, num_workers: int | None = None, **kwargs):
-    """Like any builder; array_record by default. `num_workers`: build processes (default:
-    $VIRTUOSO_BUILD_WORKERS, else all cores, fewer on corpora too small to pay for them)."""
+    """Like any builder; array_record by default. `num_workers`: worker processes of the local
+    Beam runner the builder starts for corpora of `IN_PROCESS_MAX_FILES` files or more without
+    Beam options, and of the Bach conversion (default: $VIRTUOSO_BUILD_WORKERS, else all cores)."""
     super().__init__(file_format=file_format or "array_record", **kwargs)
-    self._num_workers = num_workers or processing.env_num_workers()
-    self._report: processing.ReportBuilder | None = None
+    self._num_workers = num_workers or processing.default_num_workers()
     self._listing = processing.Listing()
-    self._spill_dir: str | None = None
+    self._source_notes: list[str] = []
+    self._build_tmp: str | None = None
     self._num_tars = 0
     self._manual_dir_given = False
+    self._in_process: processing.InProcessBuild | None = None
+    self._beam_build = None  # beam_pipeline.Build of a Beam build.
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
@@ -279,19 +292,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if processing.verbose():
       super()._log_download_done()
 
-  def _workers(self, num_files: int, stage: str) -> int:
-    if self._num_workers:
-      return self._num_workers
-    return processing.auto_workers(num_files, self._FILES_PER_WORKER[stage])
-
   # ------------------------------------------------------------------------- sources
 
-  def _list_items(self, dl_manager: tfds.download.DownloadManager) -> list[processing.Item]:
-    """Every candidate MIDI file of the config's source, in a deterministic order, under
-    unique, safe names (what listing leaves out is in `self._listing`)."""
-    return processing.unique_names(self._list_source(dl_manager))
-
   def _list_source(self, dl_manager) -> list[processing.Item]:
+    """Every candidate MIDI file of the config's source, in a deterministic order (what
+    listing leaves out is in `self._listing`)."""
     source = self.builder_config.source
     if source == "manual":
       return self._folder_items(self._manual_root(dl_manager), "", dl_manager)
@@ -349,7 +354,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if archive.name.lower().endswith(".zip"):
         return processing.zip_items(archive, prefix, self._listing)
       self._num_tars += 1
-      extract_dir = os.path.join(self._spill_dir, "extracted", f"{self._num_tars:05d}")
+      extract_dir = os.path.join(self._build_tmp, "extracted", f"{self._num_tars:05d}")
       return processing.tar_items(archive, prefix, extract_dir,
                                   self.builder_config.encoding_config.max_file_bytes,
                                   self._listing)
@@ -370,17 +375,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     todo = [w for w in works if not path_of[w].exists()]
     processing.log(f"music21 Bach chorales: {len(works) - len(todo)} of {len(works)} already "
                    f"converted in {out_dir}")
-    workers = self._workers(len(todo), "bach")
-    tasks = [(chunk, os.fspath(out_dir)) for chunk in processing.chunked(todo, workers, 8)]
-    failed = {}
-    for results in processing.parallel_map(
-        processing.convert_bach_chunk, tasks, num_workers=workers,
-        isolate=processing.isolate_bach, crashed=processing.crashed_bach,
-        total=len(todo), desc="converting music21 Bach chorales to MIDI"):
-      failed.update({w: err for w, err in results if err})
+    # A process converts 8 works or more: starting one costs about as much as converting 8.
+    workers = max(1, min(self._num_workers, len(todo) // 8))
+    failed = processing.convert_bach(todo, os.fspath(out_dir), workers)
     for work, err in sorted(failed.items()):
       self._listing.skip(work, "corrupt", f"music21 conversion failed: {err}")
-    self._report.source_notes.append(
+    self._source_notes.append(
         f"music21 {music21.__version__}: {len(works)} Bach chorales (Riemenschneider), "
         f"{len(works) - len(failed)} converted to MIDI")
     return [processing.Item(name=f"{w}.mid", path=os.fspath(path_of[w]))
@@ -389,56 +389,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # ------------------------------------------------------------------------- generation
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    """Processes every file once (all cores), then assigns splits by content hash."""
-    self._report = processing.ReportBuilder()
-    self._listing = processing.Listing()
-    self._spill_dir = processing.make_spill_dir()  # Spilled examples and extracted tar members.
-    self._num_tars = 0
-    items = self._list_items(dl_manager)
-    left_out = f" ({len(self._listing.skips)} left out while listing)" if self._listing.skips else ""
-    processing.log(f"config {self.builder_config.name}: {len(items)} MIDI files found{left_out}")
-    for name, reason, detail in self._listing.skips:
-      self._report.skip(name, reason, detail)
-    self._report.source_notes.extend(self._listing.notes)
-    outcomes = list(processing.encode_items(
-        items, self.builder_config.settings(), self._spill_dir,
-        num_workers=self._workers(len(items), "encode"),
-        desc=f"encoding ({self.builder_config.encoding})"))
+    """Each split's examples: Beam transforms, or generators of what the in-process build
+    found (`_download_and_prepare` lists the files and runs that build first)."""
+    del dl_manager  # Listed already: the size of the corpus decides how it is built.
+    if self._beam_build is not None:
+      return {split: self._beam_build.split(split) for split in aggregation.SPLIT_NAMES}
+    examples = self._in_process.examples
+    return {split: self._generate_examples(examples[split])
+            for split in aggregation.SPLIT_NAMES if split in examples}
 
-    kept: dict[str, processing.Outcome] = {}
-    seen: dict[str, str] = {}
-    for outcome in outcomes:  # In item order: the first copy of a file is the one kept.
-      if outcome.sha256 and outcome.sha256 in seen:
-        self._report.files_read += 1
-        self._report.skip(outcome.name, "duplicate", f"same content as {seen[outcome.sha256]}")
-        continue
-      if outcome.sha256:
-        seen[outcome.sha256] = outcome.name
-      self._report.add(outcome)
-      if outcome.status == "ok":
-        kept[outcome.sha256] = outcome
-    if not kept:
-      report = self._report.as_dict(encoding=self.builder_config.encoding)
-      processing.log(processing.format_report(report))
-      found = (f"none of the {len(items)} MIDI files found is usable (see the report above)"
-               if items else "no .mid/.midi file (nor .zip/.tar.gz archive of them) was found")
-      raise CorpusError(f"virtuoso_midi/{self.builder_config.name}: nothing to build: {found}")
-    split_of = processing.assign_splits(list(kept))
-    by_split: dict[str, list[processing.Outcome]] = {}
-    for sha, split in split_of.items():
-      by_split.setdefault(split, []).append(kept[sha])
-    return {split: self._generate_examples(split, by_split[split])
-            for split, _ in processing.SPLITS if split in by_split}
-
-  def _generate_examples(self, split: str, outcomes: list[processing.Outcome]):
-    """Yields (sha256, example) for one split from the spilled, already encoded examples."""
-    reader = processing.SpillReader()
-    try:
-      for outcome in sorted(outcomes, key=lambda o: o.spill):
-        self._report.add_example(outcome, split)
-        yield outcome.sha256, reader.load(outcome.spill)
-    finally:
-      reader.close()
+  def _generate_examples(self, examples: list[tuple[str, dict[str, Any]]]):
+    """Yields (sha256, example) of one split, as the in-process build encoded them."""
+    yield from examples
 
   def check_built_from(self, manual_dir) -> None:
     """Raises CorpusError if this config is prepared from another folder than `manual_dir`
@@ -470,32 +432,156 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       super().download_and_prepare(download_dir=download_dir, download_config=download_config,
                                    **kwargs)
 
-  def _download_and_prepare(self, dl_manager, download_config=None):
-    """Generates the splits, then stores and prints the build report."""
+  def _beam_download_config(self, download_config, num_files: int):
+    """The download config to build with Beam, or None to build in this process: Beam when
+    the caller gave a runner or options (`tfds build --beam_pipeline_options=...`); else, from
+    `IN_PROCESS_MAX_FILES` files on, Beam's Direct runner with `num_workers` processes."""
+    if download_config.beam_runner is not None or download_config.beam_options is not None:
+      return download_config
+    if num_files < self.IN_PROCESS_MAX_FILES:
+      return None
     try:
-      super()._download_and_prepare(dl_manager, download_config)
+      from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      processing.log(f"apache-beam is not installed: building {num_files} files in this process, "
+                     "one at a time (pip install -e '.[tfds]' to use every core)")
+      return None
+    options = pipeline_options.PipelineOptions([
+        "--runner=DirectRunner", "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={self._num_workers}"])
+    return dataclasses.replace(download_config, beam_options=options)
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    """Lists the files, builds the splits (in this process or with Beam), then stores and
+    prints the build report."""
+    download_config = download_config or tfds.download.DownloadConfig()
+    config = self.builder_config
+    self._listing = processing.Listing()
+    self._source_notes = []
+    self._build_tmp = processing.make_build_tmp()  # Extracted tar members.
+    self._num_tars = 0
+    self._in_process = self._beam_build = None
+    work_dir = None
+    try:
+      items = processing.unique_names(self._list_source(dl_manager))
+      left_out = f" ({len(self._listing.skips)} left out while listing)" if self._listing.skips else ""
+      processing.log(f"config {config.name}: {len(items)} MIDI files found{left_out}")
+      desc = f"encoding ({config.encoding})"
+      beam_config = self._beam_download_config(download_config, len(items)) if items else None
+      if beam_config is None:
+        self._in_process = processing.build_in_process(items, config.settings(), desc=desc)
+        files_report = self._in_process.report
+        if not self._in_process.examples:
+          self._log_report(self._report_dict(files_report, dl_manager))
+          found = (f"none of the {len(items)} MIDI files found is usable (see the report above)"
+                   if items else "no .mid/.midi file (nor .zip/.tar.gz archive of them) was found")
+          raise CorpusError(f"virtuoso_midi/{config.name}: nothing to build: {found}")
+        super()._download_and_prepare(dl_manager, download_config)
+        rows = [row for _, row in self._in_process.skipped_rows]
+      else:
+        beam_pipeline = _beam_pipeline_module()
+        work_dir = epath.Path(self.data_dir) / "_virtuoso_midi_build"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        beam_pipeline.write_items(items, work_dir)
+        self._beam_build = beam_pipeline.Build(
+            work_dir=work_dir, settings=config.settings(), config_name=config.name,
+            num_files=len(items))
+        processing.log(f"{desc}: {len(items)} files with Apache Beam ({_describe_runner(beam_config)})")
+        start = time.monotonic()
+        with _beam_workers_import_this_checkout():
+          super()._download_and_prepare(dl_manager, beam_config)
+        elapsed = time.monotonic() - start
+        processing.log(f"{desc}: {len(items)}/{len(items)} files, {len(items) / elapsed:.1f} "
+                       f"files/s, {elapsed:.1f} s (parse, encode and write)")
+        files_report, rows_file = beam_pipeline.read_results(work_dir)
+        rows = _lines(rows_file) if rows_file is not None else ()
+      report = self._report_dict(files_report, dl_manager)
+      if sum(report["skipped"].values()):
+        # Every skipped file (the metadata lists up to MAX_LISTED_PER_REASON per reason). Written
+        # into the folder being prepared (TFDS renames it to the final one when we return).
+        self._write_skipped_tsv(epath.Path(self.data_dir) / aggregation.SKIPPED_TSV, rows)
+        final_dir = epath.Path(self.data_dir).parent / str(self.version)
+        report["skipped_list"] = os.fspath(final_dir / aggregation.SKIPPED_TSV)
     finally:
-      if self._spill_dir:
-        processing.remove_spill_dir(self._spill_dir)
-        self._spill_dir = None
-    report = self._report.as_dict(encoding=self.builder_config.encoding)
-    if self.builder_config.source == "manual":
-      # Which folder this build read: training checks it against its data.manual_dir.
-      report["manual_dir"] = os.path.abspath(os.fspath(dl_manager.manual_dir))
-    if self._report.all_skips:
-      # Every skipped file (the metadata lists up to MAX_LISTED_PER_REASON per reason). Written
-      # into the folder being prepared (TFDS renames it to the final one when we return).
-      (epath.Path(self.data_dir) / processing.SKIPPED_TSV).write_text(self._report.skipped_tsv())
-      final_dir = epath.Path(self.data_dir).parent / str(self.version)
-      report["skipped_list"] = os.fspath(final_dir / processing.SKIPPED_TSV)
+      processing.remove_build_tmp(self._build_tmp)
+      if work_dir is not None and work_dir.exists():
+        work_dir.rmtree()
+      self._in_process = None  # The examples are written.
     self.info.metadata["report"] = report
-    if processing.verbose():
-      print(flush=True)  # Off the end of TFDS's progress bars.
-    processing.log(f"virtuoso_midi/{self.builder_config.name} "
-                   + processing.format_report(report))
+    self._log_report(report)
     train = report["splits"].get("train", 0)
     if train < SMALL_TRAIN_SPLIT:
       processing.log(
           f"WARNING: only {train} of {report['examples']} songs landed in train (splits are "
           "90/5/5 by content hash, so a corpus this small trains on very little); add more "
           "MIDI files for a useful model")
+
+  def _report_dict(self, files_report: aggregation.Report, dl_manager) -> dict[str, Any]:
+    """The stored report: what listing left out (first), then the files read."""
+    report = aggregation.Report()
+    for n, (name, reason, detail) in enumerate(self._listing.skips):
+      report.skip((0, n), reason, name, detail)
+    report.merge(files_report)
+    out = report.as_dict(encoding=self.builder_config.encoding,
+                         source_notes=self._source_notes + self._listing.notes)
+    if self.builder_config.source == "manual":
+      # Which folder this build read: training checks it against its data.manual_dir.
+      out["manual_dir"] = os.path.abspath(os.fspath(dl_manager.manual_dir))
+    return out
+
+  def _write_skipped_tsv(self, path: epath.Path, rows) -> None:
+    """skipped.tsv: a header, what listing left out, then every skipped file's row."""
+    with path.open("w") as f:
+      f.write(aggregation.SKIPPED_TSV_HEADER + "\n")
+      for name, reason, detail in self._listing.skips:
+        f.write(aggregation.tsv_row(reason, name, detail) + "\n")
+      for row in rows:
+        f.write(row + "\n")
+
+  def _log_report(self, report: dict[str, Any]) -> None:
+    if processing.verbose():
+      print(flush=True)  # Off the end of TFDS's progress bars.
+    processing.log(f"virtuoso_midi/{self.builder_config.name} "
+                   + aggregation.format_report(report))
+
+
+def _beam_pipeline_module():
+  """beam_pipeline.py, imported only for a Beam build (it imports apache_beam)."""
+  try:
+    from . import beam_pipeline  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover - imported as a top-level module.
+    import beam_pipeline  # type: ignore[no-redef]  # pylint: disable=g-import-not-at-top
+  return beam_pipeline
+
+
+def _lines(path: epath.Path):
+  """The lines of a text file, streamed."""
+  with path.open("r") as f:
+    for line in f:
+      yield line.rstrip("\n")
+
+
+def _describe_runner(download_config) -> str:
+  if download_config.beam_runner is not None:
+    return f"runner {download_config.beam_runner!r}"
+  options = download_config.beam_options.get_all_options(drop_default=True)
+  return ", ".join(f"{k}={v}" for k, v in sorted(options.items()) if not k.startswith("pipeline_type")) or "default options"
+
+
+@contextlib.contextmanager
+def _beam_workers_import_this_checkout():
+  """While a Beam pipeline runs: $PYTHONPATH starts with the folders this builder's modules
+  and virtuoso_jax were imported from, so the worker processes a local runner starts (they
+  inherit the environment, not sys.path) unpickle our DoFns by the names the driver used
+  (`tfds build` imports this folder as `virtuoso_midi`). Remote runners (Dataflow, Flink,
+  Spark) need the code installed on their workers instead (README: `--setup_file`)."""
+  roots = [processing.module_root(processing.__name__), processing.module_root(enc.__name__)]
+  old = os.environ.get("PYTHONPATH")
+  os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(roots + ([old] if old else [])))
+  try:
+    yield
+  finally:
+    if old is None:
+      os.environ.pop("PYTHONPATH", None)
+    else:
+      os.environ["PYTHONPATH"] = old
