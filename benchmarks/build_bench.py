@@ -1,101 +1,222 @@
-r"""Build throughput of the virtuoso_midi dataset: files/s and notes/s, 1 worker vs all cores.
+r"""Build throughput and memory of the virtuoso_midi dataset: files/s, notes/s, peak RSS of the
+driver and of the workers.
 
-  python benchmarks/build_bench.py                       # ../shared/corpora, token and char
-  python benchmarks/build_bench.py --corpora=/my/midis --configs=token --workers=1,4,16
-  python benchmarks/build_bench.py --copies=8    # 8 copies: enough work to amortize workers
+  python benchmarks/build_bench.py --files=10000,100000     # synthetic corpora of that size
+  python benchmarks/build_bench.py --files=                 # ../shared/corpora, token and char
+  python benchmarks/build_bench.py --files= --corpora=/my/midis --configs=token --workers=1,4
 
-Each run is a fresh TF-free `download_and_prepare(file_format='array_record')` of the
-`--manual_dir` config into a temporary data dir (parse + encode + write + report), timed end
-to end. Prints one JSON line per figure: {"name", "value", "unit", ...context}.
+Synthetic corpora (`make_synthetic_corpus`) are generated deterministically from `--seed` into
+a temporary folder, 1000 files a folder: small multi-instrument songs (2 to 4 GM instruments,
+drums in half of them, 60 to 400 notes), with shares of corrupt (`CORRUPT`), empty (0 bytes),
+note-less and duplicate files. Each build is a fresh subprocess, `python -m
+data_pipelines.virtuoso_midi.prepare` (the builder decides the runner: in-process under
+`Builder.IN_PROCESS_MAX_FILES` files, else Beam's Direct runner with `--workers` processes;
+`--beam_pipeline_options` forces one), into a temporary data dir, timed end to end (listing,
+parse, encode, write, report). Memory is sampled every 0.2 s from /proc: the driver's VmHWM
+(its own high-water mark), the largest VmHWM of any process under it (a Beam worker or a
+parser sandbox), and the largest sum of their VmRSS seen at once.
+
+Prints one JSON line per figure: {"name", "value", "unit", ...context}.
 """
 
 import json
-import shutil
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
+import numpy as np
+import psutil
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import tensorflow_datasets as tfds  # noqa: E402
-
-from data_pipelines.virtuoso_midi import processing  # noqa: E402
-from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # noqa: E402
+from virtuoso_jax.encoding import DRUMS, Notes, notes_to_midi  # noqa: E402
 
 DEFAULT_CORPORA = os.environ.get("VIRTUOSO_CORPORA", str(REPO_ROOT.parent / "shared" / "corpora"))
 
+_FILES = flags.DEFINE_string(
+    "files", "10000", "Comma-separated sizes of synthetic corpora to build; '' = build "
+    "--corpora instead.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic corpora.")
 _CORPORA = flags.DEFINE_string("corpora", DEFAULT_CORPORA,
-                               "Folder of MIDI files ($VIRTUOSO_CORPORA, else ../shared/corpora).")
-_CONFIGS = flags.DEFINE_string("configs", "token,char", "Comma-separated builder configs.")
-_WORKERS = flags.DEFINE_string("workers", f"1,{processing.default_num_workers()}",
-                               "comma-separated worker counts")
-_COPIES = flags.DEFINE_integer(
-    "copies", 1, "build over this many copies of the corpus (hard links, else copies)")
+                               "Folder of MIDI files when --files is '' ($VIRTUOSO_CORPORA, "
+                               "else ../shared/corpora).")
+_CONFIGS = flags.DEFINE_string("configs", "token", "Comma-separated builder configs.")
+_WORKERS = flags.DEFINE_string("workers", str(os.cpu_count() or 1),
+                               "Comma-separated worker counts (prepare --num_workers).")
+_BEAM_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "",
+                                    "Passed to prepare ('' = the builder chooses).")
+_TIMEOUT = flags.DEFINE_integer("timeout_s", 3 * 3600, "Per build.")
+
+# Shares of the synthetic corpus that are not good, unique songs.
+CORRUPT, EMPTY, NO_NOTES, DUPLICATE = 0.03, 0.01, 0.01, 0.05
+_GM = (0, 4, 19, 24, 25, 33, 40, 48, 56, 65, 71, 73)
 
 
-def replicate(corpora: str, copies: int, tmp: str) -> str:
-  """A folder with `copies` copies of the corpus (copies > 1 parse and encode the same files
-  again, then collapse as duplicates: a bigger load for the parallel figure). Files are hard
-  links where the file system allows (else copies): the builder walks each real folder once, so
-  symlinked folders would be read once and the load would not grow."""
-  if copies == 1:
-    return corpora
-  root = pathlib.Path(tmp) / "replicated"
-  src = pathlib.Path(corpora).resolve()
-  for i in range(copies):
-    for path in sorted(src.rglob("*")):
-      if not path.is_file():
-        continue
-      dest = root / f"copy{i:02d}" / path.relative_to(src)
-      dest.parent.mkdir(parents=True, exist_ok=True)
+def _kind(seed: int, index: int) -> str:
+  u = np.random.default_rng([seed, index, 1]).random()
+  for kind, share in (("corrupt", CORRUPT), ("empty", EMPTY), ("no_notes", NO_NOTES),
+                      ("duplicate", DUPLICATE)):
+    if u < share:
+      return kind
+    u -= share
+  return "good"
+
+
+def synthetic_song(seed: int, index: int) -> bytes:
+  """Song `index`: a melody and chords over 2-4 instruments, drums in half (deterministic)."""
+  rng = np.random.default_rng([seed, index, 0])
+  instruments = [int(i) for i in rng.choice(_GM, size=int(rng.integers(2, 5)), replace=False)]
+  if rng.random() < 0.5:
+    instruments.append(DRUMS)
+  num_notes = int(rng.integers(60, 401))
+  step = int(rng.choice((10, 15, 20, 25, 30)))
+  rows = []
+  for k in range(num_notes):
+    inst = instruments[k % len(instruments)]
+    pitch = int(rng.integers(35, 60)) if inst == DRUMS else int(rng.integers(36, 90))
+    rows.append((k // len(instruments) * step * 4 + int(rng.integers(0, 3)) * step,
+                 int(rng.integers(5, 120)), pitch, int(rng.integers(30, 128)), inst))
+  rows.sort(key=lambda r: (r[0], r[4], -r[2]))
+  return notes_to_midi(Notes.from_rows(rows))
+
+
+def make_synthetic_corpus(root: pathlib.Path, num_files: int, seed: int) -> dict[str, int]:
+  """Writes `num_files` files under `root` (1000 a folder); returns how many of each kind."""
+  counts: dict[str, int] = {}
+  for index in range(num_files):
+    kind = _kind(seed, index)
+    if kind == "good":
+      data = synthetic_song(seed, index)
+    elif kind == "duplicate":
+      # The bytes of an earlier good song (a song is generated again rather than kept).
+      rng = np.random.default_rng([seed, index, 2])
+      earlier = [j for j in rng.integers(0, max(index, 1), size=8) if _kind(seed, int(j)) == "good"]
+      kind, data = ("duplicate", synthetic_song(seed, int(earlier[0]))) if earlier else (
+          "good", synthetic_song(seed, index))
+    elif kind == "corrupt":
+      good = synthetic_song(seed, index)
+      rng = np.random.default_rng([seed, index, 3])
+      data = good[:22] + rng.integers(0, 256, size=200, dtype=np.uint8).tobytes()
+    elif kind == "empty":
+      data = b""
+    else:
+      data = notes_to_midi(Notes.empty())
+    counts[kind] = counts.get(kind, 0) + 1
+    folder = root / f"{index // 1000:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"song_{index:07d}.mid").write_bytes(data)
+  return counts
+
+
+def _vm(pid: int, field: str) -> int:
+  """A /proc/<pid>/status field in bytes (0 if the process is gone)."""
+  try:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 0
+
+
+def run_watched(cmd: list[str], timeout_s: float) -> dict:
+  """Runs `cmd`, sampling its memory and its descendants'; returns the figures and output."""
+  start = time.perf_counter()
+  with tempfile.TemporaryFile("w+") as out:
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT),
+                                 "TF_CPP_MIN_LOG_LEVEL": "3"})
+    driver_peak = worker_peak = workers_total = 0
+    num_workers = set()
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+      if time.perf_counter() - start > timeout_s:
+        proc.kill()
+        break
+      driver_peak = max(driver_peak, _vm(proc.pid, "VmHWM"))
       try:
-        os.link(path, dest)
-      except OSError:  # Another file system, or links not allowed: copy the bytes.
-        shutil.copyfile(path, dest)
-  return str(root)
+        children = parent.children(recursive=True)
+      except psutil.Error:
+        children = []
+      total = 0
+      for child in children:
+        num_workers.add(child.pid)
+        worker_peak = max(worker_peak, _vm(child.pid, "VmHWM"))
+        total += _vm(child.pid, "VmRSS")
+      workers_total = max(workers_total, total)
+      time.sleep(0.2)
+    proc.wait()
+    out.seek(0)
+    text = out.read()
+  return {"rc": proc.returncode, "seconds": time.perf_counter() - start, "output": text,
+          "driver_peak": driver_peak, "worker_peak": worker_peak,
+          "workers_total_peak": workers_total, "processes": len(num_workers)}
 
 
-def build_once(corpora: str, config: str, workers: int) -> dict:
-  with tempfile.TemporaryDirectory() as data_dir:
-    builder = vm.Builder(config=config, data_dir=data_dir, num_workers=workers)
-    start = time.perf_counter()
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=corpora))
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "report": dict(builder.info.metadata["report"])}
+def build(corpus: str, config: str, workers: int, tmp: str) -> dict:
+  data_dir = tempfile.mkdtemp(prefix="data_", dir=tmp)
+  cmd = [sys.executable, "-m", "data_pipelines.virtuoso_midi.prepare", f"--config={config}",
+         f"--manual_dir={corpus}", f"--data_dir={data_dir}", f"--num_workers={workers}"]
+  if _BEAM_OPTIONS.value:
+    cmd.append(f"--beam_pipeline_options={_BEAM_OPTIONS.value}")
+  result = run_watched(cmd, _TIMEOUT.value)
+  if result["rc"] != 0:
+    raise RuntimeError(f"build failed ({result['rc']}): {result['output'][-3000:]}")
+  meta = json.loads((pathlib.Path(data_dir) / "virtuoso_midi" / config / "1.0.0" /
+                     "metadata.json").read_text())
+  result["report"] = meta["report"]
+  result["mode"] = "beam" if "with Apache Beam" in result["output"] else "in_process"
+  shutil.rmtree(data_dir, ignore_errors=True)
+  return result
+
+
+def emit(name: str, value: float, unit: str, **context) -> None:
+  print(json.dumps({"name": name, "value": value, "unit": unit, **context}), flush=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not pathlib.Path(_CORPORA.value).is_dir():
-    sys.exit(f"corpora folder not found: {_CORPORA.value} (set --corpora or VIRTUOSO_CORPORA)")
-  copies = _COPIES.value
-  cores = processing.default_num_workers()
-  tmp = tempfile.mkdtemp(prefix="build_bench_")
-  corpora = replicate(_CORPORA.value, copies, tmp)
-  for config in _CONFIGS.value.split(","):
-    for workers in [int(w) for w in _WORKERS.value.split(",")]:
-      result = build_once(corpora, config, workers)
-      report, seconds = result["report"], result["seconds"]
-      # Every copy is parsed and encoded before duplicates collapse: count its notes too.
-      notes = report["notes"] * copies
-      context = {"config": config, "workers": workers, "cores": cores, "copies": copies,
-                 "files": report["files_read"], "notes": notes,
-                 "seconds": round(seconds, 3)}
-      for name, value, unit in (
-          ("build_files_per_s", report["files_read"] / seconds, "files/s"),
-          ("build_notes_per_s", notes / seconds, "notes/s")):
-        print(json.dumps({"name": name, "value": round(value, 1), "unit": unit, **context}),
-              flush=True)
-  shutil.rmtree(tmp, ignore_errors=True)
+  tmp = tempfile.mkdtemp(prefix="build_bench_", dir=os.environ.get("VIRTUOSO_BUILD_TMP") or None)
+  try:
+    corpora = []
+    for size in [int(s) for s in _FILES.value.split(",") if s]:
+      root = pathlib.Path(tmp) / f"synthetic_{size}"
+      start = time.perf_counter()
+      counts = make_synthetic_corpus(root, size, _SEED.value)
+      print(f"# synthetic corpus of {size} files {counts} in {time.perf_counter() - start:.0f} s",
+            file=sys.stderr, flush=True)
+      corpora.append((str(root), {"corpus": "synthetic", "seed": _SEED.value, "kinds": counts}))
+    if not corpora:
+      if not pathlib.Path(_CORPORA.value).is_dir():
+        sys.exit(f"corpora folder not found: {_CORPORA.value} (set --corpora or VIRTUOSO_CORPORA)")
+      corpora.append((_CORPORA.value, {"corpus": _CORPORA.value}))
+    for corpus, about in corpora:
+      for config in _CONFIGS.value.split(","):
+        for workers in [int(w) for w in _WORKERS.value.split(",")]:
+          r = build(corpus, config, workers, tmp)
+          report, seconds = r["report"], r["seconds"]
+          context = {"config": config, "workers": workers, "cores": os.cpu_count(),
+                     "mode": r["mode"], "files": report["files_read"],
+                     "examples": report["examples"], "notes": report["notes"],
+                     "skipped": report["skipped"], "seconds": round(seconds, 1),
+                     "processes_seen": r["processes"], **about}
+          emit("build_files_per_s", round(report["files_read"] / seconds, 1), "files/s", **context)
+          emit("build_notes_per_s", round(report["notes"] / seconds), "notes/s", **context)
+          for name, key in (("build_driver_peak_rss", "driver_peak"),
+                            ("build_worker_peak_rss", "worker_peak"),
+                            ("build_workers_total_peak_rss", "workers_total_peak")):
+            emit(name, round(r[key] / 2**20, 1), "MiB", **context)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ r"""Prepares a virtuoso_midi config without the `tfds` CLI (no TensorFlow needed
   python -m data_pipelines.virtuoso_midi.prepare --config=token --manual_dir=/my/midis \
       --data_dir=/data/tfds
 
+  python -m data_pipelines.virtuoso_midi.prepare --config=token --manual_dir=/my/midis \
+      --beam_pipeline_options=runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=8
+
 It runs `Builder(...).download_and_prepare(file_format='array_record')`, printing what it does
 (sources, progress with files/s and ETA, the build report) as `[virtuoso_midi] ...` lines only;
 `--verbose` (or VIRTUOSO_VERBOSE=1) adds TFDS's progress bars, INFO logs and prints. The trainer runs exactly this in a
@@ -24,7 +27,13 @@ _CONFIG = flags.DEFINE_string("config", "bach_token", "Builder config, e.g. bach
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder of MIDI files (token/char configs).")
 _DOWNLOAD_DIR = flags.DEFINE_string("download_dir", "", "Download/cache folder ('' = <data_dir>/downloads).")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Build processes (0 = all cores).")
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", 0, "Worker processes of the local Beam runner the builder starts on corpora "
+    "too big to build in-process, and of the Bach conversion (0 = all cores).")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", "", "Build with Apache Beam with these options, comma-separated "
+    "key=value as for `tfds build` (e.g. runner=DataflowRunner,project=...); '' = the builder "
+    "chooses (in this process for small corpora, else Beam's Direct runner on all cores).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset is already prepared.")
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Also show TFDS's own output: progress bars, INFO logs (sets "
@@ -33,7 +42,7 @@ _VERBOSE = flags.DEFINE_bool(
 
 def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None = None,
             download_dir: str | None = None, num_workers: int | None = None,
-            overwrite: bool = False):
+            overwrite: bool = False, beam_pipeline_options: str = ""):
   """Builds one config as array_record and returns the builder (its `info` holds the report).
 
   Args:
@@ -43,6 +52,8 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
     download_dir: download/cache folder (None: `<data_dir>/downloads`).
     num_workers: build processes (None: all cores).
     overwrite: delete and rebuild an existing preparation of this config and version.
+    beam_pipeline_options: comma-separated Beam options, as `tfds build` takes them ('' = the
+      builder chooses how to build).
   """
   # Imported here: `--help` and flag errors stay instant.
   from etils import epath  # pylint: disable=g-import-not-at-top
@@ -66,7 +77,13 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
         f"(version {builder.version}, array_record) into {where}", flush=True)
   if manual_dir:
     print(f"[virtuoso_midi] reading MIDI files from {manual_dir}", flush=True)
-  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+  beam_options = None
+  if beam_pipeline_options:
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+    beam_options = pipeline_options.PipelineOptions(
+        flags=[f"--{opt}" for opt in beam_pipeline_options.split(",")])
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None,
+                                                 beam_options=beam_options)
   start = time.monotonic()
   builder.download_and_prepare(file_format="array_record", download_dir=download_dir or None,
                                download_config=download_config)
@@ -88,7 +105,7 @@ def main(argv):
   try:
     prepare(_CONFIG.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
             download_dir=_DOWNLOAD_DIR.value, num_workers=_NUM_WORKERS.value,
-            overwrite=_OVERWRITE.value)
+            overwrite=_OVERWRITE.value, beam_pipeline_options=_BEAM_OPTIONS.value)
   except (ValueError, FileNotFoundError) as e:
     # A bad config name, or a CorpusError: no/empty MIDI folder, no usable file, a prepared
     # dataset of another folder.
