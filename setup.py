@@ -29,9 +29,12 @@ EXTRAS_REQUIRE = {
     # The `tfds build` CLI imports TensorFlow at start-up; apache-beam and mlcroissant are
     # imported by its builder machinery (see README, "Building datasets").
     "tfds": ["tensorflow-cpu>=2.16", "apache-beam>=2.60", "mlcroissant>=1.0", "dill>=0.3"],
+    # Building datasets with Apache Beam without TensorFlow (`prepare --beam_pipeline_options`);
+    # add the runner's own extra on a cluster, e.g. apache-beam[gcp] for Dataflow.
+    "beam": ["apache-beam>=2.60"],
     # Audio rendering of samples (also needs the fluidsynth binary/library from apt).
     "audio": ["pyfluidsynth>=1.3"],
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "dill>=0.3"],
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "dill>=0.3", "psutil>=5.9"],
 }
 EXTRAS_REQUIRE["all"] = sorted({r for v in EXTRAS_REQUIRE.values() for r in v})
 
@@ -42,7 +45,10 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["virtuoso_jax", "virtuoso_jax.*"]),
+    # data_pipelines too: a remote Beam runner's workers (Dataflow, Flink, Spark) install this
+    # package (`--setup_file=./setup.py`) to import the dataset build's DoFns.
+    packages=setuptools.find_packages(
+        include=["virtuoso_jax", "virtuoso_jax.*", "data_pipelines", "data_pipelines.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={

@@ -9,12 +9,17 @@ Synthetic corpora (`make_synthetic_corpus`) are generated deterministically from
 a temporary folder, 1000 files a folder: small multi-instrument songs (2 to 4 GM instruments,
 drums in half of them, 60 to 400 notes), with shares of corrupt (`CORRUPT`), empty (0 bytes),
 note-less and duplicate files. Each build is a fresh subprocess, `python -m
-data_pipelines.virtuoso_midi.prepare` (the builder decides the runner: in-process under
-`Builder.IN_PROCESS_MAX_FILES` files, else Beam's Direct runner with `--workers` processes;
-`--beam_pipeline_options` forces one), into a temporary data dir, timed end to end (listing,
-parse, encode, write, report). Memory is sampled every 0.2 s from /proc: the driver's VmHWM
-(its own high-water mark), the largest VmHWM of any process under it (a Beam worker or a
-parser sandbox), and the largest sum of their VmRSS seen at once.
+data_pipelines.virtuoso_midi.prepare`, into a temporary data dir, timed end to end (listing,
+parse, encode, write, report), with each of `--runners`:
+- `auto`: the builder decides (in-process under `Builder.IN_PROCESS_MAX_FILES` files, else
+  Beam's Direct runner with `--workers` processes, whose runner lives in the driver process);
+- `portable`: a local stand-in for a cluster: Beam's Python job service
+  (`local_job_service_main`) and an external worker pool (`worker_pool_main`), each its own
+  process, with the driver submitting to them (`runner=PortableRunner`) as it would to Flink or
+  Spark; the job service runs the pipeline with one worker (it takes no worker count).
+Memory is sampled every 0.2 s from /proc: the driver's VmHWM (its own high-water mark), the job
+service's (`portable` only), the largest VmHWM of any worker process (Beam SDK workers, parser
+sandboxes, the worker pool) and the largest sum of their VmRSS seen at once.
 
 Prints one JSON line per figure: {"name", "value", "unit", ...context}.
 """
@@ -23,6 +28,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,8 +56,7 @@ _CORPORA = flags.DEFINE_string("corpora", DEFAULT_CORPORA,
 _CONFIGS = flags.DEFINE_string("configs", "token", "Comma-separated builder configs.")
 _WORKERS = flags.DEFINE_string("workers", str(os.cpu_count() or 1),
                                "Comma-separated worker counts (prepare --num_workers).")
-_BEAM_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "",
-                                    "Passed to prepare ('' = the builder chooses).")
+_RUNNERS = flags.DEFINE_string("runners", "auto", "Comma-separated: auto, portable (above).")
 _TIMEOUT = flags.DEFINE_integer("timeout_s", 3 * 3600, "Per build.")
 
 # Shares of the synthetic corpus that are not good, unique songs.
@@ -127,53 +132,115 @@ def _vm(pid: int, field: str) -> int:
   return 0
 
 
-def run_watched(cmd: list[str], timeout_s: float) -> dict:
-  """Runs `cmd`, sampling its memory and its descendants'; returns the figures and output."""
+_ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+  try:
+    return psutil.Process(pid).children(recursive=True)
+  except psutil.Error:
+    return []
+
+
+def run_watched(cmd: list[str], timeout_s: float, runner_pid: int | None = None,
+                pool_pid: int | None = None) -> dict:
+  """Runs `cmd` (the driver), sampling its memory, the job service's (`runner_pid`) and the
+  workers' (the driver's descendants, the pool and its descendants)."""
   start = time.perf_counter()
   with tempfile.TemporaryFile("w+") as out:
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT),
-                                 "TF_CPP_MIN_LOG_LEVEL": "3"})
-    driver_peak = worker_peak = workers_total = 0
-    num_workers = set()
-    parent = psutil.Process(proc.pid)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=_ENV)
+    driver_peak = runner_peak = worker_peak = workers_total = 0
+    seen = set()
     while proc.poll() is None:
       if time.perf_counter() - start > timeout_s:
         proc.kill()
         break
       driver_peak = max(driver_peak, _vm(proc.pid, "VmHWM"))
-      try:
-        children = parent.children(recursive=True)
-      except psutil.Error:
-        children = []
+      if runner_pid:
+        runner_peak = max(runner_peak, _vm(runner_pid, "VmHWM"))
+      workers = [p.pid for p in _descendants(proc.pid)]
+      if pool_pid:
+        workers += [pool_pid] + [p.pid for p in _descendants(pool_pid)]
       total = 0
-      for child in children:
-        num_workers.add(child.pid)
-        worker_peak = max(worker_peak, _vm(child.pid, "VmHWM"))
-        total += _vm(child.pid, "VmRSS")
+      for pid in workers:
+        seen.add(pid)
+        worker_peak = max(worker_peak, _vm(pid, "VmHWM"))
+        total += _vm(pid, "VmRSS")
       workers_total = max(workers_total, total)
       time.sleep(0.2)
     proc.wait()
     out.seek(0)
     text = out.read()
   return {"rc": proc.returncode, "seconds": time.perf_counter() - start, "output": text,
-          "driver_peak": driver_peak, "worker_peak": worker_peak,
-          "workers_total_peak": workers_total, "processes": len(num_workers)}
+          "driver_peak": driver_peak, "runner_peak": runner_peak, "worker_peak": worker_peak,
+          "workers_total_peak": workers_total, "processes": len(seen)}
 
 
-def build(corpus: str, config: str, workers: int, tmp: str) -> dict:
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, what: str) -> None:
+  deadline = time.monotonic() + 120
+  while time.monotonic() < deadline:
+    if proc.poll() is not None:
+      raise RuntimeError(f"{what} exited ({proc.returncode})")
+    with socket.socket() as s:
+      if s.connect_ex(("localhost", port)) == 0:
+        return
+    time.sleep(0.5)
+  raise RuntimeError(f"{what} did not listen on {port}")
+
+
+class LocalCluster:
+  """Beam's Python job service and an external worker pool, each a process of its own."""
+
+  def __enter__(self):
+    self.pool_port, self.job_port = _free_port(), _free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": _ENV,
+             "cwd": REPO_ROOT}
+    self.pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                                  f"--service_port={self.pool_port}"], **quiet)
+    self.jobs = subprocess.Popen([sys.executable, "-m",
+                                  "apache_beam.runners.portability.local_job_service_main",
+                                  f"--port={self.job_port}"], **quiet)
+    _wait_for_port(self.pool_port, self.pool, "the Beam worker pool")
+    _wait_for_port(self.job_port, self.jobs, "the Beam job service")
+    return self
+
+  def options(self) -> str:
+    return (f"runner=PortableRunner,job_endpoint=localhost:{self.job_port},"
+            f"environment_type=EXTERNAL,environment_config=localhost:{self.pool_port}")
+
+  def __exit__(self, *exc):
+    for proc in (self.jobs, self.pool):
+      for child in _descendants(proc.pid):
+        child.kill()
+      proc.kill()
+      proc.wait()
+
+
+def build(corpus: str, config: str, workers: int, runner: str, tmp: str) -> dict:
   data_dir = tempfile.mkdtemp(prefix="data_", dir=tmp)
   cmd = [sys.executable, "-m", "data_pipelines.virtuoso_midi.prepare", f"--config={config}",
          f"--manual_dir={corpus}", f"--data_dir={data_dir}", f"--num_workers={workers}"]
-  if _BEAM_OPTIONS.value:
-    cmd.append(f"--beam_pipeline_options={_BEAM_OPTIONS.value}")
-  result = run_watched(cmd, _TIMEOUT.value)
+  if runner == "portable":
+    with LocalCluster() as cluster:
+      cmd.append(f"--beam_pipeline_options={cluster.options()}")
+      result = run_watched(cmd, _TIMEOUT.value, cluster.jobs.pid, cluster.pool.pid)
+  elif runner == "auto":
+    result = run_watched(cmd, _TIMEOUT.value)
+  else:
+    raise app.UsageError(f"unknown runner {runner!r}: auto or portable")
   if result["rc"] != 0:
     raise RuntimeError(f"build failed ({result['rc']}): {result['output'][-3000:]}")
   meta = json.loads((pathlib.Path(data_dir) / "virtuoso_midi" / config / "1.0.0" /
                      "metadata.json").read_text())
   result["report"] = meta["report"]
-  result["mode"] = "beam" if "with Apache Beam" in result["output"] else "in_process"
+  result["mode"] = (("beam_portable" if runner == "portable" else "beam_direct")
+                    if "with Apache Beam" in result["output"] else "in_process")
   shutil.rmtree(data_dir, ignore_errors=True)
   return result
 
@@ -199,21 +266,25 @@ def main(argv):
       if not pathlib.Path(_CORPORA.value).is_dir():
         sys.exit(f"corpora folder not found: {_CORPORA.value} (set --corpora or VIRTUOSO_CORPORA)")
       corpora.append((_CORPORA.value, {"corpus": _CORPORA.value}))
+    runs = [(config, workers, runner) for config in _CONFIGS.value.split(",")
+            for runner in _RUNNERS.value.split(",")
+            for workers in ([int(w) for w in _WORKERS.value.split(",")] if runner == "auto" else [1])]
     for corpus, about in corpora:
-      for config in _CONFIGS.value.split(","):
-        for workers in [int(w) for w in _WORKERS.value.split(",")]:
-          r = build(corpus, config, workers, tmp)
-          report, seconds = r["report"], r["seconds"]
-          context = {"config": config, "workers": workers, "cores": os.cpu_count(),
-                     "mode": r["mode"], "files": report["files_read"],
-                     "examples": report["examples"], "notes": report["notes"],
-                     "skipped": report["skipped"], "seconds": round(seconds, 1),
-                     "processes_seen": r["processes"], **about}
-          emit("build_files_per_s", round(report["files_read"] / seconds, 1), "files/s", **context)
-          emit("build_notes_per_s", round(report["notes"] / seconds), "notes/s", **context)
-          for name, key in (("build_driver_peak_rss", "driver_peak"),
-                            ("build_worker_peak_rss", "worker_peak"),
-                            ("build_workers_total_peak_rss", "workers_total_peak")):
+      for config, workers, runner in runs:
+        r = build(corpus, config, workers, runner, tmp)
+        report, seconds = r["report"], r["seconds"]
+        context = {"config": config, "workers": workers, "cores": os.cpu_count(),
+                   "mode": r["mode"], "files": report["files_read"],
+                   "examples": report["examples"], "notes": report["notes"],
+                   "skipped": report["skipped"], "seconds": round(seconds, 1),
+                   "processes_seen": r["processes"], **about}
+        emit("build_files_per_s", round(report["files_read"] / seconds, 1), "files/s", **context)
+        emit("build_notes_per_s", round(report["notes"] / seconds), "notes/s", **context)
+        for name, key in (("build_driver_peak_rss", "driver_peak"),
+                          ("build_runner_peak_rss", "runner_peak"),
+                          ("build_worker_peak_rss", "worker_peak"),
+                          ("build_workers_total_peak_rss", "workers_total_peak")):
+          if key != "runner_peak" or runner == "portable":
             emit(name, round(r[key] / 2**20, 1), "MiB", **context)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import pathlib
 import sys
@@ -59,12 +60,28 @@ except ModuleNotFoundError as _e:  # pragma: no cover - depends on how the packa
   from virtuoso_jax import encoding as enc
 from virtuoso_jax import dataset as vj_dataset  # pylint: disable=g-bad-import-order
 
-try:  # `tfds build` imports this module as `virtuoso_midi.virtuoso_midi_dataset_builder`.
-  from . import aggregation
-  from . import processing
-except ImportError:  # pragma: no cover - imported as a top-level module.
-  import aggregation  # type: ignore[no-redef]
-  import processing  # type: ignore[no-redef]
+
+
+def _build_module(name: str):
+  """This folder's module `name`, as `data_pipelines.virtuoso_midi.<name>` when that package is
+  this folder: Beam pickles our DoFns by module name, and a remote runner's workers have the
+  package installed under that name (setup.py), not as the `virtuoso_midi` that `tfds build`
+  imports this folder as. Otherwise (another checkout installed, or none) the module next to
+  this file."""
+  here = pathlib.Path(__file__).resolve().parent
+  try:
+    package = importlib.import_module("data_pipelines.virtuoso_midi")
+    if pathlib.Path(package.__file__).resolve().parent == here:
+      return importlib.import_module(f"data_pipelines.virtuoso_midi.{name}")
+  except ImportError:
+    pass
+  if __package__:
+    return importlib.import_module(f"{__package__}.{name}")
+  return importlib.import_module(name)  # pragma: no cover - imported as a top-level module.
+
+
+aggregation = _build_module("aggregation")
+processing = _build_module("processing")
 
 _HOMEPAGE = "https://github.com/asigalov61/Tegridy-MIDI-Dataset"
 
@@ -547,11 +564,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 def _beam_pipeline_module():
   """beam_pipeline.py, imported only for a Beam build (it imports apache_beam)."""
-  try:
-    from . import beam_pipeline  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover - imported as a top-level module.
-    import beam_pipeline  # type: ignore[no-redef]  # pylint: disable=g-import-not-at-top
-  return beam_pipeline
+  return _build_module("beam_pipeline")
 
 
 def _lines(path: epath.Path):
