@@ -154,6 +154,19 @@ def test_any_failure_of_one_file_is_that_files_skip(tmp_path, monkeypatch, hosti
   assert {n: r for r, n, _ in rows} == {n: v[1] for n, v in HOSTILE.items()}
 
 
+def test_a_beam_build_of_too_few_files_says_why(tmp_path):
+  """TFDS's Beam writer refuses an empty split: under 3 usable files the pipeline stops with
+  a CorpusError that says so (the in-process build puts them all in train)."""
+  corpus = tmp_path / "midis"
+  corpus.mkdir()
+  for i in range(2):
+    (corpus / f"s{i}.mid").write_bytes(song(i))
+  (corpus / "bad.mid").write_bytes(b"MThd garbage")
+  with pytest.raises(vm.CorpusError, match="only 2 usable distinct MIDI file.*needs at least 3"):
+    build(tmp_path / "beam", "token", corpus, beam_options=in_memory_beam())
+  assert build(tmp_path / "local", "token", corpus).info.metadata["report"]["splits"] == {"train": 2}
+
+
 def test_the_metadata_lists_the_first_skips_whatever_the_merge_order():
   n = aggregation.MAX_LISTED_PER_REASON + 50
   skips = [((1, i), "corrupt", f"bad_{i}.mid", f"reason {i}") for i in range(n)]

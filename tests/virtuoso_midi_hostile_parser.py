@@ -1,10 +1,11 @@
 """A MIDI parser for the virtuoso_midi hardening tests (tests/dataset_hardening_test.py): the
-build runs it in its spawned workers (`processing.Settings.parser`). A file whose bytes start
-with one of these commands misbehaves as told; any other file goes to the real parser.
+build runs it in its parser processes (`processing.FileSandbox`, named by
+`processing.Settings.parser`). A file whose bytes start with one of these commands misbehaves
+as told; any other file goes to the real parser.
 
   RAISE:<ExceptionType>   raise that builtin exception type (not MidiError)
-  EXIT                    the worker process exits (os._exit(3))
-  SEGV                    the worker process dies of SIGSEGV
+  EXIT                    the parser process exits (os._exit(3))
+  SEGV                    the parser process dies of SIGSEGV
   HANG                    never returns
 """
 

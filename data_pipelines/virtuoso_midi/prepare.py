@@ -50,7 +50,7 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
     data_dir: TFDS data dir (None: the TFDS default).
     manual_dir: the MIDI folder, for the `token`/`char` configs.
     download_dir: download/cache folder (None: `<data_dir>/downloads`).
-    num_workers: build processes (None: all cores).
+    num_workers: processes of the local Beam runner and the Bach conversion (None: all cores).
     overwrite: delete and rebuild an existing preparation of this config and version.
     beam_pipeline_options: comma-separated Beam options, as `tfds build` takes them ('' = the
       builder chooses how to build).

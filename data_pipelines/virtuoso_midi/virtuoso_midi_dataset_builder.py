@@ -61,7 +61,6 @@ except ModuleNotFoundError as _e:  # pragma: no cover - depends on how the packa
 from virtuoso_jax import dataset as vj_dataset  # pylint: disable=g-bad-import-order
 
 
-
 def _build_module(name: str):
   """This folder's module `name`, as `data_pipelines.virtuoso_midi.<name>` when that package is
   this folder: Beam pickles our DoFns by module name, and a remote runner's workers have the
@@ -463,10 +462,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       processing.log(f"apache-beam is not installed: building {num_files} files in this process, "
                      "one at a time (pip install -e '.[tfds]' to use every core)")
       return None
-    options = pipeline_options.PipelineOptions([
-        "--runner=DirectRunner", "--direct_running_mode=multi_processing",
-        f"--direct_num_workers={self._num_workers}"])
-    return dataclasses.replace(download_config, beam_options=options)
+    flags = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+             f"--direct_num_workers={self._num_workers}"]
+    if not processing.verbose():
+      flags.append("--default_sdk_harness_log_level=WARNING")  # The workers' INFO lines.
+    return dataclasses.replace(download_config,
+                               beam_options=pipeline_options.PipelineOptions(flags))
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     """Lists the files, builds the splits (in this process or with Beam), then stores and
@@ -578,7 +579,8 @@ def _describe_runner(download_config) -> str:
   if download_config.beam_runner is not None:
     return f"runner {download_config.beam_runner!r}"
   options = download_config.beam_options.get_all_options(drop_default=True)
-  return ", ".join(f"{k}={v}" for k, v in sorted(options.items()) if not k.startswith("pipeline_type")) or "default options"
+  shown = [f"{k}={v}" for k, v in sorted(options.items()) if k != "pipeline_type_check"]
+  return ", ".join(shown) or "default options"
 
 
 @contextlib.contextmanager
