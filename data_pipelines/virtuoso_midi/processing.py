@@ -64,7 +64,7 @@ def verbose() -> bool:
 
 def file_timeout_s() -> float:
   """$VIRTUOSO_FILE_TIMEOUT (seconds, default 120): a file whose read+parse+encode takes longer
-  is skipped as over_limit (its worker process is killed and replaced)."""
+  is skipped as over_limit (its parser process is killed and replaced)."""
   env = os.environ.get("VIRTUOSO_FILE_TIMEOUT", "")
   try:
     return float(env) if env else 120.0
@@ -443,13 +443,13 @@ class Settings:
   encoding: str
   encoding_config: dict[str, Any]
   # The parser, "module:function" with `midi_to_notes`'s signature ('' = that function); a
-  # seam for tests, which run it in the spawned workers.
+  # seam for tests, which run it in the parser processes (FileSandbox).
   parser: str = ""
 
 
 @dataclasses.dataclass
 class Outcome:
-  """What happened to one file (small: this is what workers send back).
+  """What happened to one file (small; its example, if any, travels next to it).
 
   Attributes:
     name: the item's source-relative name.
@@ -523,7 +523,7 @@ def _error_text(e: BaseException) -> str:
 
 
 def _error_status(e: BaseException) -> str:
-  """A file that exhausts the worker's memory is over a limit; any other error, corrupt."""
+  """A file that exhausts the parser process's memory is over a limit; any other error, corrupt."""
   return "over_limit" if isinstance(e, MemoryError) else "corrupt"
 
 

@@ -254,9 +254,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
 
   # Without Beam options, a corpus of fewer files is built in this process (one file at a time),
-  # more with Beam's local Direct runner on all cores: below this, starting the runner's worker
-  # processes costs more than they save (docs/benchmarks.md, "virtuoso_midi build").
-  IN_PROCESS_MAX_FILES = 1000
+  # more with Beam's local Direct runner on all cores. Measured on 2 cores (docs/benchmarks.md,
+  # "virtuoso_midi build on Apache Beam"): 1,000 files take 3.9 s in-process, 18.6 s on the
+  # Direct runner (~15 s of start-up); the runner wins from ~9k files on 2 cores, ~4-5k on 4 or
+  # more, and holds ~6x the encoded data in its process where this path holds it once.
+  IN_PROCESS_MAX_FILES = 5000
 
   def __init__(self, *, file_format=None, num_workers: int | None = None, **kwargs):
     """Like any builder; array_record by default. `num_workers`: worker processes of the local
