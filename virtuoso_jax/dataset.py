@@ -161,11 +161,15 @@ def load_codec(config):
 
 def control_config(config):
   """The ControlConfig of token codec version 2 when the config trains beyond continuation
-  (any of data.infill_rate, accompany_rate, attribute_rate > 0), else None (version 1)."""
+  (any of data.infill_rate, accompany_rate, attribute_rate > 0), else None (version 1). With
+  data.attribute_bins > 0 its edges are placeholders until training fits them to the corpus
+  (`tasks.fit_controls`); the vocabulary is already final."""
   from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
   d = config.data
   if not (d.infill_rate > 0 or d.accompany_rate > 0 or d.attribute_rate > 0):
     return None
+  if d.attribute_bins:
+    return encoding.ControlConfig.generic(int(d.attribute_bins), int(d.anticipation_ms))
   return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms))
 
 

@@ -74,6 +74,18 @@ def read_encoding(workdir: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
+def saved_controls(workdir: str):
+  """The ControlConfig in `workdir`'s encoding.json (a version-2 run), else None."""
+  saved = read_encoding(workdir)
+  if not saved or not saved.get("controls"):
+    return None
+  try:
+    return encoding.ControlConfig.from_dict(saved["controls"])
+  except (ValueError, TypeError) as e:
+    raise RunError(f"{os.path.join(workdir, ENCODING_FILE)} has unreadable controls "
+                   f"({type(e).__name__}: {e})") from e
+
+
 # ------------------------------------------------------------------ reading
 
 

@@ -10,7 +10,7 @@ r"""Samples music from a trained run: MIDI, piano-roll PNG, TXT (char models), W
   python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --infill=8:12
   python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --keep_melody
   python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --keep_instruments=0
-  python -m virtuoso_jax.sample --workdir=runs/control --density=2 --polyphony=4 --max_notes=200
+  python -m virtuoso_jax.sample --workdir=runs/control --density=3 --polyphony=1 --max_notes=200
 
 It restores the model parameters only (the latest checkpoint, or `--checkpoint=best` / a step),
 rebuilds the model from <workdir>/config.json and the codec from <workdir>/encoding.json (or the
@@ -56,9 +56,13 @@ flags.DEFINE_list("keep_instruments", None, "Keep these parts of --prompt_midi e
                   "programs, 128 = drums) and generate the others around them.")
 flags.DEFINE_bool("keep_melody", False, "Keep the melody (top line) of --prompt_midi exactly and "
                   "generate the accompaniment.")
-flags.DEFINE_integer("density", None, "Note density bin (0 = sparsest .. 7 = busiest).")
-flags.DEFINE_integer("polyphony", None, "Polyphony bin (0 = one voice .. 7 = thick chords).")
-flags.DEFINE_integer("pitch_range", None, "Pitch range bin (0 = narrow .. 7 = wide).")
+flags.DEFINE_integer("density", None, "Note density bin, 0 = sparsest .. N-1 = busiest; the "
+                     "run's bins are quantiles of its training music (edges in notes/s: the "
+                     "run's encoding.json, controls.density_edges).")
+flags.DEFINE_integer("polyphony", None, "Polyphony bin, 0 = fewest notes sounding together .. "
+                     "N-1 = thickest (edges: controls.polyphony_edges).")
+flags.DEFINE_integer("pitch_range", None, "Pitch range bin, 0 = narrowest .. N-1 = widest "
+                     "(edges in semitones: controls.pitch_range_edges).")
 
 FLAGS = flags.FLAGS
 

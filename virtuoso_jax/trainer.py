@@ -52,6 +52,7 @@ class Trainer:
       if not dataset.is_prepared(config):  # The binary prepares (dataset.ensure_prepared).
         raise dataset.not_prepared_error(config)
       codec = dataset.load_codec(config)
+    codec = self._with_run_controls(config, workdir, codec)
     config = config_lib.resolve_vocab_size(config, codec.vocab_size,
                                            f"dataset {dataset.dataset_name(config)}")
     self.config = config
@@ -301,6 +302,30 @@ class Trainer:
     model = nnx.merge(self.graphdef, params, rest)
     return inference.Run(self.workdir, self.config, self.data.info.codec, model, int(step),
                          self.data.info.codec.grammar())
+
+  @staticmethod
+  def _with_run_controls(config, workdir: str, codec):
+    """A version-2 codec with the attribute edges the run keeps: those in its encoding.json
+    (a resumed run), else those of the run it fine-tunes, else (data.attribute_bins > 0) edges
+    fitted to the training split (`tasks.fit_controls`)."""
+    if getattr(codec, "version", 1) < 2:
+      return codec
+    from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
+    from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
+    controls = run_dir.saved_controls(workdir)
+    if controls is None and config.ckpt.fine_tune_from:
+      controls = run_dir.saved_controls(os.path.abspath(config.ckpt.fine_tune_from))
+    if controls is None and config.data.attribute_bins:
+      t0 = time.perf_counter()
+      songs = input_pipeline.SongSource(config, config.data.train_split, codec)
+      controls = tasks.fit_controls(codec, songs, int(config.data.attribute_bins),
+                                    int(config.model.max_len), int(config.seed))
+      log.info("Attribute bins fitted to the training split in %.1fs: %s",
+               time.perf_counter() - t0,
+               {n: [round(x, 2) for x in controls.edges(n)] for n in encoding.BINNED_ATTRIBUTES})
+    if controls is None:
+      return codec
+    return encoding.make_codec(config.data.encoding, codec.config, controls)
 
   def load_fine_tune_params(self, src: str) -> None:
     """config.ckpt.fine_tune_from: the other run's latest params (same shapes and encoding);
