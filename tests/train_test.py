@@ -10,7 +10,6 @@ drums and music21's Bach chorales), with small shapes.
 import json
 import math
 import os
-import pathlib
 import signal
 import subprocess
 import sys
