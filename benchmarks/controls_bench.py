@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run trained beyond continuation.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
 _PIECES = flags.DEFINE_integer("pieces", 21, "Test pieces used (at most the split's).")
 _SAMPLES = flags.DEFINE_integer("samples", 4, "Samples per piece and mode.")
 _SPLIT = flags.DEFINE_string("split", "test", "Held-out split of the run's dataset.")
@@ -111,7 +112,7 @@ def main(argv):
   del argv
   from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
-  run = inference.load_run(_WORKDIR.value)
+  run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
   if getattr(run.codec, "version", 1) < 2:
     raise app.UsageError(f"{_WORKDIR.value} was trained for continuation only")
   tag = {"workdir": run.workdir, "step": run.step, "split": _SPLIT.value}
