@@ -511,10 +511,10 @@ def write_piece(notes: encoding.Notes, enc_config: encoding.EncodingConfig, stem
   """Writes stem.mid, stem.png (+ stem.txt, + stem.wav); returns the paths written and prints
   the audio skip reason if any."""
   from virtuoso_jax import render  # pylint: disable=g-import-not-at-top
-  paths = []
   written = []
   if text is not None:
-    written.append(paths.write_text(stem + ".txt", text))
+    paths.write_text(stem + ".txt", text)
+    written.append(stem + ".txt")
   encoding.notes_to_midi(notes, stem + ".mid", config=enc_config)
   written.append(stem + ".mid")
   written.append(render.piano_roll(notes, stem + ".png", config=enc_config,
