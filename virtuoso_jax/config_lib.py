@@ -19,6 +19,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from virtuoso_jax import paths
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _OPTIMIZERS = ("adamw", "adam")
@@ -468,8 +470,7 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def from_json_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   """Reads `<workdir>/config.json` back into a ConfigDict (lists of the schema become tuples)."""
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  data = paths.read_json(path)
 
   def fix(node):
     if isinstance(node, dict):

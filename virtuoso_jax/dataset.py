@@ -23,6 +23,7 @@ import subprocess
 import sys
 
 from virtuoso_jax import config_lib
+from virtuoso_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def dataset_name(config) -> str:
 
 
 def data_dir(config) -> str:
-  """The TFDS data_dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  """The TFDS data_dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets;
+  local or remote (`gs://bucket/tfds`: TFDS and the array_record reader open it themselves)."""
   d = config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   return os.path.expanduser(d)
 
@@ -173,17 +175,11 @@ def control_config(config):
   return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms))
 
 
-def same_folder(a, b) -> bool:
-  """Whether two folder paths name the same folder (`~` and symlinks resolved)."""
-  real = lambda p: os.path.realpath(os.path.expanduser(os.fspath(p)))
-  return real(a) == real(b)
-
-
 def manual_dir_mismatch(wanted, built_from) -> str:
   """'' if a dataset built from the folder `built_from` serves a request for `wanted`, else the
   reason ("was built from X, not from Y"). `token`/`char` datasets share one name per data_dir,
   so training or rebuilding on the wrong corpus would otherwise be silent. Used by training
   (load_codec) and by the TFDS builder (data_pipelines)."""
-  if not wanted or not built_from or same_folder(wanted, built_from):
+  if not wanted or not built_from or paths.same(wanted, built_from):
     return ""
   return f"was built from {built_from}, not from {wanted}"

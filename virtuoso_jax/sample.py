@@ -18,17 +18,16 @@ dataset's encoding), and writes <out>/sample_XX.{mid,png} (+ .txt for char model
 FluidSynth is installed). The work is virtuoso_jax.inference's; this binary reads flags.
 """
 
-import os
-
 from absl import app
 from absl import flags
 
 from virtuoso_jax import config_lib
 from virtuoso_jax import inference
+from virtuoso_jax import paths
 from virtuoso_jax import run_dir
 
-flags.DEFINE_string("workdir", None, "Training run directory (config.json, checkpoints/).")
-flags.DEFINE_string("out", None, "Output folder (default <workdir>/samples).")
+flags.DEFINE_string("workdir", None, "Training run directory (config.json, checkpoints/); local or gs://.")
+flags.DEFINE_string("out", None, "Output folder, local or gs:// (default <workdir>/samples).")
 flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
 flags.DEFINE_integer("num_samples", None, "Samples generated together (default config.sample).")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -87,7 +86,7 @@ def main(argv):
       raise inference.SampleError("--prompt_notes and --prompt_seconds must be >= 0")
     if f.prompt_midi and f.prompt_text is not None:
       raise inference.SampleError("give --prompt_midi or --prompt_text, not both")
-    if f.prompt_midi and not os.path.isfile(f.prompt_midi):
+    if f.prompt_midi and not paths.is_file(f.prompt_midi):
       raise inference.SampleError(f"prompt MIDI {f.prompt_midi} does not exist")
     infill = None
     if f.infill is not None:
@@ -125,7 +124,7 @@ def main(argv):
         keep_instruments=f.keep_instruments, keep_melody=f.keep_melody,
         attributes=attributes or None)
     _, why = inference.token_budget(run.codec, request)
-    out = f.out or os.path.join(run.workdir, "samples")
+    out = f.out or paths.join(run.workdir, "samples")
     print(f"Sampling {request.num_samples} x up to {why} from "
           f"{run.workdir} ({run.config.model.name}, {run.kind} codec, step {run.step}); "
           f"temperature {request.temperature}, top_k {request.top_k}, top_p {request.top_p}, "

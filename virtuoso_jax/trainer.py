@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 
 import jax
@@ -25,6 +24,7 @@ from virtuoso_jax import dataset
 from virtuoso_jax import flops as flops_lib
 from virtuoso_jax import host_memory
 from virtuoso_jax import input_pipeline
+from virtuoso_jax import paths
 from virtuoso_jax import preflight
 from virtuoso_jax import run_dir
 from virtuoso_jax import sharding as sharding_lib
@@ -330,8 +330,8 @@ class Trainer:
   def load_fine_tune_params(self, src: str) -> None:
     """config.ckpt.fine_tune_from: the other run's latest params (same shapes and encoding);
     the optimizer state stays fresh and training starts at step 0."""
-    shown, src = src, os.path.abspath(src)
-    if src == os.path.abspath(self.workdir):
+    shown, src = src, paths.absolute(src)
+    if paths.same(src, self.workdir):
       raise config_lib.ConfigError(
           f"config.ckpt.fine_tune_from={shown!r} is this run's own --workdir; give the workdir "
           "of another run")

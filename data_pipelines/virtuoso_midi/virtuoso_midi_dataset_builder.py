@@ -52,6 +52,7 @@ except ModuleNotFoundError as _e:  # pragma: no cover - depends on how the packa
   sys.path.insert(0, os.fspath(_REPO_ROOT))
   from virtuoso_jax import encoding as enc
 from virtuoso_jax import dataset as vj_dataset  # pylint: disable=g-bad-import-order
+from virtuoso_jax import paths  # pylint: disable=g-bad-import-order
 
 try:  # `tfds build` imports this module as `virtuoso_midi.virtuoso_midi_dataset_builder`.
   from . import processing
@@ -481,7 +482,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     report = self._report.as_dict(encoding=self.builder_config.encoding)
     if self.builder_config.source == "manual":
       # Which folder this build read: training checks it against its data.manual_dir.
-      report["manual_dir"] = os.path.abspath(os.fspath(dl_manager.manual_dir))
+      report["manual_dir"] = paths.absolute(dl_manager.manual_dir)  # Local or gs://...
     if self._report.all_skips:
       # Every skipped file (the metadata lists up to MAX_LISTED_PER_REASON per reason). Written
       # into the folder being prepared (TFDS renames it to the final one when we return).
