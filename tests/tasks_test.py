@@ -79,3 +79,38 @@ def test_melody_is_the_top_line():
   notes = notes.canonical()
   top = tasks.melody(notes)
   assert sorted(zip(notes.onset[top].tolist(), notes.pitch[top].tolist())) == [(0, 72), (10, 65)]
+
+
+class _Songs(list):
+  def get_many(self, indices):
+    return [self[int(i)] for i in indices]
+
+
+def _song(notes_per_second: float, seed: int) -> np.ndarray:
+  """A version-1 song of one voice at `notes_per_second` (grid 10 ms in EncodingConfig())."""
+  rng = np.random.default_rng(seed)
+  n = 200
+  step = max(1, int(round(100 / notes_per_second)))
+  onset = np.arange(n) * step
+  return TokenCodec().encode(CODEC.quantize(Notes(
+      onset, np.full(n, step), rng.integers(50, 70, n), np.full(n, 80), np.zeros(n, int))))
+
+
+def test_attribute_bins_are_fitted_to_the_corpus_quantiles():
+  rates = [1.0, 2.0, 4.0, 8.0] * 10  # A quarter of the songs at each density.
+  songs = _Songs(_song(r, i) for i, r in enumerate(rates))
+  codec = TokenCodec(EncodingConfig(), ControlConfig.generic(4))
+  fitted = tasks.fit_controls(codec, songs, bins=4, seq_len=L, seed=0)
+  edges = fitted.density_edges
+  assert len(edges) == 3 and list(edges) == sorted(edges)
+  # Each edge falls between two of the corpus's densities, so the four bins split it evenly.
+  assert 1.0 <= edges[0] <= 2.0 <= edges[1] <= 4.0 <= edges[2] <= 8.0, edges
+  refit = TokenCodec(EncodingConfig(), fitted)
+  assert refit.vocab_size == codec.vocab_size  # Same bins, same ids.
+  bins = [refit.attributes(refit.decode(s[:L + 1]))["density"] for s in songs[:4]]
+  assert bins == [0, 1, 2, 3]
+  # Ties (one pitch range, one polyphony in this corpus) keep strictly increasing edges.
+  for name in ("polyphony", "pitch_range"):
+    e = fitted.edges(name)
+    assert all(b > a for a, b in zip(e, e[1:])), (name, e)
+  assert tasks.fit_controls(codec, songs, 4, L, seed=0) == fitted  # Deterministic.

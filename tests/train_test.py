@@ -10,7 +10,6 @@ drums and music21's Bach chorales), with small shapes.
 import json
 import math
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -92,6 +91,17 @@ def test_training_beyond_continuation_uses_token_version_2(data_dir, tmp_path):
   assert saved["token_version"] == 2 and saved["controls"]["anticipation_ms"] == 2000
   config, codec = run_dir.load_codec(str(tmp_path))
   assert codec.version == 2 and config.model.vocab_size == codec.vocab_size > 1061
+  # data.attribute_bins=4: three edges per attribute, fitted to the fixture corpus (not the
+  # generic placeholders), and a resumed run keeps them even if the corpus were refitted.
+  generic = encoding.ControlConfig.generic(4)
+  assert len(codec.controls.density_edges) == 3
+  assert codec.controls.density_edges != generic.density_edges
+  edited = dict(saved, controls=dict(saved["controls"], density_edges=[1.0, 2.0, 3.0]))
+  (tmp_path / run_dir.ENCODING_FILE).write_text(json.dumps(edited))
+  more = load(SPECS["rga"], small(data_dir, num_train_steps=3, **{
+      "data.infill_rate": 0.4, "data.accompany_rate": 0.4, "data.attribute_rate": 0.5}))
+  assert train.train_and_evaluate(more, str(tmp_path))["trained_steps"] == 1  # Resumed at 2.
+  assert run_dir.load_codec(str(tmp_path))[1].controls.density_edges == (1.0, 2.0, 3.0)
 
 
 def test_periodic_actions_run_at_their_cadence_in_order():

@@ -30,8 +30,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
-import shutil
 import time
 from typing import Any
 
@@ -42,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from virtuoso_jax import config_lib
+from virtuoso_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class _IntegrityError(Exception):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return paths.join(paths.absolute(workdir), "checkpoints")
 
 
 # ------------------------------------------------------------------ digests
@@ -217,32 +216,12 @@ def _describe_mismatch(item: str, saved: dict, wanted: dict, limit: int = 6) -> 
 # ------------------------------------------------------------------ sizes and errors
 
 
-def _dir_bytes(path: str) -> int:
-  total = 0
-  for root, _, files in os.walk(path):
-    for f in files:
-      try:
-        total += os.path.getsize(os.path.join(root, f))
-      except OSError:
-        pass
-  return total
-
-
 def _tree_bytes(tree) -> int:
   return sum(int(getattr(x, "nbytes", 0) or 0) for x in jax.tree.leaves(tree))
 
 
 def _gib(n: float) -> str:
   return f"{n / 2**30:.2f} GiB"
-
-
-def _free_bytes(path: str) -> int | None:
-  while path and not os.path.exists(path):
-    path = os.path.dirname(path)
-  try:
-    return shutil.disk_usage(path or ".").free
-  except OSError:
-    return None
 
 
 def _root_cause(e: BaseException) -> BaseException:
@@ -299,7 +278,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, ckpt_config):
     self.directory = checkpoint_dir(workdir)
-    self.corrupt_dir = os.path.join(os.path.abspath(workdir), "checkpoints_corrupt")
+    self.corrupt_dir = paths.join(paths.absolute(workdir), "checkpoints_corrupt")
     self.config = ckpt_config
     self.manager = _manager(self.directory, keep=ckpt_config.keep,
                             keep_best=ckpt_config.keep_best, async_save=ckpt_config.async_save)
@@ -320,7 +299,7 @@ class Checkpointer:
 
   def _save_failed(self, step: int | None, e: BaseException) -> CheckpointSaveError:
     cause = _root_cause(e)
-    free = _free_bytes(self.directory)
+    free = paths.free_bytes(self.directory)
     where = f"step {step} to {self.directory}" if step is not None else f"to {self.directory}"
     reason = ("no space left on device" if getattr(cause, "errno", None) == errno.ENOSPC
               else _one_line(cause))
@@ -342,7 +321,7 @@ class Checkpointer:
   def _needed_bytes(self, state) -> int:
     latest = self.manager.latest_step()
     if latest is not None and latest != self._sized_step:
-      size = _dir_bytes(os.path.join(self.directory, str(latest)))
+      size = paths.tree_bytes(paths.join(self.directory, str(latest)))
       if size:
         self._sized_step, self._last_bytes = latest, size
     estimate = self._last_bytes or _tree_bytes(state)
@@ -362,7 +341,7 @@ class Checkpointer:
       return False
     jax.block_until_ready(state)
     needed = self._needed_bytes(state)
-    free = _free_bytes(self.directory)
+    free = paths.free_bytes(self.directory)  # None in a bucket: no quota to check.
     if not _all_processes_agree(free is None or free >= needed, f"space_{step}"):
       raise CheckpointSaveError(
           f"not enough disk space to save checkpoint step {step} in {self.directory}: "
@@ -439,9 +418,8 @@ class Checkpointer:
     return state
 
   def _stored_items(self, step: int) -> set[str]:
-    path = os.path.join(self.directory, str(step))
     try:
-      return set(os.listdir(path))
+      return set(paths.listdir(paths.join(self.directory, str(step))))
     except OSError:
       return set()
 
@@ -483,11 +461,11 @@ class Checkpointer:
 
   def _quarantine(self, step: int) -> None:
     """Moves a damaged step aside (kept for inspection) so it is never used or overwritten."""
-    src = os.path.join(self.directory, str(step))
-    if jax.process_index() == 0 and os.path.isdir(src):
-      os.makedirs(self.corrupt_dir, exist_ok=True)
-      dst = os.path.join(self.corrupt_dir, f"{step}.{int(time.time())}")
-      shutil.move(src, dst)
+    src = paths.join(self.directory, str(step))
+    if jax.process_index() == 0 and paths.is_dir(src):
+      paths.makedirs(self.corrupt_dir)
+      dst = paths.join(self.corrupt_dir, f"{step}.{int(time.time())}")
+      paths.move(src, dst)
       log.warning("Moved damaged checkpoint %s to %s", src, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -507,7 +485,7 @@ class Checkpointer:
 
 def _read_only_manager(workdir: str) -> tuple[str, ocp.CheckpointManager]:
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not paths.is_dir(directory):
     raise FileNotFoundError(f"no checkpoints in {directory} (has {workdir} been trained?)")
   return directory, ocp.CheckpointManager(
       directory, item_handlers=_item_handlers(),
@@ -602,7 +580,7 @@ def fine_tune_params(workdir: str, abstract_params: Any) -> tuple[int, Any]:
           f"{'; '.join(diffs)}. Fine-tuning needs the same model shapes (model.* and the "
           "vocabulary).")
     args = {"params": ocp.args.StandardRestore(abstract)}
-    has_digests = os.path.isdir(os.path.join(directory, str(step), INTEGRITY))
+    has_digests = paths.is_dir(paths.join(directory, str(step), INTEGRITY))
     if has_digests:
       args[INTEGRITY] = ocp.args.JsonRestore()
     restored = manager.restore(step, args=ocp.args.Composite(**args))

@@ -31,13 +31,13 @@ The sessions are virtuoso_jax.composition's; this binary reads flags and prints.
 """
 
 import dataclasses
-import os
 
 from absl import app
 from absl import flags
 
 from virtuoso_jax import composition
 from virtuoso_jax import inference
+from virtuoso_jax import paths
 from virtuoso_jax import run_dir
 
 COMMANDS = ("start", "continue", "infill", "accompany", "set", "accept", "undo", "show",
@@ -105,8 +105,8 @@ def _command(cmd: str, f) -> None:
     inference.check_knobs(seed=f.seed)
     if f.prompt_notes < 0:
       raise composition.SampleError(f"--prompt_notes must be >= 0, got {f.prompt_notes}")
-    if os.path.exists(os.path.join(f.session, composition.STATE_FILE)) and not f.overwrite:
-      raise composition.SampleError(f"session {os.path.abspath(f.session)} already exists (pass --overwrite "
+    if paths.exists(paths.join(f.session, composition.STATE_FILE)) and not f.overwrite:
+      raise composition.SampleError(f"session {paths.absolute(f.session)} already exists (pass --overwrite "
                         "to start over, or use continue/accept/undo to go on with it)")
     notes, source = None, "nothing"
     if f.midi:  # Read with the codec alone, before the model loads.
@@ -121,9 +121,9 @@ def _command(cmd: str, f) -> None:
                              source=source, seed=f.seed, overwrite=f.overwrite)
     session._run = run  # pylint: disable=protected-access
     if len(session.notes):
-      paths = session.export()
+      written = session.export()
       print(f"Started {session.path} from {source}: {len(session.notes)} notes -> "
-            f"{', '.join(paths)}")
+            f"{', '.join(written)}")
     else:
       print(f"Started {session.path} from nothing")
     return
@@ -148,9 +148,9 @@ def _command(cmd: str, f) -> None:
       what = "melody kept" if f.keep_melody else f"instruments {f.keep_instruments} kept"
     enc = session.enc_config
     for i, c in enumerate(cands):
-      paths = inference.write_piece(c, enc, os.path.join(session.path, f"candidate_{i:02d}"),
+      written = inference.write_piece(c, enc, paths.join(session.path, f"candidate_{i:02d}"),
                                     audio=False, title=f"candidate {i}: {what}")
-      print(f"candidate {i} ({what}): {inference.summarize(c, enc)} -> {', '.join(paths)}")
+      print(f"candidate {i} ({what}): {inference.summarize(c, enc)} -> {', '.join(written)}")
     print(f"accept one with: python -m virtuoso_jax.compose accept --session={f.session} "
           f"--candidate=N")
     return
@@ -163,12 +163,12 @@ def _command(cmd: str, f) -> None:
     print(f"block: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items())
           + kept + f"; seed {seed}")
     for i, c in enumerate(cands):
-      stem = os.path.join(session.path, f"candidate_{i:02d}")
-      paths = inference.write_piece(c, enc, stem, audio=False,
+      stem = paths.join(session.path, f"candidate_{i:02d}")
+      written = inference.write_piece(c, enc, stem, audio=False,
                                      title=f"candidate {i}: +{len(c) - before} notes")
       stopped = session.last_samples[i].stopped
       print(f"candidate {i}: +{len(c) - before} notes -> {inference.summarize(c, enc)}; "
-            f"stopped: {stopped} -> {', '.join(paths)}")
+            f"stopped: {stopped} -> {', '.join(written)}")
     print(f"accept one with: python -m virtuoso_jax.compose accept --session={f.session} "
           f"--candidate=N")
   elif cmd == "set":
@@ -179,9 +179,9 @@ def _command(cmd: str, f) -> None:
     print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items()))
   elif cmd == "accept":
     notes = session.accept(f.candidate)
-    paths = session.export()
+    written = session.export()
     print(f"Accepted candidate {f.candidate}: composition now {len(notes)} notes -> "
-          f"{', '.join(paths)}")
+          f"{', '.join(written)}")
   elif cmd == "undo":
     notes = session.undo()
     msg = f"Undone: composition back to {len(notes)} notes"
@@ -191,8 +191,8 @@ def _command(cmd: str, f) -> None:
   elif cmd == "show":
     print(session.describe())
   elif cmd == "export":
-    paths = session.export(f.out, sf2=f.sf2, audio=f.audio)
-    print(f"Exported {len(session.notes)} notes -> {', '.join(paths)}")
+    written = session.export(f.out, sf2=f.sf2, audio=f.audio)
+    print(f"Exported {len(session.notes)} notes -> {', '.join(written)}")
 
 
 def main(argv):

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Optional
 
 import numpy as np
 
 from virtuoso_jax import encoding
 from virtuoso_jax import inference
+from virtuoso_jax import paths
 from virtuoso_jax import run_dir
 
 STATE_FILE = "state.json"
@@ -160,10 +160,11 @@ class Settings:
 
 
 class Session:
-  """A co-composition session stored in `<path>/state.json`."""
+  """A co-composition session stored in `<path>/state.json` (local or remote, see
+  virtuoso_jax.paths)."""
 
   def __init__(self, path: str, state: dict[str, Any]):
-    self.path = os.path.abspath(path)
+    self.path = paths.absolute(path)
     self.state = state
     self._run = None
     self._enc = None
@@ -172,7 +173,7 @@ class Session:
   # ---------------------------------------------------------------- persistence
   @property
   def state_file(self) -> str:
-    return os.path.join(self.path, STATE_FILE)
+    return paths.join(self.path, STATE_FILE)
 
   @classmethod
   def create(cls, path: str, workdir: str, *, checkpoint: str = "latest",
@@ -180,12 +181,12 @@ class Session:
              settings: Optional[Settings] = None, seed: int = 0,
              overwrite: bool = False) -> "Session":
     """A new session starting from `notes` (None: from nothing)."""
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, STATE_FILE)) and not overwrite:
+    path = paths.absolute(path)
+    if paths.exists(paths.join(path, STATE_FILE)) and not overwrite:
       raise SampleError(f"session {path} already exists (pass --overwrite to start over, or "
                         "use continue/accept/undo to go on with it)")
-    os.makedirs(path, exist_ok=True)
-    state = {"version": VERSION, "workdir": os.path.abspath(workdir), "checkpoint": checkpoint,
+    paths.makedirs(path)
+    state = {"version": VERSION, "workdir": paths.absolute(workdir), "checkpoint": checkpoint,
              "source": source, "seed": int(seed),
              "settings": dataclasses.asdict(settings or Settings()),
              "notes": _rows(notes) if notes is not None else [], "history": [],
@@ -197,13 +198,12 @@ class Session:
   @classmethod
   def load(cls, path: str) -> "Session":
     """Loads `<path>/state.json`; SampleError naming the file if missing or damaged."""
-    file = os.path.join(os.path.abspath(path), STATE_FILE)
-    if not os.path.isfile(file):
+    file = paths.join(paths.absolute(path), STATE_FILE)
+    if not paths.is_file(file):
       raise SampleError(f"no session at {path} ({file} not found; run `compose start "
                         f"--session={path} --workdir=...` first)")
     try:
-      with open(file, encoding="utf-8") as f:
-        state = json.load(f)
+      state = paths.read_json(file)
     except (OSError, ValueError, RecursionError) as e:
       raise SampleError(f"session file {file} is damaged ({type(e).__name__}: {e})") from e
     return cls(path, validate_state(state, file))
@@ -212,10 +212,7 @@ class Session:
     """Atomic write (a crash never leaves a half-written state file) of a state that passes
     validate_state (an invalid one is never written)."""
     validate_state(json.loads(json.dumps(self.state)), self.state_file)
-    tmp = self.state_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(self.state, f)
-    os.replace(tmp, self.state_file)
+    paths.write_json(self.state_file, self.state)
 
   # ---------------------------------------------------------------- accessors
   @property
@@ -358,9 +355,8 @@ class Session:
   def export(self, stem: Optional[str] = None, *, sf2: Optional[str] = None,
              audio: bool = False) -> list[str]:
     """Writes the composition as stem.mid / stem.png (default <session>/composition)."""
-    stem = stem or os.path.join(self.path, "composition")
-    if os.path.dirname(os.path.abspath(stem)):
-      os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    stem = stem or paths.join(self.path, "composition")
+    paths.makedirs(paths.parent(stem))
     notes = self.notes
     if not len(notes):
       raise SampleError(f"session {self.path} has no notes yet (run continue and accept first)")

@@ -19,6 +19,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from virtuoso_jax import paths
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _OPTIMIZERS = ("adamw", "adam")
@@ -254,15 +256,19 @@ def load_sibling(config_file: str, name: str):
 def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
   """A run's saved config.json (a dict) in today's schema: runs written before data.source and
   data.encoding were fields name both in `data.tfds_config` ("bach_token"; "token"/"char" for
-  a user's folder, now source "manual"). Returns `saved` itself when there is nothing to do."""
+  a user's folder, now source "manual"); runs written before data.attribute_bins used the
+  generic attribute edges (0). Returns `saved` itself when there is nothing to do."""
   data = saved.get("data")
-  if not isinstance(data, dict) or "tfds_config" not in data:
+  if not isinstance(data, dict) or ("tfds_config" not in data and "attribute_bins" in data):
     return saved
   data = dict(data)
-  name = str(data.pop("tfds_config"))
-  source, _, kind = name.rpartition("_")
-  data.setdefault("source", source or "manual")
-  data.setdefault("encoding", kind)
+  if "tfds_config" in data:
+    name = str(data.pop("tfds_config"))
+    source, _, kind = name.rpartition("_")
+    data.setdefault("source", source or "manual")
+    data.setdefault("encoding", kind)
+  # Version-2 runs saved before attribute bins were fitted used the generic edges.
+  data.setdefault("attribute_bins", 0)
   return dict(saved, data=data)
 
 
@@ -321,6 +327,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "continues); set the *_rate fields to 0")
   _check(isinstance(d.anticipation_ms, int) and d.anticipation_ms > 0, "data.anticipation_ms",
          d.anticipation_ms, "must be a positive int (milliseconds)")
+  _check(isinstance(d.attribute_bins, int) and (d.attribute_bins == 0 or 2 <= d.attribute_bins <= 32),
+         "data.attribute_bins", d.attribute_bins, "must be 0 (generic edges) or 2..32")
   _check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
   _check(d.prefetch >= 0, "data.prefetch", d.prefetch, "must be >= 0")
   _check(d.train_split != d.eval_split, "data.eval_split", d.eval_split,
@@ -424,9 +432,10 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[s
     a, b = get(saved, "data", field), get(new, "data", field)
     if a != b:
       out.append((f"data.{field}", a, b))
-  a, b = get(saved, "data", "anticipation_ms"), get(new, "data", "anticipation_ms")
-  if a is not None and a != b:  # What a control-time id means (runs saved before it: none).
-    out.append(("data.anticipation_ms", a, b))
+  for field in ("anticipation_ms", "attribute_bins"):  # What control ids mean; the vocabulary.
+    a, b = get(saved, "data", field), get(new, "data", field)
+    if a is not None and a != b:  # Runs saved before the field: none.
+      out.append((f"data.{field}", a, b))
   a, b = get(saved, "optim", "optimizer"), get(new, "optim", "optimizer")
   if a != b:
     out.append(("optim.optimizer", a, b))
@@ -461,8 +470,7 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def from_json_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   """Reads `<workdir>/config.json` back into a ConfigDict (lists of the schema become tuples)."""
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  data = paths.read_json(path)
 
   def fix(node):
     if isinstance(node, dict):

@@ -23,6 +23,7 @@ import subprocess
 import sys
 
 from virtuoso_jax import config_lib
+from virtuoso_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def dataset_name(config) -> str:
 
 
 def data_dir(config) -> str:
-  """The TFDS data_dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  """The TFDS data_dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets;
+  local or remote (`gs://bucket/tfds`: TFDS and the array_record reader open it themselves)."""
   d = config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   return os.path.expanduser(d)
 
@@ -161,18 +163,16 @@ def load_codec(config):
 
 def control_config(config):
   """The ControlConfig of token codec version 2 when the config trains beyond continuation
-  (any of data.infill_rate, accompany_rate, attribute_rate > 0), else None (version 1)."""
+  (any of data.infill_rate, accompany_rate, attribute_rate > 0), else None (version 1). With
+  data.attribute_bins > 0 its edges are placeholders until training fits them to the corpus
+  (`tasks.fit_controls`); the vocabulary is already final."""
   from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
   d = config.data
   if not (d.infill_rate > 0 or d.accompany_rate > 0 or d.attribute_rate > 0):
     return None
+  if d.attribute_bins:
+    return encoding.ControlConfig.generic(int(d.attribute_bins), int(d.anticipation_ms))
   return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms))
-
-
-def same_folder(a, b) -> bool:
-  """Whether two folder paths name the same folder (`~` and symlinks resolved)."""
-  real = lambda p: os.path.realpath(os.path.expanduser(os.fspath(p)))
-  return real(a) == real(b)
 
 
 def manual_dir_mismatch(wanted, built_from) -> str:
@@ -180,6 +180,6 @@ def manual_dir_mismatch(wanted, built_from) -> str:
   reason ("was built from X, not from Y"). `token`/`char` datasets share one name per data_dir,
   so training or rebuilding on the wrong corpus would otherwise be silent. Used by training
   (load_codec) and by the TFDS builder (data_pipelines)."""
-  if not wanted or not built_from or same_folder(wanted, built_from):
+  if not wanted or not built_from or paths.same(wanted, built_from):
     return ""
   return f"was built from {built_from}, not from {wanted}"

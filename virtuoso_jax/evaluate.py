@@ -14,10 +14,8 @@ table. `--out` defaults to `<workdir>/eval` (or `./eval` without a workdir).
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
-import pathlib
 import time
 from typing import Any, Sequence
 
@@ -28,6 +26,7 @@ import numpy as np
 from virtuoso_jax import encoding
 from virtuoso_jax import evaluation
 from virtuoso_jax import music_stats
+from virtuoso_jax import paths
 
 MIDI_SUFFIXES = (".mid", ".midi")
 COPY_NGRAM = 8  # n of the "share of n-grams found in the training split" figure.
@@ -75,13 +74,14 @@ def read_midi_dir(path: str, enc_config: encoding.EncodingConfig
                   ) -> tuple[list[tuple[str, encoding.Notes]], list[tuple[str, str]]]:
   """(name, notes) of every readable MIDI file under `path` (recursively, sorted), and
   (name, reason) of every file skipped."""
-  root = pathlib.Path(path)
-  if not root.is_dir():
+  if not paths.is_dir(path):
     raise EvalError(f"{path} is not a folder of MIDI files")
+  root = paths.absolute(path).rstrip("/")
   good, skipped = [], []
-  files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+  files = sorted(p for p in paths.walk_files(root) if p.suffix.lower() in MIDI_SUFFIXES
+                 and (paths.is_remote(root) or p.is_file()))  # (Local: no dangling links.)
   for p in files:
-    name = str(p.relative_to(root))
+    name = str(p)[len(root) + 1:]
     try:
       notes = encoding.midi_to_notes(str(p), enc_config)
     except encoding.MidiError as e:
@@ -235,8 +235,10 @@ def plot_features(stats: dict[str, Any], path: str) -> str:
     ax.axis("off")
   axes.flat[0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
+  png = io.BytesIO()
+  fig.savefig(png, format="png")
   plt.close(fig)
+  paths.write_bytes(path, png.getvalue())
   return path
 
 
@@ -325,9 +327,9 @@ def _read_reporting(path: str, enc_config, report: dict[str, Any]):
   """read_midi_dir, with each skipped file printed and listed in the report."""
   good, skipped = read_midi_dir(path, enc_config)
   for name, reason in skipped:
-    print(f"  skipped {os.path.join(path, name)}: {reason}", flush=True)
+    print(f"  skipped {paths.join(path, name)}: {reason}", flush=True)
   report.setdefault("skipped", []).extend(
-      {"file": os.path.join(path, n), "reason": r} for n, r in skipped)
+      {"file": paths.join(path, n), "reason": r} for n, r in skipped)
   return good
 
 
@@ -377,14 +379,13 @@ def main(argv):
     report = evaluate(f)
   except (EvalError, run_dir.RunError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
-  out = f.out or os.path.join(f.workdir or ".", "eval")
-  os.makedirs(out, exist_ok=True)
+  out = f.out or paths.join(f.workdir or ".", "eval")
+  paths.makedirs(out)
   print_report(report)
-  written = [os.path.join(out, "eval.json")]
-  with open(written[0], "w", encoding="utf-8") as fh:
-    json.dump(_json_safe(report), fh, indent=1, sort_keys=True)
+  written = [paths.join(out, "eval.json")]
+  paths.write_json(written[0], _json_safe(report), indent=1, sort_keys=True)
   if "statistics" in report:
-    written.append(plot_features(report["statistics"], os.path.join(out, "features.png")))
+    written.append(plot_features(report["statistics"], paths.join(out, "features.png")))
   print("\nWrote " + ", ".join(written), flush=True)
 
 

@@ -12,13 +12,13 @@ by the training binary's end-of-run sample; a run's files are read through virtu
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from virtuoso_jax import encoding
+from virtuoso_jax import paths
 from virtuoso_jax import run_dir
 
 SEED_MAX = 2**32 - 1  # Seeds are uint32 (what every PRNG here and in numpy takes).
@@ -113,8 +113,8 @@ def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import checkpointing, models  # pylint: disable=g-import-not-at-top
 
-  workdir = os.path.abspath(workdir)
-  cfg_path = os.path.join(workdir, run_dir.CONFIG_FILE)
+  workdir = paths.absolute(workdir)
+  cfg_path = paths.join(workdir, run_dir.CONFIG_FILE)
   config, codec = run_dir.load_codec(workdir)
   step_arg = {"best": True} if checkpoint == "best" else {}
   if checkpoint not in ("latest", "best"):
@@ -165,7 +165,7 @@ def read_prompt_midi(path: str, enc_config: encoding.EncodingConfig, *, last_not
   and accompaniment use). Raises SampleError naming the file and the reason."""
   if last_notes < 0 or last_seconds < 0:
     raise SampleError("--prompt_notes and --prompt_seconds must be >= 0")
-  if not os.path.isfile(path):
+  if not paths.is_file(path):
     raise SampleError(f"prompt MIDI {path} does not exist")
   try:
     notes = encoding.midi_to_notes(path, enc_config)
@@ -511,39 +511,39 @@ def write_piece(notes: encoding.Notes, enc_config: encoding.EncodingConfig, stem
   """Writes stem.mid, stem.png (+ stem.txt, + stem.wav); returns the paths written and prints
   the audio skip reason if any."""
   from virtuoso_jax import render  # pylint: disable=g-import-not-at-top
-  paths = []
+  written = []
   if text is not None:
-    with open(stem + ".txt", "w", encoding="utf-8") as f:
-      f.write(text)
-    paths.append(stem + ".txt")
+    paths.write_text(stem + ".txt", text)
+    written.append(stem + ".txt")
   encoding.notes_to_midi(notes, stem + ".mid", config=enc_config)
-  paths.append(stem + ".mid")
-  paths.append(render.piano_roll(notes, stem + ".png", config=enc_config,
-                                 title=title or os.path.basename(stem)))
+  written.append(stem + ".mid")
+  written.append(render.piano_roll(notes, stem + ".png", config=enc_config,
+                                   title=title or paths.name(stem)))
   if audio:
     ok, message = render.midi_to_wav(stem + ".mid", stem + ".wav", sf2=sf2)
     if ok:
-      paths.append(stem + ".wav")
+      written.append(stem + ".wav")
     else:
       print(message, flush=True)
-  return paths
+  return written
 
 
 def write_outputs(run: Run, samples: Sequence[Sample], out_dir: str, *,
                   sf2: Optional[str] = None, audio: bool = True, prefix: str = "sample") -> list[str]:
-  """Writes every sample and prints a one-line summary per sample; returns the paths."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes every sample to `out_dir` (local or remote, see virtuoso_jax.paths) and prints a
+  one-line summary per sample; returns the paths."""
+  paths.makedirs(out_dir)
   written = []
   for i, s in enumerate(samples):
-    stem = os.path.join(out_dir, f"{prefix}_{i:02d}")
-    paths = write_piece(s.notes, run.enc_config, stem, text=s.text, sf2=sf2, audio=audio,
-                        title=f"{os.path.basename(run.workdir)} step {run.step}: {prefix} {i}")
-    written += paths
-    print(f"{os.path.basename(stem)}: {summarize(s.notes, run.enc_config)}; {s.new_tokens} new "
+    stem = paths.join(out_dir, f"{prefix}_{i:02d}")
+    piece = write_piece(s.notes, run.enc_config, stem, text=s.text, sf2=sf2, audio=audio,
+                        title=f"{paths.name(run.workdir)} step {run.step}: {prefix} {i}")
+    written += piece
+    print(f"{paths.name(stem)}: {summarize(s.notes, run.enc_config)}; {s.new_tokens} new "
           f"tokens, {s.new_notes} new notes, stopped: {s.stopped or 'unknown'} "
           f"({s.tokens_per_s:.0f} tokens/s over the batch, compilation included) -> "
-          f"{', '.join(paths)}", flush=True)
-    audio = audio and paths[-1].endswith(".wav")  # Say "skipping audio" once.
+          f"{', '.join(piece)}", flush=True)
+    audio = audio and piece[-1].endswith(".wav")  # Say "skipping audio" once.
   return written
 
 

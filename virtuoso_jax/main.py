@@ -79,6 +79,7 @@ def main(argv):
   from virtuoso_jax import train  # pylint: disable=g-import-not-at-top
 
   from virtuoso_jax import dataset  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import paths  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import run_dir  # pylint: disable=g-import-not-at-top
 
   log = py_logging.getLogger("virtuoso_jax.main")
@@ -87,10 +88,10 @@ def main(argv):
     log.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
              jax.process_count(), jax.device_count(), jax.local_device_count(),
              jax.devices()[0].device_kind)
-    log.info("Workdir %s; model %s; data %s", os.path.abspath(_WORKDIR.value),
+    log.info("Workdir %s; model %s; data %s", paths.absolute(_WORKDIR.value),
              config.model.name, dataset.dataset_name(config))
     # A run this config cannot resume stops before anything, dataset preparation included.
-    run_dir.check_workdir(config, os.path.abspath(_WORKDIR.value), _WORKDIR.value)
+    run_dir.check_workdir(config, paths.absolute(_WORKDIR.value), _WORKDIR.value)
     dataset.ensure_prepared(config)  # A missing dataset is prepared once (process 0).
     result = train.train_and_evaluate(config, _WORKDIR.value)
     # Multi-process runs skip it: restoring is collective there, and the other processes exit.
@@ -108,8 +109,9 @@ def _write_end_sample(workdir: str, log) -> None:
   subprocess could not open the chips this process holds). A failure is reported, not raised:
   the trained checkpoints are what matters."""
   from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import paths  # pylint: disable=g-import-not-at-top
   try:
-    inference.write_config_sample(workdir, os.path.join(workdir, "samples"))
+    inference.write_config_sample(workdir, paths.join(workdir, "samples"))
   except (inference.SampleError, OSError, ValueError) as e:  # (ValueError: memory pre-flight too)
     log.warning("Could not write the end-of-training sample (%s: %s); run: python -m "
                 "virtuoso_jax.sample --workdir=%s", type(e).__name__, e, workdir)

@@ -19,6 +19,8 @@ import platform
 import time
 from typing import Any, Mapping
 
+from virtuoso_jax import paths
+
 log = logging.getLogger(__name__)
 
 # Dense peak FLOP/s per chip at bf16 (vendor figures, without sparsity); matched by substring
@@ -117,8 +119,7 @@ def cached_peak(key: str, measure, path: str | None = None) -> tuple[float, str,
   path = path or os.path.join(cache_dir(), "peak_flops.json")
   table = {}
   try:
-    with open(path, encoding="utf-8") as f:
-      table = json.load(f)
+    table = paths.read_json(path)
   except (OSError, ValueError):
     table = {}
   entry = table.get(key)
@@ -128,11 +129,7 @@ def cached_peak(key: str, measure, path: str | None = None) -> tuple[float, str,
   table[key] = {"flops_per_s": value, "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "statistic": STABLE_PEAK_STATISTIC}
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(table, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_json(path, table, indent=2, sort_keys=True)
   except OSError as e:
     log.warning("Could not cache the measured peak in %s (%s); it is measured again next run.",
                 path, e)
@@ -182,6 +179,7 @@ def peak_flops_per_s(devices=None, *, override: float = 0.0) -> tuple[float, str
 
 class MetricWriter:
   """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard; a no-op on processes > 0.
+  The workdir may be remote (`gs://...`, see virtuoso_jax.paths).
 
   `resume_step`: the step training (re)starts from. Rows of later steps, written by a run that
   went further than the checkpoint it is resumed from (kill -9, a corrupt latest checkpoint),
@@ -192,24 +190,26 @@ class MetricWriter:
                resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
-    self._file = None
+    self._log = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    paths.makedirs(workdir)
+    self.path = paths.join(workdir, "metrics.jsonl")
     if resume_step is not None:
       self._drop_rows_after(resume_step)
-    self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    self._log = paths.LineLog(self.path)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      logdir = paths.join(workdir, "tensorboard")
+      if paths.is_remote(logdir):
+        _route_tensorboard_through_paths(logdir)
       purge = None if resume_step is None else resume_step + 1
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+      self._tb = SummaryWriter(logdir, purge_step=purge)
 
   def _drop_rows_after(self, step: int) -> None:
-    if not os.path.exists(self.path):
+    if not paths.exists(self.path):
       return
-    with open(self.path, encoding="utf-8") as f:
-      lines = f.readlines()
+    lines = paths.read_text(self.path).splitlines(keepends=True)
     kept = []
     for line in lines:
       try:
@@ -222,18 +222,14 @@ class MetricWriter:
       return
     log.info("metrics.jsonl: dropping %d row(s) after step %d (training resumes there)",
              len(lines) - len(kept), step)
-    tmp = self.path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    paths.write_text(self.path, "".join(kept))
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     row = {"step": int(step)}
     row.update({k: _to_float(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    self._log.append(json.dumps(row) + "\n")
     if self._tb is not None:
       for k, v in row.items():
         if k != "step" and v is not None and math.isfinite(v):
@@ -241,9 +237,9 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-      self._file = None
+    if self._log is not None:
+      self._log.close()
+      self._log = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None
@@ -259,9 +255,45 @@ def _to_float(v: Any) -> float | None:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All rows of `<workdir>/metrics.jsonl` (for tests and tools)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = paths.read_text(paths.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class _PathsEventFile:
+  """A TensorBoard event file at a remote path, written through virtuoso_jax.paths: objects
+  cannot be appended to, so the file's bytes are kept and uploaded whole on each flush."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._data = bytearray()
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    paths.write_bytes(self.path, bytes(self._data))
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _PathsEventFileFactory:
+  """tensorboardX's writer-factory protocol (`open`, `directory_check`) over paths."""
+
+  def open(self, path: str) -> _PathsEventFile:
+    return _PathsEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    paths.makedirs(path)
+
+
+def _route_tensorboard_through_paths(logdir: str) -> None:
+  """Makes tensorboardX write event files under `logdir`'s scheme (gs, s3, ...) through
+  virtuoso_jax.paths, the client every other file of the run uses, instead of its own
+  google-cloud-storage / boto3 writers. Called when a writer for a remote logdir is made, so
+  importing this module changes nothing."""
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  record_writer.register_writer_factory(logdir.split("://", 1)[0], _PathsEventFileFactory())
 
 
 class Progress:

@@ -10,6 +10,7 @@ default soundfont is the General MIDI one bundled with pretty_midi (TimGM6mb.sf2
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from virtuoso_jax import encoding
+from virtuoso_jax import paths
 
 AUDIO_HINT = ("pip install 'virtuoso_jax[audio]' (pyfluidsynth) and apt-get install fluidsynth, "
               "or put the fluidsynth program on PATH")
@@ -25,7 +27,8 @@ AUDIO_HINT = ("pip install 'virtuoso_jax[audio]' (pyfluidsynth) and apt-get inst
 
 def piano_roll(notes: encoding.Notes, path: str, *, config: encoding.EncodingConfig =
                encoding.EncodingConfig(), title: str = "") -> str:
-  """Writes a piano roll of `notes` to `path` (PNG): one colour per instrument, drums as dots.
+  """Writes a piano roll of `notes` to `path` (PNG; local or remote): one colour per
+  instrument, drums as dots.
 
   Time in seconds on x, MIDI pitch on y. Returns `path`.
   """
@@ -56,8 +59,10 @@ def piano_roll(notes: encoding.Notes, path: str, *, config: encoding.EncodingCon
   ax.set_title(title or f"{len(notes)} notes")
   ax.grid(True, alpha=0.25)
   fig.tight_layout()
-  fig.savefig(path)
+  png = io.BytesIO()
+  fig.savefig(png, format="png")
   plt.close(fig)
+  paths.write_bytes(path, png.getvalue())
   return path
 
 
@@ -84,12 +89,13 @@ def audio_backend() -> Optional[str]:
 
 def midi_to_wav(midi_path: str, wav_path: str, *, sf2: Optional[str] = None,
                 sample_rate: int = 44100) -> tuple[bool, str]:
-  """Synthesises `midi_path` to `wav_path` with FluidSynth.
+  """Synthesises `midi_path` to `wav_path` with FluidSynth (either may be remote: FluidSynth
+  reads and writes local files, copied down and up around it).
 
   Returns (written, message): (False, "skipping audio: ...") when FluidSynth or a soundfont is
   missing; raises FileNotFoundError when an explicit `sf2` does not exist.
   """
-  if sf2 is not None and not os.path.isfile(sf2):
+  if sf2 is not None and not paths.is_file(sf2):
     raise FileNotFoundError(f"--sf2 soundfont {sf2} does not exist")
   backend = audio_backend()
   if backend is None:
@@ -98,17 +104,20 @@ def midi_to_wav(midi_path: str, wav_path: str, *, sf2: Optional[str] = None,
   if sf2 is None:
     return False, ("skipping audio: no soundfont (pip install pretty_midi for its bundled GM "
                    "soundfont, or pass --sf2=FILE)")
-  if backend == "pyfluidsynth":
-    import pretty_midi  # pylint: disable=g-import-not-at-top
-    from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
-    audio = pretty_midi.PrettyMIDI(midi_path).fluidsynth(fs=sample_rate, sf2_path=sf2)
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    pcm = (audio / peak * 0.9 * 32767 if peak > 0 else audio).astype(np.int16)
-    wavfile.write(wav_path, sample_rate, pcm)
-  else:
-    cmd = ["fluidsynth", "-ni", "-F", wav_path, "-r", str(sample_rate), sf2, midi_path]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0 or not os.path.isfile(wav_path):
-      return False, (f"skipping audio: {' '.join(cmd)} failed (exit {result.returncode}): "
-                     f"{result.stderr.strip()[-300:]}")
+  with paths.local_file(midi_path, write=False) as midi_file, \
+       paths.local_file(sf2, write=False) as sf2_file, \
+       paths.local_file(wav_path, write=True) as wav_file:
+    if backend == "pyfluidsynth":
+      import pretty_midi  # pylint: disable=g-import-not-at-top
+      from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
+      audio = pretty_midi.PrettyMIDI(midi_file).fluidsynth(fs=sample_rate, sf2_path=sf2_file)
+      peak = float(np.abs(audio).max()) if audio.size else 0.0
+      pcm = (audio / peak * 0.9 * 32767 if peak > 0 else audio).astype(np.int16)
+      wavfile.write(wav_file, sample_rate, pcm)
+    else:
+      cmd = ["fluidsynth", "-ni", "-F", wav_file, "-r", str(sample_rate), sf2_file, midi_file]
+      result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+      if result.returncode != 0 or not os.path.isfile(wav_file):
+        return False, (f"skipping audio: {' '.join(cmd)} failed (exit {result.returncode}): "
+                       f"{result.stderr.strip()[-300:]}")
   return True, f"wrote {wav_path} ({backend}, soundfont {sf2})"

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from typing import Any
 
@@ -24,6 +22,7 @@ import ml_collections
 
 from virtuoso_jax import config_lib
 from virtuoso_jax import encoding
+from virtuoso_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +44,17 @@ class RunConfigMismatchError(config_lib.ConfigError):
 
 def write(workdir: str, config, codec) -> None:
   """`config.json` (the resolved config) and `encoding.json` (the codec) of a training run."""
-  with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(config_lib.to_json(config))
+  paths.write_text(paths.join(workdir, CONFIG_FILE), config_lib.to_json(config))
   write_encoding(workdir, config, codec)
 
 
 def write_encoding(workdir: str, config, codec) -> None:
   from virtuoso_jax import dataset  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, ENCODING_FILE), "w", encoding="utf-8") as f:
-    json.dump({"kind": config.data.encoding, "encoding": codec.config.to_dict(),
-               "token_version": getattr(codec, "version", 1), "controls": _controls_dict(codec),
-               "dataset": dataset.dataset_name(config)}, f, indent=2, sort_keys=True)
+  paths.write_json(paths.join(workdir, ENCODING_FILE),
+                   {"kind": config.data.encoding, "encoding": codec.config.to_dict(),
+                    "token_version": getattr(codec, "version", 1),
+                    "controls": _controls_dict(codec), "dataset": dataset.dataset_name(config)},
+                   indent=2, sort_keys=True)
 
 
 def _controls_dict(codec) -> dict[str, Any] | None:
@@ -67,11 +66,22 @@ def read_encoding(workdir: str) -> dict[str, Any] | None:
   """The saved `encoding.json` as a dict ({"kind", "encoding", "token_version", "controls",
   "dataset"}; files written before token versions lack the last three's first two: version 1),
   None if absent."""
-  path = os.path.join(workdir, ENCODING_FILE)
-  if not os.path.isfile(path):
+  path = paths.join(workdir, ENCODING_FILE)
+  if not paths.is_file(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return paths.read_json(path)
+
+
+def saved_controls(workdir: str):
+  """The ControlConfig in `workdir`'s encoding.json (a version-2 run), else None."""
+  saved = read_encoding(workdir)
+  if not saved or not saved.get("controls"):
+    return None
+  try:
+    return encoding.ControlConfig.from_dict(saved["controls"])
+  except (ValueError, TypeError) as e:
+    raise RunError(f"{os.path.join(workdir, ENCODING_FILE)} has unreadable controls "
+                   f"({type(e).__name__}: {e})") from e
 
 
 # ------------------------------------------------------------------ reading
@@ -80,12 +90,12 @@ def read_encoding(workdir: str) -> dict[str, Any] | None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config.json over today's schema, validated: a hand-edited or foreign config is a
   RunError naming the file and the field."""
-  workdir = os.path.abspath(workdir)
-  if not os.path.isdir(workdir):
+  workdir = paths.absolute(workdir)
+  if not paths.is_dir(workdir):
     raise RunError(f"workdir {workdir} does not exist (train first: python -m "
                    f"virtuoso_jax.main --config=configs/rga.py:tiny --workdir={workdir})")
-  cfg_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(cfg_path):
+  cfg_path = paths.join(workdir, CONFIG_FILE)
+  if not paths.is_file(cfg_path):
     raise RunError(f"{cfg_path} not found: {workdir} is not a training workdir")
   try:
     config = _with_schema_defaults(config_lib.from_json_file(cfg_path))
@@ -102,10 +112,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_codec(workdir: str):
   """(config, codec) of a training run, without JAX, a model or a checkpoint: the codec from
   `encoding.json`, else rebuilt from the run's dataset (and then cached there)."""
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   config = load_config(workdir)
   kind = config.data.encoding
-  path = os.path.join(workdir, ENCODING_FILE)
+  path = paths.join(workdir, ENCODING_FILE)
   try:
     saved = read_encoding(workdir)
     enc = None if saved is None else encoding.EncodingConfig.from_dict(saved["encoding"])
@@ -135,7 +145,7 @@ def load_codec(workdir: str):
     except OSError:  # A read-only workdir still samples; it just is not cached.
       pass
   if config.model.vocab_size < codec.vocab_size:
-    raise RunError(f"{os.path.join(workdir, CONFIG_FILE)}: model.vocab_size="
+    raise RunError(f"{paths.join(workdir, CONFIG_FILE)}: model.vocab_size="
                    f"{config.model.vocab_size} is smaller than the vocabulary of the run's "
                    f"token-version-{getattr(codec, 'version', 1)} codec ({codec.vocab_size} ids, "
                    f"{path}); the checkpoint and this codec do not belong together")
@@ -168,18 +178,17 @@ def saved_run_config(workdir: str) -> dict[str, Any] | None:
   """The saved config of the run in `workdir`, if it holds one worth protecting (checkpoints or
   metrics rows); None for an empty or fresh workdir (or one without a readable config.json)."""
   from virtuoso_jax import checkpointing  # pylint: disable=g-import-not-at-top  (jax)
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = paths.join(workdir, CONFIG_FILE)
+  if not paths.is_file(path):
     return None
   ckpt_dir = checkpointing.checkpoint_dir(workdir)
-  has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  has_rows = os.path.isfile(metrics) and os.path.getsize(metrics) > 0
+  has_ckpt = any(n.isdigit() for n in paths.listdir(ckpt_dir))
+  metrics = paths.join(workdir, "metrics.jsonl")
+  has_rows = paths.is_file(metrics) and paths.size(metrics) > 0
   if not (has_ckpt or has_rows):
     return None
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return paths.read_json(path)
   except (OSError, ValueError):
     log.warning("%s is unreadable; not comparing configs.", path)
     return None
@@ -215,17 +224,12 @@ def _move_aside(workdir: str) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   dest = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
   n = 1
-  while os.path.exists(dest):
+  while paths.exists(dest):
     n += 1
     dest = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
   if jax.process_index() == 0:
-    try:
-      os.rename(workdir, dest)
-    except OSError:  # A mount point or the like: move its entries instead.
-      os.makedirs(dest)
-      for name in os.listdir(workdir):
-        shutil.move(os.path.join(workdir, name), os.path.join(dest, name))
-    os.makedirs(workdir, exist_ok=True)
+    paths.move(workdir, dest)
+    paths.makedirs(workdir)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("move_run_aside")

@@ -10,7 +10,7 @@ r"""Samples music from a trained run: MIDI, piano-roll PNG, TXT (char models), W
   python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --infill=8:12
   python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --keep_melody
   python -m virtuoso_jax.sample --workdir=runs/control --prompt_midi=song.mid --keep_instruments=0
-  python -m virtuoso_jax.sample --workdir=runs/control --density=2 --polyphony=4 --max_notes=200
+  python -m virtuoso_jax.sample --workdir=runs/control --density=3 --polyphony=1 --max_notes=200
 
 It restores the model parameters only (the latest checkpoint, or `--checkpoint=best` / a step),
 rebuilds the model from <workdir>/config.json and the codec from <workdir>/encoding.json (or the
@@ -18,17 +18,16 @@ dataset's encoding), and writes <out>/sample_XX.{mid,png} (+ .txt for char model
 FluidSynth is installed). The work is virtuoso_jax.inference's; this binary reads flags.
 """
 
-import os
-
 from absl import app
 from absl import flags
 
 from virtuoso_jax import config_lib
 from virtuoso_jax import inference
+from virtuoso_jax import paths
 from virtuoso_jax import run_dir
 
-flags.DEFINE_string("workdir", None, "Training run directory (config.json, checkpoints/).")
-flags.DEFINE_string("out", None, "Output folder (default <workdir>/samples).")
+flags.DEFINE_string("workdir", None, "Training run directory (config.json, checkpoints/); local or gs://.")
+flags.DEFINE_string("out", None, "Output folder, local or gs:// (default <workdir>/samples).")
 flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
 flags.DEFINE_integer("num_samples", None, "Samples generated together (default config.sample).")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -56,9 +55,13 @@ flags.DEFINE_list("keep_instruments", None, "Keep these parts of --prompt_midi e
                   "programs, 128 = drums) and generate the others around them.")
 flags.DEFINE_bool("keep_melody", False, "Keep the melody (top line) of --prompt_midi exactly and "
                   "generate the accompaniment.")
-flags.DEFINE_integer("density", None, "Note density bin (0 = sparsest .. 7 = busiest).")
-flags.DEFINE_integer("polyphony", None, "Polyphony bin (0 = one voice .. 7 = thick chords).")
-flags.DEFINE_integer("pitch_range", None, "Pitch range bin (0 = narrow .. 7 = wide).")
+flags.DEFINE_integer("density", None, "Note density bin, 0 = sparsest .. N-1 = busiest; the "
+                     "run's bins are quantiles of its training music (edges in notes/s: the "
+                     "run's encoding.json, controls.density_edges).")
+flags.DEFINE_integer("polyphony", None, "Polyphony bin, 0 = fewest notes sounding together .. "
+                     "N-1 = thickest (edges: controls.polyphony_edges).")
+flags.DEFINE_integer("pitch_range", None, "Pitch range bin, 0 = narrowest .. N-1 = widest "
+                     "(edges in semitones: controls.pitch_range_edges).")
 
 FLAGS = flags.FLAGS
 
@@ -83,7 +86,7 @@ def main(argv):
       raise inference.SampleError("--prompt_notes and --prompt_seconds must be >= 0")
     if f.prompt_midi and f.prompt_text is not None:
       raise inference.SampleError("give --prompt_midi or --prompt_text, not both")
-    if f.prompt_midi and not os.path.isfile(f.prompt_midi):
+    if f.prompt_midi and not paths.is_file(f.prompt_midi):
       raise inference.SampleError(f"prompt MIDI {f.prompt_midi} does not exist")
     infill = None
     if f.infill is not None:
@@ -121,7 +124,7 @@ def main(argv):
         keep_instruments=f.keep_instruments, keep_melody=f.keep_melody,
         attributes=attributes or None)
     _, why = inference.token_budget(run.codec, request)
-    out = f.out or os.path.join(run.workdir, "samples")
+    out = f.out or paths.join(run.workdir, "samples")
     print(f"Sampling {request.num_samples} x up to {why} from "
           f"{run.workdir} ({run.config.model.name}, {run.kind} codec, step {run.step}); "
           f"temperature {request.temperature}, top_k {request.top_k}, top_p {request.top_p}, "

@@ -115,3 +115,47 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   mask = np.zeros(seq_len, np.float32)
   mask[:n - 1] = ~given[1:n]
   return out, mask
+
+
+def fit_controls(codec, songs, bins: int, seq_len: int, seed: int,
+                 max_windows: int = 2000):
+  """`codec.controls` with the edges of its binned attributes fitted to a corpus, so each bin
+  holds a like share of the music the model learns from, whatever the corpus: edge k lies
+  halfway between the value at quantile k/bins of up to `max_windows` training windows and the
+  next larger value (a value never sits on an edge). Windows are cut as training cuts them
+  (`seq_len + 1` ids at a random start): every song up to 4 times when the corpus is small,
+  else `max_windows` songs drawn without replacement. `songs`: a sequence-like source (len,
+  get_many) of version-1 id arrays. Deterministic in `seed`, so every process of a run fits the
+  same edges. Where the corpus has too few distinct values (one pitch range), an edge is nudged
+  just above the one before it: that bin stays empty, the vocabulary is kept."""
+  rng = np.random.default_rng([seed, 0xB1A5])
+  n = len(songs)
+  reps = int(np.clip(max_windows // max(n, 1), 1, 4))
+  picks = (np.repeat(np.arange(n), reps) if n * reps <= max_windows
+           else np.sort(rng.choice(n, max_windows, replace=False)))
+  values = {name: [] for name in tc.BINNED_ATTRIBUTES}
+  for lo in range(0, len(picks), 256):
+    for ids in songs.get_many(picks[lo:lo + 256]):
+      start = int(rng.integers(0, max(1, len(ids) - seq_len)))
+      window = ids[start:start + seq_len + 1]
+      notes = codec.decode(window[window != codec.pad_id])
+      if len(notes) < 4:
+        continue
+      for name, v in codec.attribute_values(notes).items():
+        if name in values:
+          values[name].append(float(v))
+  if not values["density"]:
+    raise ValueError("fit_controls: no training window has 4 notes or more; the attribute bins "
+                     "cannot be fitted (set data.attribute_bins=0 for the generic edges)")
+  edges = {}
+  for name, v in values.items():
+    v = np.sort(np.asarray(v))
+    e = []
+    for k in range(1, bins):
+      lower = v[max(int(np.ceil(k / bins * len(v))) - 1, 0)]
+      above = v[v > lower]
+      e.append(float((lower + above[0]) / 2) if len(above) else float(lower))
+      if len(e) > 1:
+        e[-1] = max(e[-1], float(np.nextafter(e[-2], np.inf)))
+    edges[f"{name}_edges"] = tuple(e)
+  return dataclasses.replace(codec.controls, **edges)

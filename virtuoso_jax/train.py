@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -33,6 +32,7 @@ from virtuoso_jax import config_lib
 from virtuoso_jax import dataset
 from virtuoso_jax import flops as flops_lib
 from virtuoso_jax import metrics as metrics_lib
+from virtuoso_jax import paths
 from virtuoso_jax import run_dir
 from virtuoso_jax import trainer as trainer_lib
 
@@ -217,7 +217,7 @@ def default_actions(trainer: trainer_lib.Trainer, *, losses: _Losses, throughput
     reported and training goes on."""
     from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
     losses.fetch()
-    out = os.path.join(trainer.workdir, "samples", f"step_{info.step}")
+    out = paths.join(trainer.workdir, "samples", f"step_{info.step}")
     try:
       inference.write_config_sample(trainer.workdir, out, run=trainer.inference_run(info.step),
                                     why=f"config.sample.every_steps={config.sample.every_steps}")
@@ -253,14 +253,14 @@ def train_and_evaluate(config, workdir: str, *, codec=None) -> dict[str, Any]:
   "stopped": "done" | "preempted".
   """
   shown_workdir = workdir  # As the user wrote it, for the commands printed at the end.
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)  # Local or remote (gs://...): see virtuoso_jax.paths.
   # Before anything is built or written: a run of another model/data/optimizer in this workdir
   # stops here (the vocabulary is compared again once the codec resolves it).
   run_dir.check_workdir(config, workdir, shown_workdir)
   if config.memory.machine and jax.devices()[0].platform == "cpu":
     log.warning("This config is meant for %s; it runs on a CPU here (the memory pre-flight will "
                 "tell whether it fits).", config.memory.machine)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   trainer = trainer_lib.Trainer(config, workdir, codec=codec)
   config = trainer.config
   run_dir.check_workdir(config, workdir, shown_workdir)
@@ -366,10 +366,10 @@ def _log_done(last, config, ckpt, workdir: str, shown_workdir: str) -> None:
                  f"(baseline {last['eval/unigram_nll_per_note']:.2f}), "
                  f"{last['eval/bits_per_second']:.1f} bits per second of music.")
   lines += [f"  checkpoints: {ckpt.directory if ckpt else '(disabled: ckpt.enabled=False)'}",
-            f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}"]
+            f"  metrics:     {paths.join(workdir, 'metrics.jsonl')}"]
   if config.tensorboard:
-    lines.append(f"  TensorBoard: tensorboard --logdir {os.path.join(shown_workdir, 'tensorboard')}")
+    lines.append(f"  TensorBoard: tensorboard --logdir {paths.join(shown_workdir, 'tensorboard')}")
   if ckpt is not None:
     lines.append(f"  sample:      python -m virtuoso_jax.sample --workdir={shown_workdir} "
-                 f"--out={os.path.join(shown_workdir, 'samples')}")
+                 f"--out={paths.join(shown_workdir, 'samples')}")
   log.info("%s", "\n".join(lines))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 
 import jax
@@ -25,6 +24,7 @@ from virtuoso_jax import dataset
 from virtuoso_jax import flops as flops_lib
 from virtuoso_jax import host_memory
 from virtuoso_jax import input_pipeline
+from virtuoso_jax import paths
 from virtuoso_jax import preflight
 from virtuoso_jax import run_dir
 from virtuoso_jax import sharding as sharding_lib
@@ -52,6 +52,7 @@ class Trainer:
       if not dataset.is_prepared(config):  # The binary prepares (dataset.ensure_prepared).
         raise dataset.not_prepared_error(config)
       codec = dataset.load_codec(config)
+    codec = self._with_run_controls(config, workdir, codec)
     config = config_lib.resolve_vocab_size(config, codec.vocab_size,
                                            f"dataset {dataset.dataset_name(config)}")
     self.config = config
@@ -302,11 +303,35 @@ class Trainer:
     return inference.Run(self.workdir, self.config, self.data.info.codec, model, int(step),
                          self.data.info.codec.grammar())
 
+  @staticmethod
+  def _with_run_controls(config, workdir: str, codec):
+    """A version-2 codec with the attribute edges the run keeps: those in its encoding.json
+    (a resumed run), else those of the run it fine-tunes, else (data.attribute_bins > 0) edges
+    fitted to the training split (`tasks.fit_controls`)."""
+    if getattr(codec, "version", 1) < 2:
+      return codec
+    from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
+    from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
+    controls = run_dir.saved_controls(workdir)
+    if controls is None and config.ckpt.fine_tune_from:
+      controls = run_dir.saved_controls(os.path.abspath(config.ckpt.fine_tune_from))
+    if controls is None and config.data.attribute_bins:
+      t0 = time.perf_counter()
+      songs = input_pipeline.SongSource(config, config.data.train_split, codec)
+      controls = tasks.fit_controls(codec, songs, int(config.data.attribute_bins),
+                                    int(config.model.max_len), int(config.seed))
+      log.info("Attribute bins fitted to the training split in %.1fs: %s",
+               time.perf_counter() - t0,
+               {n: [round(x, 2) for x in controls.edges(n)] for n in encoding.BINNED_ATTRIBUTES})
+    if controls is None:
+      return codec
+    return encoding.make_codec(config.data.encoding, codec.config, controls)
+
   def load_fine_tune_params(self, src: str) -> None:
     """config.ckpt.fine_tune_from: the other run's latest params (same shapes and encoding);
     the optimizer state stays fresh and training starts at step 0."""
-    shown, src = src, os.path.abspath(src)
-    if src == os.path.abspath(self.workdir):
+    shown, src = src, paths.absolute(src)
+    if paths.same(src, self.workdir):
       raise config_lib.ConfigError(
           f"config.ckpt.fine_tune_from={shown!r} is this run's own --workdir; give the workdir "
           "of another run")

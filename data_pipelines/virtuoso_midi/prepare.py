@@ -12,12 +12,18 @@ It runs `Builder(...).download_and_prepare(file_format='array_record')`, printin
 `--verbose` (or VIRTUOSO_VERBOSE=1) adds TFDS's progress bars, INFO logs and prints. The trainer runs exactly this in a
 subprocess when the configured dataset is missing. Read the result with
 `tfds.data_source('virtuoso_midi/<config>', data_dir=...)`.
+
+`--data_dir` and `--manual_dir` may be remote (`gs://bucket/tfds`, any path etils.epath
+accepts). array_record's writer only writes local files (riegeli's file writer; its reader
+does read gs://), so a remote data_dir is built in a local staging folder and then uploaded,
+its DatasetInfo files last: until those land, TFDS does not see the dataset as prepared.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -59,10 +65,15 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
   from etils import epath  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import paths  # pylint: disable=g-import-not-at-top
   make = lambda: vm.Builder(config=config, data_dir=data_dir or None,
                             num_workers=num_workers or None)
   builder = make()
   where = os.fspath(builder.data_dir)
+  if paths.is_remote(where):
+    return _prepare_remote(config, builder, where, data_dir=data_dir, manual_dir=manual_dir,
+                           download_dir=download_dir, num_workers=num_workers,
+                           overwrite=overwrite, beam_pipeline_options=beam_pipeline_options)
   if builder.is_prepared():
     if not overwrite:
       builder.check_built_from(manual_dir)
@@ -91,6 +102,34 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
   print(f"[virtuoso_midi] done in {time.monotonic() - start:.1f} s: virtuoso_midi/{config} "
         f"at {where}, splits {splits}", flush=True)
   return builder
+
+
+def _prepare_remote(config: str, builder, where: str, *, data_dir, manual_dir, download_dir,
+                    num_workers, overwrite, beam_pipeline_options):
+  """`prepare` into a remote data_dir: build in a local staging data_dir, then upload the
+  prepared version folder (the DatasetInfo files last)."""
+  from data_pipelines.virtuoso_midi import virtuoso_midi_dataset_builder as vm  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import paths  # pylint: disable=g-import-not-at-top
+  if builder.is_prepared() and not overwrite:
+    builder.check_built_from(manual_dir)
+    print(f"[virtuoso_midi] virtuoso_midi/{config} is already prepared at {where}", flush=True)
+    return builder
+  with tempfile.TemporaryDirectory(prefix="virtuoso_midi_staging_") as staging:
+    print(f"[virtuoso_midi] {where} is remote: building in {staging}, then uploading",
+          flush=True)
+    # A Beam runner on other machines cannot write into this staging folder: give such a
+    # runner a data_dir its workers share as a file system (README, "With Apache Beam").
+    local = prepare(config, data_dir=staging, manual_dir=manual_dir, download_dir=download_dir,
+                    num_workers=num_workers, beam_pipeline_options=beam_pipeline_options)
+    if paths.exists(where):  # A partial upload, or --overwrite: replaced whole.
+      paths.rmtree(where)
+    paths.copy_tree(local.data_dir, where, last=_INFO_FILES)
+  print(f"[virtuoso_midi] uploaded virtuoso_midi/{config} to {where}", flush=True)
+  return vm.Builder(config=config, data_dir=data_dir, num_workers=num_workers or None)
+
+
+# The files TFDS checks to call a version folder prepared (tfds file_utils.is_valid_variant_dir).
+_INFO_FILES = ("features.json", "dataset_info.json")
 
 
 def main(argv):

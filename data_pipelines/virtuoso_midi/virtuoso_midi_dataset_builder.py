@@ -59,6 +59,7 @@ except ModuleNotFoundError as _e:  # pragma: no cover - depends on how the packa
   sys.path.insert(0, os.fspath(_REPO_ROOT))
   from virtuoso_jax import encoding as enc
 from virtuoso_jax import dataset as vj_dataset  # pylint: disable=g-bad-import-order
+from virtuoso_jax import paths  # pylint: disable=g-bad-import-order
 
 
 def _build_module(name: str):
@@ -546,7 +547,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                          source_notes=self._source_notes + self._listing.notes)
     if self.builder_config.source == "manual":
       # Which folder this build read: training checks it against its data.manual_dir.
-      out["manual_dir"] = os.path.abspath(os.fspath(dl_manager.manual_dir))
+      out["manual_dir"] = paths.absolute(dl_manager.manual_dir)  # Local or gs://...
     return out
 
   def _write_skipped_tsv(self, path: epath.Path, rows) -> None:

@@ -17,7 +17,7 @@ from virtuoso_jax.encoding.midi_io import note_sequence_to_notes
 from virtuoso_jax.encoding.midi_io import notes_to_midi
 from virtuoso_jax.encoding.midi_io import notes_to_note_sequence
 from virtuoso_jax.encoding.notes import DRUMS
-from virtuoso_jax.encoding.notes import ControlConfig
+from virtuoso_jax.encoding.notes import BINNED_ATTRIBUTES, ControlConfig
 from virtuoso_jax.encoding.notes import EncodingConfig
 from virtuoso_jax.encoding.notes import GM_PROGRAM_NAMES
 from virtuoso_jax.encoding.notes import Notes
@@ -41,7 +41,7 @@ def make_codec(kind: str, config: EncodingConfig, controls: ControlConfig | None
 
 
 __all__ = [
-    "KINDS", "make_codec", "CharCodec", "ControlConfig", "DRUMS", "EncodingConfig", "GM_PROGRAM_NAMES", "Grammar", "MidiError",
+    "BINNED_ATTRIBUTES", "KINDS", "make_codec", "CharCodec", "ControlConfig", "DRUMS", "EncodingConfig", "GM_PROGRAM_NAMES", "Grammar", "MidiError",
     "MidiInfo", "Notes", "TokenCodec", "describe", "instrument_name", "midi_to_notes",
     "note_sequence_to_notes", "notes_to_midi", "notes_to_note_sequence", "transpose",
 ]

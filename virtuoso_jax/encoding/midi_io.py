@@ -32,12 +32,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import pathlib
 import struct
 from typing import Any, Union
 
 import numpy as np
 
+from virtuoso_jax import paths
 from virtuoso_jax.encoding.notes import DRUMS, EncodingConfig, Notes, instrument_name
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
@@ -154,13 +154,13 @@ def _read_source(src: Source, config: EncodingConfig) -> tuple[bytes, str]:
   elif isinstance(src, (str, os.PathLike)):
     name = os.fspath(src)
     try:
-      size = os.stat(name).st_size
+      size = paths.size(name)
     except OSError as e:
       raise MidiError(name, f"cannot read file: {e.strerror or e}") from e
     if size > config.max_file_bytes:
       raise _too_big(name, size, config.max_file_bytes)
     try:
-      data = pathlib.Path(name).read_bytes()
+      data = paths.read_bytes(name)
     except OSError as e:
       raise MidiError(name, f"cannot read file: {e.strerror or e}") from e
   else:
@@ -668,7 +668,7 @@ def notes_to_midi(notes: Notes, path: str | os.PathLike | None = None, *,
                                         notes.velocity[sel].astype(np.int8))))
   data = score.dumps_midi()
   if path is not None:
-    pathlib.Path(path).write_bytes(data)
+    paths.write_bytes(path, data)
   return data
 
 

@@ -114,6 +114,15 @@ class EncodingConfig:
     return self.grid_ms / 1000.0
 
 
+# The attributes stated as a bin of a number (ControlConfig holds their edges).
+BINNED_ATTRIBUTES = ("density", "polyphony", "pitch_range")
+# Generic edges, where the corpus is not known: the first version-2 runs used these, and
+# `ControlConfig.generic(bins)` spaces placeholder edges over the same spans.
+_GENERIC_EDGES = {"density": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+                  "polyphony": (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0),
+                  "pitch_range": (6.0, 12.0, 18.0, 24.0, 30.0, 36.0, 48.0)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ControlConfig:
   """Version 2 of the token codec: anticipated control notes and attribute tokens.
@@ -125,12 +134,31 @@ class ControlConfig:
     density_edges: notes per second: bin edges of the density attribute (len + 1 bins).
     polyphony_edges: mean notes sounding at each onset: edges of the polyphony attribute.
     pitch_range_edges: semitones between the lowest and highest pitched note.
+  Training fits the edges to the corpus (`tasks.fit_controls`: quantiles, so every bin holds a
+  like share of the training windows); the defaults are generic, corpus-blind edges.
   """
 
   anticipation_ms: int = 2000
-  density_edges: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-  polyphony_edges: tuple[float, ...] = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
-  pitch_range_edges: tuple[float, ...] = (6.0, 12.0, 18.0, 24.0, 30.0, 36.0, 48.0)
+  density_edges: tuple[float, ...] = _GENERIC_EDGES["density"]
+  polyphony_edges: tuple[float, ...] = _GENERIC_EDGES["polyphony"]
+  pitch_range_edges: tuple[float, ...] = _GENERIC_EDGES["pitch_range"]
+
+  @classmethod
+  def generic(cls, bins: int, anticipation_ms: int = 2000) -> "ControlConfig":
+    """`bins` bins per binned attribute, edges spread (geometrically) over the generic span:
+    the vocabulary of a run whose edges are fitted to its corpus once its data is read."""
+    if bins < 2:
+      raise ValueError(f"ControlConfig.generic: bins must be >= 2, got {bins}")
+    def spread(edges):
+      return tuple(float(x) for x in np.geomspace(edges[0], edges[-1], bins - 1)) if bins > 2 \
+          else (float(np.sqrt(edges[0] * edges[-1])),)
+    return cls(anticipation_ms, **{f"{n}_edges": spread(e) for n, e in _GENERIC_EDGES.items()})
+
+  def edges(self, name: str) -> tuple[float, ...]:
+    """The bin edges of binned attribute `name` (one of BINNED_ATTRIBUTES)."""
+    if name not in BINNED_ATTRIBUTES:
+      raise ValueError(f"{name!r} is not a binned attribute; expected one of {BINNED_ATTRIBUTES}")
+    return getattr(self, f"{name}_edges")
 
   def __post_init__(self):
     for name in ("density_edges", "polyphony_edges", "pitch_range_edges"):

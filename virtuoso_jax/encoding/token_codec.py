@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from virtuoso_jax.encoding.grammar import Grammar
-from virtuoso_jax.encoding.notes import (DRUMS, NUM_INSTRUMENTS, ControlConfig, EncodingConfig,
+from virtuoso_jax.encoding.notes import (BINNED_ATTRIBUTES, DRUMS, NUM_INSTRUMENTS, ControlConfig,
+                                        EncodingConfig,
                                         Notes)
 
 PAD, BOS, EOS, WAIT = 0, 1, 2, 3
@@ -35,7 +36,7 @@ K_INVALID, K_PAD, K_BOS, K_EOS, K_WAIT = -1, 0, 1, 2, 3
 K_DT, K_INS, K_PITCH, K_DUR, K_VEL, K_INS_PITCH, K_DUR_VEL = 4, 5, 6, 7, 8, 9, 10
 # Version 2 (controls): a control note's time offset, and the attribute tokens of the prefix.
 K_CTIME, K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT = 11, 12, 13, 14, 15
-ATTRIBUTES = ("density", "polyphony", "pitch_range", "instrument_present")
+ATTRIBUTES = BINNED_ATTRIBUTES + ("instrument_present",)
 _ATTR_KIND = {"density": K_DENSITY, "polyphony": K_POLYPHONY, "pitch_range": K_RANGE,
               "instrument_present": K_INST_PRESENT}
 
@@ -102,9 +103,8 @@ class TokenCodec:
       # A control enters at the last event-time position <= its onset - anticipation; positions
       # are at most wait_units apart, so its offset from there is < anticipation + wait_units.
       _add("control_time", self.anticipation + self.wait_units)
-      _add("density", len(controls.density_edges) + 1)
-      _add("polyphony", len(controls.polyphony_edges) + 1)
-      _add("pitch_range", len(controls.pitch_range_edges) + 1)
+      for name in BINNED_ATTRIBUTES:
+        _add(name, len(controls.edges(name)) + 1)
       _add("instrument_present", NUM_INSTRUMENTS)
       kind_of.update(control_time=K_CTIME, density=K_DENSITY, polyphony=K_POLYPHONY,
                      pitch_range=K_RANGE, instrument_present=K_INST_PRESENT)
@@ -212,14 +212,13 @@ class TokenCodec:
                        "this one is version 1")
     return self.controls
 
-  def attributes(self, notes: Notes) -> dict[str, Any]:
-    """The attribute bins of `notes`, computed from the notes themselves: note density (notes
-    per second of their span), polyphony (mean notes sounding at each onset), pitch range
+  def attribute_values(self, notes: Notes) -> dict[str, Any]:
+    """The attributes of `notes` as numbers, computed from the notes themselves: note density
+    (notes per second of their span), polyphony (mean notes sounding at each onset), pitch range
     (semitones, drums excluded) and the instruments present."""
-    c = self._need_controls("attributes")
     notes = notes.canonical()
     if not len(notes):
-      return {"density": 0, "polyphony": 0, "pitch_range": 0, "instrument_present": []}
+      return {"density": 0.0, "polyphony": 0.0, "pitch_range": 0, "instrument_present": []}
     onset = notes.onset.astype(np.int64)
     end = onset + notes.duration
     seconds = max(int(end.max() - onset.min()), 1) * self.config.grid_ms / 1000.0
@@ -227,11 +226,19 @@ class TokenCodec:
     sounding = (np.searchsorted(onset, starts_at, side="right")
                 - np.searchsorted(np.sort(end), starts_at, side="right"))
     pitched = notes.pitch[notes.instrument != DRUMS]
-    span = int(pitched.max() - pitched.min()) if len(pitched) else 0
-    return {"density": int(np.searchsorted(c.density_edges, len(notes) / seconds, "right")),
-            "polyphony": int(np.searchsorted(c.polyphony_edges, float(sounding.mean()), "right")),
-            "pitch_range": int(np.searchsorted(c.pitch_range_edges, span, "right")),
+    return {"density": len(notes) / seconds, "polyphony": float(sounding.mean()),
+            "pitch_range": int(pitched.max() - pitched.min()) if len(pitched) else 0,
             "instrument_present": sorted(int(i) for i in np.unique(notes.instrument))}
+
+  def attributes(self, notes: Notes) -> dict[str, Any]:
+    """The attribute bins of `notes` (`attribute_values` placed in this codec's bin edges)."""
+    c = self._need_controls("attributes")
+    v = self.attribute_values(notes)
+    if not len(notes):
+      return {"density": 0, "polyphony": 0, "pitch_range": 0, "instrument_present": []}
+    return {**{name: int(np.searchsorted(c.edges(name), v[name], "right"))
+               for name in BINNED_ATTRIBUTES},
+            "instrument_present": v["instrument_present"]}
 
   def attribute_ids(self, attributes: dict[str, Any]) -> np.ndarray:
     """The prefix ids of `attributes` (bins as `attributes()` gives them; a key left out or
