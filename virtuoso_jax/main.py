@@ -31,6 +31,15 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit).")
 _CPU_COLLECTIVES = flags.DEFINE_string(
     "cpu_collectives", "gloo", "CPU collectives for multi-process CPU runs ('gloo' or 'mpi').")
+# The bound on how long a process outlives a lost peer (docs/pods.md): jax's coordination
+# service marks a process that sent no heartbeat for this long as dead and then aborts every
+# other process with a fatal error naming it ("tasks are unhealthy (stopped sending heartbeats):
+# 1"); without it, the survivors would wait forever in the next collective. jax's own default is
+# 100 s; heartbeats come from a C++ thread, so long compiles or input stalls do not miss them.
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 30,
+    "Multi-process runs: a process that stops sending heartbeats for this many seconds (killed, "
+    "host lost) is declared dead and every other process exits with an error naming it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,10 +56,11 @@ def _initialize_distributed() -> None:
       raise app.UsageError("--coordinator_address needs --process_id (or JAX_PROCESS_ID)")
     jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=num,
-                               process_id=pid)
+                               process_id=pid,
+                               heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
     return
   try:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
   except (ValueError, RuntimeError) as e:
     # No cluster detected: a single-host run.
     logging.info("Single-process run (jax.distributed not initialised: %s)", e)
@@ -88,6 +98,11 @@ def main(argv):
     log.info("Process %d of %d; devices: %d global, %d local (%s)", jax.process_index(),
              jax.process_count(), jax.device_count(), jax.local_device_count(),
              jax.devices()[0].device_kind)
+    if jax.process_count() > 1:
+      log.info("A process that stops (killed, host lost) stops the others within about %d s "
+               "(--heartbeat_timeout_seconds): the JAX distributed service's fatal error names "
+               "it as task N = its process index. Rerun the same command on every host to "
+               "resume.", _HEARTBEAT_TIMEOUT.value)
     log.info("Workdir %s; model %s; data %s", paths.absolute(_WORKDIR.value),
              config.model.name, dataset.dataset_name(config))
     # A run this config cannot resume stops before anything, dataset preparation included.

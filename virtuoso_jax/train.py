@@ -83,13 +83,23 @@ def run_actions(actions: list[Action], info: StepInfo) -> None:
 
 
 class _Preemption:
-  """SIGTERM -> save at the next step and exit cleanly (TPU preemption, `kill`)."""
+  """SIGTERM -> save at the next step and exit cleanly (TPU preemption, `kill`).
+
+  One process: a Python SIGTERM handler. Several (a pod): jax's preemption sync manager, whose
+  own SIGTERM handler `jax.distributed.initialize` installed, tells every process the same step
+  to stop at (`reached_preemption_sync_point`). A Python handler would replace that one, and a
+  process told alone would stop and save while the others trained on, each then waiting in a
+  different collective forever (seen in the two-process rehearsal, docs/pods.md)."""
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._pod = False
 
   def __enter__(self):
+    self._pod = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+    if self._pod:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread: no signal handling.
@@ -107,12 +117,12 @@ class _Preemption:
     return False
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
+    if self._pod:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      try:
-        return multihost_utils.reached_preemption_sync_point(step) or self.requested
-      except RuntimeError:
-        return self.requested
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.requested = True
+        log.warning("Preemption notice (SIGTERM to a process of this run): every process "
+                    "saves a checkpoint at step %d and stops.", step)
     return self.requested
 
 
