@@ -3,7 +3,7 @@ driver and of the workers.
 
   python benchmarks/build_bench.py --files=10000,100000     # synthetic corpora of that size
   python benchmarks/build_bench.py --files=                 # ../shared/corpora, token and char
-  python benchmarks/build_bench.py --files= --corpora=/my/midis --configs=token --workers=1,4
+  python benchmarks/build_bench.py --files= --corpora=/my/midis --runners=direct --workers=1,4
 
 Synthetic corpora (`make_synthetic_corpus`) are generated deterministically from `--seed` into
 a temporary folder, 1000 files a folder: small multi-instrument songs (2 to 4 GM instruments,
@@ -11,8 +11,10 @@ drums in half of them, 60 to 400 notes), with shares of corrupt (`CORRUPT`), emp
 note-less and duplicate files. Each build is a fresh subprocess, `python -m
 data_pipelines.virtuoso_midi.prepare`, into a temporary data dir, timed end to end (listing,
 parse, encode, write, report), with each of `--runners`:
-- `auto`: the builder decides (in-process under `Builder.IN_PROCESS_MAX_FILES` files, else
-  Beam's Direct runner with `--workers` processes, whose runner lives in the driver process);
+- `in_process`: no Beam options, what the builder does by itself at any size: one file at a
+  time in the build process (its parser in one child process), examples spilled to disk;
+- `direct`: Beam's Direct runner with `--workers` processes (its runner lives in the driver
+  process, which holds the encoded data);
 - `portable`: a local stand-in for a cluster: Beam's Python job service
   (`local_job_service_main`) and an external worker pool (`worker_pool_main`), each its own
   process, with the driver submitting to them (`runner=PortableRunner`) as it would to Flink or
@@ -55,8 +57,9 @@ _CORPORA = flags.DEFINE_string("corpora", DEFAULT_CORPORA,
                                "else ../shared/corpora).")
 _CONFIGS = flags.DEFINE_string("configs", "token", "Comma-separated builder configs.")
 _WORKERS = flags.DEFINE_string("workers", str(os.cpu_count() or 1),
-                               "Comma-separated worker counts (prepare --num_workers).")
-_RUNNERS = flags.DEFINE_string("runners", "auto", "Comma-separated: auto, portable (above).")
+                               "Comma-separated worker counts of the `direct` runner.")
+_RUNNERS = flags.DEFINE_string("runners", "in_process",
+                               "Comma-separated: in_process, direct, portable (above).")
 _TIMEOUT = flags.DEFINE_integer("timeout_s", 3 * 3600, "Per build.")
 
 # Shares of the synthetic corpus that are not good, unique songs.
@@ -230,10 +233,14 @@ def build(corpus: str, config: str, workers: int, runner: str, tmp: str) -> dict
     with LocalCluster() as cluster:
       cmd.append(f"--beam_pipeline_options={cluster.options()}")
       result = run_watched(cmd, _TIMEOUT.value, cluster.jobs.pid, cluster.pool.pid)
-  elif runner == "auto":
+  elif runner == "direct":
+    cmd.append("--beam_pipeline_options=runner=DirectRunner,direct_running_mode=multi_processing,"
+               f"direct_num_workers={workers}")
+    result = run_watched(cmd, _TIMEOUT.value)
+  elif runner == "in_process":
     result = run_watched(cmd, _TIMEOUT.value)
   else:
-    raise app.UsageError(f"unknown runner {runner!r}: auto or portable")
+    raise app.UsageError(f"unknown runner {runner!r}: in_process, direct or portable")
   if result["rc"] != 0:
     raise RuntimeError(f"build failed ({result['rc']}): {result['output'][-3000:]}")
   meta = json.loads((pathlib.Path(data_dir) / "virtuoso_midi" / config / "1.0.0" /
@@ -268,7 +275,7 @@ def main(argv):
       corpora.append((_CORPORA.value, {"corpus": _CORPORA.value}))
     runs = [(config, workers, runner) for config in _CONFIGS.value.split(",")
             for runner in _RUNNERS.value.split(",")
-            for workers in ([int(w) for w in _WORKERS.value.split(",")] if runner == "auto" else [1])]
+            for workers in ([int(w) for w in _WORKERS.value.split(",")] if runner == "direct" else [1])]
     for corpus, about in corpora:
       for config, workers, runner in runs:
         r = build(corpus, config, workers, runner, tmp)

@@ -2,8 +2,11 @@
 and read back with `tfds.data_source`. TensorFlow-based checks (DatasetBuilderTestCase) live
 next to the builder in `data_pipelines/virtuoso_midi/virtuoso_midi_dataset_builder_test.py`."""
 
+import array
+import itertools
 import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
@@ -11,6 +14,7 @@ import tarfile
 import zipfile
 from unittest import mock
 
+from etils import epath
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -163,6 +167,90 @@ def rank_splits(sha256s):
 def sha_at(fraction: float, salt: int) -> str:
   """A fake content hash whose hash fraction is `fraction`."""
   return f"{int(fraction * 2**64):016x}" + __import__("hashlib").sha256(b"%d" % salt).hexdigest()[16:]
+
+
+def _arrays_reachable(obj, seen=None) -> list:
+  """Every numpy array reachable from `obj` through containers and object attributes."""
+  seen = set() if seen is None else seen
+  if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+    return []
+  seen.add(id(obj))
+  if isinstance(obj, np.ndarray):
+    return [obj]
+  if isinstance(obj, dict):
+    children = list(obj.keys()) + list(obj.values())
+  elif isinstance(obj, (list, tuple, set, frozenset)):
+    children = list(obj)
+  else:
+    children = list(getattr(obj, "__dict__", {}).values())
+  return [a for child in children for a in _arrays_reachable(child, seen)]
+
+
+def _dummy_items():
+  items, _ = processing.walk_midi_files(epath.Path(DUMMY))
+  return processing.unique_names(items)
+
+
+def test_in_process_build_keeps_examples_on_disk_not_in_memory(tmp_path):
+  """`build_in_process` appends each first copy's example to its spill file as it is encoded
+  and keeps only (offset, length) pairs: no example (no numpy array) is reachable from the
+  build; reading a split back gives what `process_item` encodes; `remove` deletes the file."""
+  settings = processing.Settings(encoding="token", encoding_config=EncodingConfig().to_dict())
+  items = _dummy_items()
+  built = processing.build_in_process(items, settings, desc="test", work_dir=os.fspath(tmp_path))
+  assert _arrays_reachable(built) == []
+  assert all(isinstance(v, array.array) for v in built.locations.values())
+  # The file holds exactly the kept examples (the duplicate song_01.mid is not spilled).
+  spilled = []
+  with open(built.spill.path, "rb") as f:
+    while f.peek(1):
+      spilled.append(pickle.load(f))
+  # songs/: 11 files, one a copy of another (the 2 zipped songs are not listed here).
+  assert len(spilled) == built.num_examples == 10
+  assert "songs/song_01.mid" not in {ex["name"] for ex in spilled}
+  by_name = {item.name: item for item in items}
+  read_back = {}
+  for split in built.splits():
+    for sha, example in built.examples(split):
+      assert sha == example["sha256"]
+      read_back[example["name"]] = split
+      _, fresh = processing.process_item(by_name[example["name"]], settings)
+      np.testing.assert_array_equal(example["ids"], fresh["ids"])
+  assert sorted(read_back) == sorted(ex["name"] for ex in spilled)
+  assert built.report.splits == {s: len(built.locations[s]) // 2 for s in built.splits()}
+  built.remove()
+  assert not os.path.exists(built.spill.dir) and os.listdir(tmp_path) == []
+
+
+def test_spill_is_removed_after_a_build_and_after_a_failed_one(tmp_path, monkeypatch):
+  """The builder's temporary folder (spill file included) is gone after a build, after one
+  that fails while TFDS writes the examples, and after a failed `build_in_process`."""
+  build_tmp = tmp_path / "build_tmp"
+  build_tmp.mkdir()
+  monkeypatch.setenv("VIRTUOSO_BUILD_TMP", os.fspath(build_tmp))
+  build(tmp_path / "ok", "token", manual_dir=DUMMY / "songs")
+  assert list(build_tmp.iterdir()) == []
+
+  seen = []
+  original = processing.InProcessBuild.examples
+
+  def failing_examples(self, split):
+    seen.append(self.spill.path)
+    assert os.path.exists(self.spill.path)  # Spilled while the writer reads it.
+    yield from itertools.islice(original(self, split), 1)
+    raise OSError("disk full (injected)")
+
+  monkeypatch.setattr(processing.InProcessBuild, "examples", failing_examples)
+  with pytest.raises(OSError, match="injected"):
+    build(tmp_path / "fails", "token", manual_dir=DUMMY / "songs")
+  assert seen and list(build_tmp.iterdir()) == []
+
+  # A parser process that cannot start: build_in_process raises and removes its spill.
+  broken = processing.Settings(encoding="token", encoding_config=EncodingConfig().to_dict(),
+                               parser="no_such_module_xyz:parse")
+  with pytest.raises(RuntimeError, match="could not start"):
+    processing.build_in_process(_dummy_items(), broken, desc="test", work_dir=os.fspath(build_tmp))
+  assert list(build_tmp.iterdir()) == []
 
 
 def test_split_cuts_equal_the_rank_rule_merged_in_any_order():

@@ -2,7 +2,7 @@
 
 Each is a small mergeable accumulator (`add`, `merge`), so the same code runs as a Beam
 aggregation (`CombinePerKey`/`CombineGlobally`, in `beam_pipeline.py`) and in the builder's
-in-process path for small corpora (`processing.build_in_process`):
+in-process path (`processing.build_in_process`):
 
 - `FirstCopy`: the copies of one content hash; the first in listing order is kept (with its
   example), the others are duplicates. Holds one example, whatever the number of copies.

@@ -34,8 +34,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder of MIDI files (token/char configs).")
 _DOWNLOAD_DIR = flags.DEFINE_string("download_dir", "", "Download/cache folder ('' = <data_dir>/downloads).")
 _NUM_WORKERS = flags.DEFINE_integer(
-    "num_workers", 0, "Worker processes of the local Beam runner the builder starts on corpora "
-    "too big to build in-process, and of the Bach conversion (0 = all cores).")
+    "num_workers", 0, "Processes of the Bach conversion (0 = all cores). The files are encoded in "
+    "this process, or by the Beam runner given with --beam_pipeline_options.")
 _BEAM_OPTIONS = flags.DEFINE_string(
     "beam_pipeline_options", "", "Build with Apache Beam with these options, comma-separated "
     "key=value as for `tfds build` (e.g. runner=DataflowRunner,project=...); '' = the builder "
@@ -56,7 +56,7 @@ def prepare(config: str, *, data_dir: str | None = None, manual_dir: str | None 
     data_dir: TFDS data dir (None: the TFDS default).
     manual_dir: the MIDI folder, for the `token`/`char` configs.
     download_dir: download/cache folder (None: `<data_dir>/downloads`).
-    num_workers: processes of the local Beam runner and the Bach conversion (None: all cores).
+    num_workers: processes of the Bach conversion (None: all cores).
     overwrite: delete and rebuild an existing preparation of this config and version.
     beam_pipeline_options: comma-separated Beam options, as `tfds build` takes them ('' = the
       builder chooses how to build).

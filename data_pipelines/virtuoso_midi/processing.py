@@ -1,7 +1,7 @@
 """The TF-free work of the `virtuoso_midi` build: list, read, hash, parse and encode a file.
 
 Everything here runs without TensorFlow and without JAX: in a Beam worker (`beam_pipeline.py`),
-or in the builder's process for small corpora (`build_in_process`). The builder
+or in the builder's process when no Beam options are given (`build_in_process`). The builder
 (`virtuoso_midi_dataset_builder.py`) lists the source files with the functions here and hands
 the list to one of the two.
 
@@ -20,6 +20,7 @@ printable, bounded, unique name; what it leaves out goes to the report too.
 
 from __future__ import annotations
 
+import array
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -27,6 +28,7 @@ import hashlib
 import importlib
 import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import stat
@@ -746,40 +748,120 @@ class FileSandbox:
 # --------------------------------------------------------------------------- in-process build
 
 
+class ExampleSpill:
+  """An append-only local file of pickled examples, read back by (offset, length).
+
+  Why: the in-process build must hold the kept examples until the splits are known (after the
+  last file) and TFDS's writer asks for them, split by split. Held in memory, they would grow
+  with the corpus (~5 KB a song of 1.2k tokens, ~80 KB for Lakh's); on disk the build keeps
+  only their 16-byte locations. The file is the build's own, written and read by the same
+  process, so pickle is safe here.
+  """
+
+  FILE_NAME = "examples.pkl"
+
+  def __init__(self, work_dir: str):
+    """Creates a fresh folder for the file under `work_dir` (a local folder)."""
+    self.dir = tempfile.mkdtemp(prefix="spill_", dir=work_dir)
+    self.path = os.path.join(self.dir, self.FILE_NAME)
+    self._out = open(self.path, "wb")  # pylint: disable=consider-using-with
+    self._size = 0
+
+  def write(self, example: dict[str, Any]) -> tuple[int, int]:
+    """Appends one example; returns its (offset, length) in the file."""
+    data = pickle.dumps(example, protocol=pickle.HIGHEST_PROTOCOL)
+    self._out.write(data)
+    offset, self._size = self._size, self._size + len(data)
+    return offset, len(data)
+
+  def finish(self) -> None:
+    """Done writing (the file is complete for `read`)."""
+    if not self._out.closed:
+      self._out.close()
+
+  def read(self, locations: Sequence[int]):
+    """Yields the examples at `locations` (offset, length, offset, length, ...), in that order."""
+    self.finish()
+    with open(self.path, "rb") as f:
+      for k in range(0, len(locations), 2):
+        f.seek(locations[k])
+        data = f.read(locations[k + 1])
+        if len(data) != locations[k + 1]:
+          raise OSError(f"spill file {self.path} ends before the record at offset "
+                        f"{locations[k]} ({len(data)} of {locations[k + 1]} bytes)")
+        yield pickle.loads(data)
+
+  def remove(self) -> None:
+    """Closes and deletes the file and its folder (safe to call twice)."""
+    self.finish()
+    shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @dataclasses.dataclass
 class InProcessBuild:
-  """What `build_in_process` found: each split's (sha256, example) pairs, the report of the
-  files read, and every skip as (order, skipped.tsv row)."""
+  """What `build_in_process` found: where each split's examples are in the spill file (a flat
+  `array('q')` of offset, length pairs, in file-list order), the report of the files read, and
+  every skip as (order, skipped.tsv row). No example is held in memory: `examples(split)`
+  reads them back. `remove()` deletes the spill file (the builder calls it when the build
+  ends, written or failed)."""
 
-  examples: dict[str, list[tuple[str, dict[str, Any]]]]
+  spill: ExampleSpill
+  locations: dict[str, array.array]
   report: aggregation.Report
   skipped_rows: list[tuple[Any, str]]
 
+  @property
+  def num_examples(self) -> int:
+    return sum(len(v) // 2 for v in self.locations.values())
 
-def build_in_process(items: Sequence[Item], settings: Settings, *, desc: str) -> InProcessBuild:
-  """The build of a small corpus without Beam: the same per-file work (`FileSandbox`, one file
-  at a time) and the same aggregations as `beam_pipeline.build`, run in a loop here. Holds the
-  kept examples in memory until TFDS writes them, so it is meant for corpora of a few thousand
-  files (the builder picks it below `IN_PROCESS_MAX_FILES`)."""
+  def splits(self) -> list[str]:
+    """The splits with at least one example, in `aggregation.SPLIT_NAMES` order."""
+    return [s for s in aggregation.SPLIT_NAMES if self.locations.get(s)]
+
+  def examples(self, split: str):
+    """Yields (sha256, example) of one split, read back from the spill file."""
+    for example in self.spill.read(self.locations.get(split, ())):
+      yield example["sha256"], example
+
+  def remove(self) -> None:
+    self.spill.remove()
+
+
+def build_in_process(items: Sequence[Item], settings: Settings, *, desc: str,
+                     work_dir: str) -> InProcessBuild:
+  """The build without Beam: the same per-file work (`FileSandbox`, one file at a time) and the
+  same aggregations as `beam_pipeline.build`, run in a loop here. Each first copy of a file's
+  content is appended to an `ExampleSpill` under `work_dir` as soon as it is encoded, so this
+  process holds per file only its small `Outcome` and a location, whatever the corpus size
+  (the builder uses it whenever no Beam options are given). On an error the spill is removed.
+  """
   total = len(items)
   log(f"{desc}: {total} files in this process, one at a time (its parser in a child process)")
   start = last = time.monotonic()
   copies: dict[str, aggregation.FirstCopy] = {}
   unread = []
+  spill = ExampleSpill(work_dir)
   sandbox = FileSandbox(settings)
   try:
     for index, item in enumerate(items):
       outcome, example = sandbox.process(item)
-      record = (index, outcome, example)
       if outcome.sha256:
-        copies.setdefault(outcome.sha256, aggregation.FirstCopy()).add(record)
+        # Files come in list order, so a content seen before is a duplicate: not spilled.
+        first = outcome.sha256 not in copies
+        location = spill.write(example) if first and example is not None else None
+        copies.setdefault(outcome.sha256, aggregation.FirstCopy()).add((index, outcome, location))
       else:
-        unread.append(record)
+        unread.append((index, outcome, None))
+      del example
       now = time.monotonic()
       if now - last >= 5.0:
         last = now
         rate = (index + 1) / max(now - start, 1e-9)
         log(f"{desc}: {index + 1}/{total} files, {rate:.1f} files/s, ETA {(total - index - 1) / rate:.0f} s")
+    spill.finish()
+  except BaseException:
+    spill.remove()
+    raise
   finally:
     sandbox.close()
   elapsed = max(time.monotonic() - start, 1e-9)
@@ -791,23 +873,26 @@ def build_in_process(items: Sequence[Item], settings: Settings, *, desc: str) ->
     if outcome.status == "ok":
       cut_acc.add(outcome.sha256)
   cuts = cut_acc.cuts()
-  events = []
-  examples: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-  for index, outcome, example in unique:
-    split = cuts.split_of(outcome.sha256) if outcome.status == "ok" else None
-    events.append(aggregation.file_event((1, index), outcome, split))
-    if split is not None:
-      examples.setdefault(split, []).append((outcome.sha256, example))
-  for c in copies.values():
-    events.extend(aggregation.duplicate_events(c))
   report = aggregation.Report()
   rows = []
-  for event in events:
+
+  def add(event):
     report.add(event)
     skipped = aggregation.skip_of(event)
     if skipped is not None:
       rows.append((skipped[0], aggregation.tsv_row(*skipped[1:])))
-  return InProcessBuild(examples=examples, report=report, skipped_rows=sorted(rows))
+
+  locations: dict[str, array.array] = {}
+  for index, outcome, location in unique:
+    split = cuts.split_of(outcome.sha256) if outcome.status == "ok" else None
+    add(aggregation.file_event((1, index), outcome, split))
+    if split is not None:
+      locations.setdefault(split, array.array("q")).extend(location)
+  for c in copies.values():
+    for event in aggregation.duplicate_events(c):
+      add(event)
+  return InProcessBuild(spill=spill, locations=locations, report=report,
+                        skipped_rows=sorted(rows))
 
 
 # --------------------------------------------------------------------------- worker processes

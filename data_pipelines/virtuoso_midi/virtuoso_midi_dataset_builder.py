@@ -22,12 +22,17 @@ one example and a file never lands in two splits. `DatasetInfo.metadata["encodin
 report (files read, recovered, skipped by reason with names, notes, tokens, per-split counts).
 
 This module does file I/O through epath only (DatasetBuilderTestCase mocks `open`/`os`). It
-lists the files, then runs the build either as an Apache Beam pipeline (`beam_pipeline.py`: any
-runner; `tfds build --beam_pipeline_options=...`, or a local Direct runner on all cores for
-corpora of `IN_PROCESS_MAX_FILES` files or more) or, for small corpora, in this process
-(`processing.build_in_process`). Both run the same per-file function (`processing.process_item`,
-in a `processing.FileSandbox`) and the same aggregations (`aggregation.py`), and write the same
-records and report.
+lists the files, then builds them in one of two ways:
+- given Beam options (`tfds build --beam_pipeline_options=...`, `prepare
+  --beam_pipeline_options=...`; any runner: Direct, Flink, Spark, Dataflow), as an Apache Beam
+  pipeline (`beam_pipeline.py`);
+- otherwise in this process, one file at a time, at any corpus size
+  (`processing.build_in_process`): each example is spilled to a local file as it is encoded,
+  so memory stays flat. Beam's local runners (Direct, and the Python portable job service)
+  hold each stage's output in the launching process, growing with the encoded data, so the
+  builder never starts one by itself; a cluster runner keeps the data on its workers.
+Both run the same per-file function (`processing.process_item`, in a `processing.FileSandbox`)
+and the same aggregations (`aggregation.py`), and write the same records and report.
 """
 
 from __future__ import annotations
@@ -254,17 +259,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   The other configs (bach_*, tegridy_*, maestro_*, lakh_*) need no manual step.
   """
 
-  # Without Beam options, a corpus of fewer files is built in this process (one file at a time),
-  # more with Beam's local Direct runner on all cores. Measured on 2 cores (docs/benchmarks.md,
-  # "virtuoso_midi build on Apache Beam"): 1,000 files take 3.9 s in-process, 18.6 s on the
-  # Direct runner (~15 s of start-up); the runner wins from ~9k files on 2 cores, ~4-5k on 4 or
-  # more, and holds ~6x the encoded data in its process where this path holds it once.
-  IN_PROCESS_MAX_FILES = 5000
-
   def __init__(self, *, file_format=None, num_workers: int | None = None, **kwargs):
-    """Like any builder; array_record by default. `num_workers`: worker processes of the local
-    Beam runner the builder starts for corpora of `IN_PROCESS_MAX_FILES` files or more without
-    Beam options, and of the Bach conversion (default: $VIRTUOSO_BUILD_WORKERS, else all cores)."""
+    """Like any builder; array_record by default. `num_workers`: processes of the Bach
+    conversion (default: $VIRTUOSO_BUILD_WORKERS, else all cores). The files are encoded in this
+    process unless Beam options are given, whose runner decides the workers."""
     super().__init__(file_format=file_format or "array_record", **kwargs)
     self._num_workers = num_workers or processing.default_num_workers()
     self._listing = processing.Listing()
@@ -410,16 +408,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Each split's examples: Beam transforms, or generators of what the in-process build
     found (`_download_and_prepare` lists the files and runs that build first)."""
-    del dl_manager  # Listed already: the size of the corpus decides how it is built.
+    del dl_manager  # Listed and encoded already.
     if self._beam_build is not None:
       return {split: self._beam_build.split(split) for split in aggregation.SPLIT_NAMES}
-    examples = self._in_process.examples
-    return {split: self._generate_examples(examples[split])
-            for split in aggregation.SPLIT_NAMES if split in examples}
+    return {split: self._generate_examples(split) for split in self._in_process.splits()}
 
-  def _generate_examples(self, examples: list[tuple[str, dict[str, Any]]]):
-    """Yields (sha256, example) of one split, as the in-process build encoded them."""
-    yield from examples
+  def _generate_examples(self, split: str):
+    """Yields (sha256, example) of one split, read back from the in-process build's spill
+    file (nothing of it is held in memory)."""
+    yield from self._in_process.examples(split)
 
   def check_built_from(self, manual_dir) -> None:
     """Raises CorpusError if this config is prepared from another folder than `manual_dir`
@@ -451,26 +448,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       super().download_and_prepare(download_dir=download_dir, download_config=download_config,
                                    **kwargs)
 
-  def _beam_download_config(self, download_config, num_files: int):
-    """The download config to build with Beam, or None to build in this process: Beam when
-    the caller gave a runner or options (`tfds build --beam_pipeline_options=...`); else, from
-    `IN_PROCESS_MAX_FILES` files on, Beam's Direct runner with `num_workers` processes."""
-    if download_config.beam_runner is not None or download_config.beam_options is not None:
-      return download_config
-    if num_files < self.IN_PROCESS_MAX_FILES:
-      return None
-    try:
-      from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      processing.log(f"apache-beam is not installed: building {num_files} files in this process, "
-                     "one at a time (pip install -e '.[tfds]' to use every core)")
-      return None
-    flags = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-             f"--direct_num_workers={self._num_workers}"]
-    if not processing.verbose():
-      flags.append("--default_sdk_harness_log_level=WARNING")  # The workers' INFO lines.
-    return dataclasses.replace(download_config,
-                               beam_options=pipeline_options.PipelineOptions(flags))
+  @staticmethod
+  def _with_beam(download_config) -> bool:
+    """Whether to build with Beam: only when the caller gave a runner or options (`tfds build
+    --beam_pipeline_options=...`). Otherwise the build runs in this process at any size: Beam's
+    local runners would hold the encoded data in this process (docs/benchmarks.md)."""
+    return download_config.beam_runner is not None or download_config.beam_options is not None
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     """Lists the files, builds the splits (in this process or with Beam), then stores and
@@ -479,7 +462,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     self._listing = processing.Listing()
     self._source_notes = []
-    self._build_tmp = processing.make_build_tmp()  # Extracted tar members.
+    self._build_tmp = processing.make_build_tmp()  # Extracted tar members, spilled examples.
     self._num_tars = 0
     self._in_process = self._beam_build = None
     work_dir = None
@@ -488,11 +471,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       left_out = f" ({len(self._listing.skips)} left out while listing)" if self._listing.skips else ""
       processing.log(f"config {config.name}: {len(items)} MIDI files found{left_out}")
       desc = f"encoding ({config.encoding})"
-      beam_config = self._beam_download_config(download_config, len(items)) if items else None
-      if beam_config is None:
-        self._in_process = processing.build_in_process(items, config.settings(), desc=desc)
+      if not (items and self._with_beam(download_config)):
+        self._in_process = processing.build_in_process(items, config.settings(), desc=desc,
+                                                       work_dir=self._build_tmp)
         files_report = self._in_process.report
-        if not self._in_process.examples:
+        if not self._in_process.num_examples:
           self._log_report(self._report_dict(files_report, dl_manager))
           found = (f"none of the {len(items)} MIDI files found is usable (see the report above)"
                    if items else "no .mid/.midi file (nor .zip/.tar.gz archive of them) was found")
@@ -507,10 +490,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._beam_build = beam_pipeline.Build(
             work_dir=work_dir, settings=config.settings(), config_name=config.name,
             num_files=len(items))
-        processing.log(f"{desc}: {len(items)} files with Apache Beam ({_describe_runner(beam_config)})")
+        processing.log(f"{desc}: {len(items)} files with Apache Beam "
+                       f"({_describe_runner(download_config)})")
         start = time.monotonic()
         with _beam_workers_import_this_checkout():
-          super()._download_and_prepare(dl_manager, beam_config)
+          super()._download_and_prepare(dl_manager, download_config)
         elapsed = time.monotonic() - start
         processing.log(f"{desc}: {len(items)}/{len(items)} files, {len(items) / elapsed:.1f} "
                        f"files/s, {elapsed:.1f} s (parse, encode and write)")
@@ -524,10 +508,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         final_dir = epath.Path(self.data_dir).parent / str(self.version)
         report["skipped_list"] = os.fspath(final_dir / aggregation.SKIPPED_TSV)
     finally:
+      if self._in_process is not None:
+        self._in_process.remove()  # Its spill file: written into the dataset, or failed.
       processing.remove_build_tmp(self._build_tmp)
       if work_dir is not None and work_dir.exists():
         work_dir.rmtree()
-      self._in_process = None  # The examples are written.
+      self._in_process = None
     self.info.metadata["report"] = report
     self._log_report(report)
     train = report["splits"].get("train", 0)
