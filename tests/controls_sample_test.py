@@ -70,11 +70,13 @@ def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
 def test_attributes_condition_a_continuation(control_run):
   run = inference.load_run(control_run)
   req = inference.SampleRequest(num_samples=2, seed=0, max_notes=10,
-                                attributes={"density": 5, "polyphony": 2})
+                                attributes={"density": 3, "polyphony": 2})
+  assert len(run.codec.controls.density_edges) == 3  # data.attribute_bins=4, fitted.
+  stated = run.codec.attribute_ids({"density": 3, "polyphony": 2}).tolist()
   for sample in inference.generate(run, req):
     assert sample.ids[0] == run.codec.bos_id
     assert run.codec.kinds(sample.ids[1:3]).tolist() == [12, 13]  # density, polyphony ids.
-    assert len(sample.notes) >= 0
+    assert sample.ids[1:3].tolist() == stated
   with pytest.raises(inference.SampleError, match="outside"):
     inference.generate(run, inference.SampleRequest(attributes={"density": 99}))
 
