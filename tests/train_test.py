@@ -82,7 +82,7 @@ def run_main(spec, overrides, workdir, *, devices=8, env=None, wait=True, extra_
   return out
 
 
-def test_training_beyond_continuation_uses_token_version_2(data_dir, tmp_path):
+def test_training_beyond_continuation_uses_token_version_2(data_dir, tmp_path, tmp_path_factory):
   cfg = load(SPECS["rga"], small(data_dir, **{
       "data.infill_rate": 0.4, "data.accompany_rate": 0.4, "data.attribute_rate": 0.5}))
   last = train.train_and_evaluate(cfg, str(tmp_path))
@@ -102,6 +102,13 @@ def test_training_beyond_continuation_uses_token_version_2(data_dir, tmp_path):
       "data.infill_rate": 0.4, "data.accompany_rate": 0.4, "data.attribute_rate": 0.5}))
   assert train.train_and_evaluate(more, str(tmp_path))["trained_steps"] == 1  # Resumed at 2.
   assert run_dir.load_codec(str(tmp_path))[1].controls.density_edges == (1.0, 2.0, 3.0)
+  # Fine-tuning from it keeps the source run's edges (its ids mean the same bins).
+  tuned = tmp_path_factory.mktemp("tuned")
+  ft = load(SPECS["rga"], small(data_dir, num_train_steps=1, **{
+      "data.infill_rate": 0.4, "data.accompany_rate": 0.4, "data.attribute_rate": 0.5,
+      "ckpt.fine_tune_from": str(tmp_path)}))
+  assert train.train_and_evaluate(ft, str(tuned))["trained_steps"] == 1
+  assert run_dir.load_codec(str(tuned))[1].controls.density_edges == (1.0, 2.0, 3.0)
 
 
 def test_periodic_actions_run_at_their_cadence_in_order():

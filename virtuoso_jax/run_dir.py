@@ -80,7 +80,7 @@ def saved_controls(workdir: str):
   try:
     return encoding.ControlConfig.from_dict(saved["controls"])
   except (ValueError, TypeError) as e:
-    raise RunError(f"{os.path.join(workdir, ENCODING_FILE)} has unreadable controls "
+    raise RunError(f"{paths.join(workdir, ENCODING_FILE)} has unreadable controls "
                    f"({type(e).__name__}: {e})") from e
 
 

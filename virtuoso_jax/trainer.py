@@ -314,7 +314,7 @@ class Trainer:
     from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
     controls = run_dir.saved_controls(workdir)
     if controls is None and config.ckpt.fine_tune_from:
-      controls = run_dir.saved_controls(os.path.abspath(config.ckpt.fine_tune_from))
+      controls = run_dir.saved_controls(paths.absolute(config.ckpt.fine_tune_from))
     if controls is None and config.data.attribute_bins:
       t0 = time.perf_counter()
       songs = input_pipeline.SongSource(config, config.data.train_split, codec)
