@@ -10,8 +10,14 @@ dataset, one JSON line per figure:
   accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
                            `--keep_melody` and for unconditioned music of the same length
                            (`baseline`), and the real accompaniment (`real`)
-  density_notes_per_s      generated notes per second for each requested density bin, whether
-                           they rise with the bin, and the share landing in the requested bin
+  density_notes_per_s      generated notes per second for each requested density bin (with
+                           its standard error), whether they rise with the bin, and the share
+                           landing in the requested bin (`--density_samples` per bin)
+  attribute_nll_gain       for each binned attribute, held-out music scored (teacher-forced)
+                           with its own bin stated and with each other bin: NLL per note saved
+                           by the true bin over the mean of the wrong ones (0 = ignored), and
+                           the share of excerpts scored best under their true bin (chance
+                           1 / bins)
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ _SAMPLES = flags.DEFINE_integer("samples", 4, "Samples per piece and mode.")
 _SPLIT = flags.DEFINE_string("split", "test", "Held-out split of the run's dataset.")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Length of each piece's excerpt (seconds).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_DENSITY_SAMPLES = flags.DEFINE_integer("density_samples", 32, "Unprompted 10 s samples per "
+                                        "requested density bin.")
 _SPANS = flags.DEFINE_integer("spans_per_piece", 3, "Spans scored (teacher-forced NLL) per "
                               "piece; the first is also infilled by sampling.")
 flags.mark_flag_as_required("workdir")
@@ -69,12 +77,10 @@ def _pieces(run, split: str, count: int, seconds: float):
 
 def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | None:
   """(NLL of the span's notes with the music after it as controls, without it, span notes)."""
-  import jax  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   codec = run.codec
   events, after = tasks.split_at(piece, end)
-  # The controls a sampler would have forced by the span's end (the rest cannot enter yet).
-  after = after[after.onset < end + codec.anticipation + codec.wait_units]
+  after = tasks.sampler_horizon(codec, after, end)  # The rest cannot enter before the end.
   prefix = events[events.onset < start]
   room = run.context + 1 - (len(after) + 2) * codec.tokens_per_note - 8
   while len(prefix) and (len(events) + 2) * codec.tokens_per_note > room:
@@ -83,23 +89,52 @@ def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | No
   n_span = len(events) - len(prefix)
   if n_span < 2 or not len(after):
     return None
-  with_ctx, is_ctl = codec.encode_controlled(events, after, add_eos=False)
+  # No trailing controls: the WAITs that would let the last controls enter after the span's
+  # last event are not the span's notes, and `without` has none to compare them with.
+  with_ctx, is_ctl = codec.encode_controlled(events, after, add_eos=False,
+                                             trailing_controls=False)
   without, _ = codec.encode_controlled(events, None, add_eos=False)
   n_prefix = len(codec.encode_controlled(prefix, None, add_eos=False)[0])
   if max(len(with_ctx), len(without)) > run.context + 1:
     return None
 
-  def nll(ids):
-    logits = run.model(np.asarray(ids[:-1], np.int32)[None], deterministic=True)
-    logp = jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1)
-    return -np.asarray(logp)[np.arange(len(ids) - 1), np.asarray(ids[1:])]
-
-  a = nll(with_ctx)
+  a = _nll(run, with_ctx)
   event_pos = np.flatnonzero(~is_ctl)  # The event stream inside the controlled sequence.
   span_targets_a = event_pos[n_prefix:] - 1  # Target index = position - 1.
-  b = nll(without)
+  b = _nll(run, without)
   span_targets_b = np.arange(n_prefix, len(without)) - 1
+  if len(span_targets_a) != len(span_targets_b):
+    raise RuntimeError("the event streams with and without controls differ")
   return float(a[span_targets_a].sum()) / n_span, float(b[span_targets_b].sum()) / n_span, n_span
+
+
+def _nll(run, ids) -> np.ndarray:
+  """Per-target NLL (nats) of one id sequence under the run's model, teacher-forced."""
+  import jax  # pylint: disable=g-import-not-at-top
+  logits = run.model(np.asarray(ids[:-1], np.int32)[None], deterministic=True)
+  logp = jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1)
+  return -np.asarray(logp)[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+
+
+def _attribute_gain(run, pieces, name: str) -> tuple[float, float, int]:
+  """(NLL per note saved by stating the true bin of `name` over the mean of the wrong bins,
+  share of excerpts best under their true bin, excerpts) on the start of each piece that fits
+  the context."""
+  codec = run.codec
+  bins = len(codec.controls.edges(name)) + 1
+  gains, best = [], []
+  for piece in pieces:
+    notes = piece.canonical()[:max(4, (run.context - 16) // codec.tokens_per_note)]
+    fits = lambda n: len(codec.encode_controlled(n, None, {name: 0})[0]) <= run.context + 1
+    while len(notes) > 4 and not fits(notes):
+      notes = notes[:len(notes) - 8]
+    true = codec.attributes(notes)[name]
+    # The prefix holds one attribute id (position 1); the targets from position 2 on are the music.
+    per_bin = np.array([_nll(run, codec.encode_controlled(notes, None, {name: b})[0])[1:].sum()
+                        for b in range(bins)]) / len(notes)
+    gains.append(float(np.delete(per_bin, true).mean() - per_bin[true]))
+    best.append(int(np.argmin(per_bin)) == true)
+  return float(np.mean(gains)), float(np.mean(best)), len(gains)
 
 
 def _onset_share(generated, melody) -> float:
@@ -160,10 +195,10 @@ def main(argv):
                 spans=len(spans), notes=int(sum(n for _, _, n in spans)), **tag)
   common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
               baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
-  per_bin, hits = [], []
+  per_bin, errors, hits = [], [], []
   edges = run.codec.controls.density_edges
   for b in range(len(edges) + 1):
-    req = inference.SampleRequest(num_samples=_SAMPLES.value * 2, seed=_SEED.value + b,
+    req = inference.SampleRequest(num_samples=_DENSITY_SAMPLES.value, seed=_SEED.value + b,
                                   max_seconds=10.0, attributes={"density": b},
                                   memory_check="off")
     rates = []
@@ -171,9 +206,15 @@ def main(argv):
       rates.append(len(s.notes) / 10.0)
       hits.append(run.codec.attributes(s.notes)["density"] == b if len(s.notes) else b == 0)
     per_bin.append(float(np.mean(rates)))
-  common.emit("density_notes_per_s", per_bin, "notes/s",
+    errors.append(float(np.std(rates) / np.sqrt(len(rates))))
+  common.emit("density_notes_per_s", per_bin, "notes/s", standard_error=errors,
               monotonic=bool(np.all(np.diff(per_bin) >= 0)),
-              in_requested_bin=float(np.mean(hits)), **tag)
+              in_requested_bin=float(np.mean(hits)), samples_per_bin=_DENSITY_SAMPLES.value,
+              **tag)
+  for name in ("density", "polyphony", "pitch_range"):
+    gain, best, n = _attribute_gain(run, pieces, name)
+    common.emit("attribute_nll_gain", gain, "nats/note", attribute=name, best_under_true_bin=best,
+                chance=1.0 / (len(run.codec.controls.edges(name)) + 1), excerpts=n, **tag)
 
 
 def _generated_part(notes, melody):

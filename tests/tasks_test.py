@@ -44,6 +44,9 @@ def test_derived_examples_decode_and_mask_the_given_ids():
       if rates.infill and len(controls) and len(events):
         # Events start before the span's end e, controls at e or later.
         assert controls.onset.min() > events.onset.max()
+        # Only the controls a sampler can force before the span ends: a few seconds' worth.
+        span = controls.onset.max() - controls.onset.min()
+        assert span < CODEC.anticipation + CODEC.wait_units
       if rates.accompany and len(controls):
         shared = set(events.instrument.tolist()) & set(controls.instrument.tolist())
         # A kept instrument is all controls, or the kept part is the melody (the top line).

@@ -2,8 +2,10 @@
 
 A window of a song's version-1 ids is decoded to notes and, at the rates of config.data, turned
 into one of:
-  infill      a span [s, e) of the window: the notes from e on become control notes (given,
-              anticipated), the notes before e are events (predicted);
+  infill      a span ending at e, late in the window: the notes starting in the few seconds
+              after e that a sampler can force before the span ends become control notes
+              (given, anticipated), the notes before e are events (predicted), later notes
+              are left out;
   accompany   a random proper subset of the window's instruments, or its melody (the top line,
               `melody`), becomes control notes over the whole window, the rest are events;
   (plain)     continuation, unchanged;
@@ -51,6 +53,14 @@ def split_at(notes, end: int):
   return notes[~later], notes[later]
 
 
+def sampler_horizon(codec, controls, end: int):
+  """The controls of a span ending at `end` that can enter the sequence before the span's
+  last event: those starting before `end` + anticipation + one WAIT. An infilling sampler stops
+  at `end`, so it never sees later ones; training leaves them out too, which keeps an infill
+  example mostly events (the music before the span, also continuation the model needs)."""
+  return controls[controls.onset < end + codec.anticipation + codec.wait_units]
+
+
 def split_instruments(notes, kept):
   """(events, controls) for accompaniment: the notes of the `kept` instruments are controls."""
   is_kept = np.isin(notes.instrument, np.asarray(list(kept), np.int64))
@@ -96,16 +106,17 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
       events, controls = notes[~top], notes[top]
     else:
       task = "infill"  # Nothing to accompany.
+  dropped = False
   if task == "infill":
     t0, t1 = int(notes.onset.min()), int((notes.onset + notes.duration).max())
-    start = t0 + int(rng.uniform(0.1, 0.7) * (t1 - t0))
-    end = start + max(1, int(rng.uniform(0.1, 0.4) * (t1 - t0)))
+    end = t0 + max(1, int(rng.uniform(0.3, 0.95) * (t1 - t0)))
     events, controls = split_at(notes, end)
+    controls, dropped = sampler_horizon(codec, controls, end), True
   attributes = None
   if with_attributes:
     attributes = {name: value for name, value in codec.attributes(events).items()
                   if rng.random() < 0.7}
-  has_eos = bool((ids == codec.eos_id).any())
+  has_eos = bool((ids == codec.eos_id).any()) and not dropped  # The song does not end there.
   tokens, is_control = codec.encode_controlled(events, controls, attributes, add_bos=True,
                                                add_eos=has_eos)
   given = is_control | np.isin(codec.kinds(tokens), _ATTRIBUTE_KINDS)  # Inputs, never targets.
