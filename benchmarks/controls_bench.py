@@ -7,6 +7,8 @@ dataset, one JSON line per figure:
   kept_exact_share         given notes found unchanged in the output, over every mode and sample
   infill_span_nll_per_note the span's notes (NLL per note, teacher-forced) given the music after
                            the span as anticipated controls, and without it (`no_right_context`)
+  infill_pitch_nll_per_note the same for the pitch id alone, for the span's top line (`part`
+                           top, its melody) and its other notes
   accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
                            `--keep_melody` and for unconditioned music of the same length
                            (`baseline`), and the real accompaniment (`real`)
@@ -29,6 +31,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import common
+from virtuoso_jax.encoding import token_codec as tc
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run trained beyond continuation.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
@@ -75,8 +78,10 @@ def _pieces(run, split: str, count: int, seconds: float):
   return [p for p in out if len(p) >= 16]
 
 
-def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | None:
-  """(NLL of the span's notes with the music after it as controls, without it, span notes)."""
+def _span_nll(run, piece, start: int, end: int) -> tuple | None:
+  """(NLL per span note with the music after it as controls, without it, span notes, and
+  {"top" | "other": (pitch NLL summed with, without, notes)} for the span's top line and the
+  rest)."""
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   codec = run.codec
   events, after = tasks.split_at(piece, end)
@@ -105,7 +110,17 @@ def _span_nll(run, piece, start: int, end: int) -> tuple[float, float, int] | No
   span_targets_b = np.arange(n_prefix, len(without)) - 1
   if len(span_targets_a) != len(span_targets_b):
     raise RuntimeError("the event streams with and without controls differ")
-  return float(a[span_targets_a].sum()) / n_span, float(b[span_targets_b].sum()) / n_span, n_span
+  # The pitch id of each span note, split into the span's top line (its melody) and the other
+  # notes: which part the right context helps or hurts. without[i] is with_ctx[event_pos[i]].
+  pitch_at = np.flatnonzero(np.isin(codec.kinds(without), (tc.K_PITCH, tc.K_INS_PITCH)))
+  parts = {}
+  if len(pitch_at) == len(events):
+    top = tasks.melody(events.canonical())
+    for name, pick in (("top", top), ("other", ~top)):
+      pos = pitch_at[pick & (np.arange(len(events)) >= len(prefix))]
+      parts[name] = (float(a[event_pos[pos] - 1].sum()), float(b[pos - 1].sum()), len(pos))
+  return (float(a[span_targets_a].sum()) / n_span, float(b[span_targets_b].sum()) / n_span,
+          n_span, parts)
 
 
 def _nll(run, ids) -> np.ndarray:
@@ -190,9 +205,15 @@ def main(argv):
     print(f"piece {k + 1}/{len(pieces)}", file=sys.stderr, flush=True)
   common.emit("kept_exact_share", found / max(total, 1), "fraction", notes=total, **tag)
   if spans:
-    common.emit("infill_span_nll_per_note", float(np.mean([a for a, _, _ in spans])), "nats",
-                no_right_context=float(np.mean([b for _, b, _ in spans])),
-                spans=len(spans), notes=int(sum(n for _, _, n in spans)), **tag)
+    common.emit("infill_span_nll_per_note", float(np.mean([s[0] for s in spans])), "nats",
+                no_right_context=float(np.mean([s[1] for s in spans])),
+                spans=len(spans), notes=int(sum(s[2] for s in spans)), **tag)
+    for part in ("top", "other"):
+      got = [s[3][part] for s in spans if part in s[3]]
+      n = sum(g[2] for g in got)
+      if n:
+        common.emit("infill_pitch_nll_per_note", sum(g[0] for g in got) / n, "nats", part=part,
+                    no_right_context=sum(g[1] for g in got) / n, notes=n, **tag)
   common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
               baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
   per_bin, errors, hits = [], [], []
