@@ -78,7 +78,7 @@ def _pieces(run, split: str, count: int, seconds: float):
   return [p for p in out if len(p) >= 16]
 
 
-def _span_nll(run, piece, start: int, end: int) -> tuple | None:
+def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
   """(NLL per span note with the music after it as controls, without it, span notes, and
   {"top" | "other": (pitch NLL summed with, without, notes)} for the span's top line and the
   rest)."""
@@ -103,10 +103,9 @@ def _span_nll(run, piece, start: int, end: int) -> tuple | None:
   if max(len(with_ctx), len(without)) > run.context + 1:
     return None
 
-  a = _nll(run, with_ctx)
+  a, b = _nll(scorer, with_ctx, without)
   event_pos = np.flatnonzero(~is_ctl)  # The event stream inside the controlled sequence.
   span_targets_a = event_pos[n_prefix:] - 1  # Target index = position - 1.
-  b = _nll(run, without)
   span_targets_b = np.arange(n_prefix, len(without)) - 1
   if len(span_targets_a) != len(span_targets_b):
     raise RuntimeError("the event streams with and without controls differ")
@@ -123,15 +122,13 @@ def _span_nll(run, piece, start: int, end: int) -> tuple | None:
           n_span, parts)
 
 
-def _nll(run, ids) -> np.ndarray:
-  """Per-target NLL (nats) of one id sequence under the run's model, teacher-forced."""
-  import jax  # pylint: disable=g-import-not-at-top
-  logits = run.model(np.asarray(ids[:-1], np.int32)[None], deterministic=True)
-  logp = jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1)
-  return -np.asarray(logp)[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+def _nll(scorer, *sequences) -> list[np.ndarray]:
+  """Per-target NLL (nats) of each id sequence (each fits the context), teacher-forced, with
+  the evaluate binary's scorer."""
+  return [s.nll for s in scorer.score([("", np.asarray(ids), 0, 0.0) for ids in sequences])]
 
 
-def _attribute_gain(run, pieces, name: str) -> tuple[float, float, int]:
+def _attribute_gain(run, scorer, pieces, name: str) -> tuple[float, float, int]:
   """(NLL per note saved by stating the true bin of `name` over the mean of the wrong bins,
   share of excerpts best under their true bin, excerpts) on the start of each piece that fits
   the context."""
@@ -145,8 +142,9 @@ def _attribute_gain(run, pieces, name: str) -> tuple[float, float, int]:
       notes = notes[:len(notes) - 8]
     true = codec.attributes(notes)[name]
     # The prefix holds one attribute id (position 1); the targets from position 2 on are the music.
-    per_bin = np.array([_nll(run, codec.encode_controlled(notes, None, {name: b})[0])[1:].sum()
-                        for b in range(bins)]) / len(notes)
+    scored = _nll(scorer, *(codec.encode_controlled(notes, None, {name: b})[0]
+                            for b in range(bins)))
+    per_bin = np.array([nll[1:].sum() for nll in scored]) / len(notes)
     gains.append(float(np.delete(per_bin, true).mean() - per_bin[true]))
     best.append(int(np.argmin(per_bin)) == true)
   return float(np.mean(gains)), float(np.mean(best)), len(gains)
@@ -160,11 +158,13 @@ def _onset_share(generated, melody) -> float:
 
 def main(argv):
   del argv
+  from virtuoso_jax import evaluation  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
   if getattr(run.codec, "version", 1) < 2:
     raise app.UsageError(f"{_WORKDIR.value} was trained for continuation only")
+  scorer = evaluation.Scorer(run)
   tag = {"workdir": run.workdir, "step": run.step, "split": _SPLIT.value}
   pieces = _pieces(run, _SPLIT.value, _PIECES.value, _SECONDS.value)
   grid_s = run.enc_config.grid_ms / 1000.0
@@ -178,7 +178,7 @@ def main(argv):
       b = a + int(0.2 * t1)
       if j == 0:
         start, end = a, b
-      scored = _span_nll(run, piece, a, b)
+      scored = _span_nll(run, scorer, piece, a, b)
       if scored:
         spans.append(scored)
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
@@ -233,7 +233,7 @@ def main(argv):
               in_requested_bin=float(np.mean(hits)), samples_per_bin=_DENSITY_SAMPLES.value,
               **tag)
   for name in ("density", "polyphony", "pitch_range"):
-    gain, best, n = _attribute_gain(run, pieces, name)
+    gain, best, n = _attribute_gain(run, scorer, pieces, name)
     common.emit("attribute_nll_gain", gain, "nats/note", attribute=name, best_under_true_bin=best,
                 chance=1.0 / (len(run.codec.controls.edges(name)) + 1), excerpts=n, **tag)
 
