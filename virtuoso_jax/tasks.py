@@ -106,17 +106,17 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
       events, controls = notes[~top], notes[top]
     else:
       task = "infill"  # Nothing to accompany.
-  dropped = False
   if task == "infill":
     t0, t1 = int(notes.onset.min()), int((notes.onset + notes.duration).max())
     end = t0 + max(1, int(rng.uniform(0.3, 0.95) * (t1 - t0)))
     events, controls = split_at(notes, end)
-    controls, dropped = sampler_horizon(codec, controls, end), True
+    controls = sampler_horizon(codec, controls, end)
   attributes = None
   if with_attributes:
     attributes = {name: value for name, value in codec.attributes(events).items()
                   if rng.random() < 0.7}
-  has_eos = bool((ids == codec.eos_id).any()) and not dropped  # The song does not end there.
+  # An infill example stops at its controls' horizon, not where the song ends.
+  has_eos = bool((ids == codec.eos_id).any()) and task != "infill"
   tokens, is_control = codec.encode_controlled(events, controls, attributes, add_bos=True,
                                                add_eos=has_eos)
   given = is_control | np.isin(codec.kinds(tokens), _ATTRIBUTE_KINDS)  # Inputs, never targets.
