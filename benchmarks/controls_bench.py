@@ -135,9 +135,9 @@ def _attribute_gain(run, scorer, pieces, name: str) -> tuple[float, float, int]:
   codec = run.codec
   bins = len(codec.controls.edges(name)) + 1
   gains, best = [], []
+  fits = lambda n: len(codec.encode_controlled(n, None, {name: 0})[0]) <= run.context + 1
   for piece in pieces:
     notes = piece.canonical()[:max(4, (run.context - 16) // codec.tokens_per_note)]
-    fits = lambda n: len(codec.encode_controlled(n, None, {name: 0})[0]) <= run.context + 1
     while len(notes) > 4 and not fits(notes):
       notes = notes[:len(notes) - 8]
     true = codec.attributes(notes)[name]
