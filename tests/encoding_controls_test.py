@@ -1,4 +1,5 @@
-"""Version 2 of the token codec: control notes anticipated into the sequence, attribute tokens."""
+"""Versions 2 and 3 of the token codec: control notes anticipated into the sequence, attribute
+and task tokens."""
 
 import numpy as np
 import pytest
@@ -78,8 +79,35 @@ def test_attributes_are_computed_from_the_notes():
     TokenCodec().attributes(sparse)
 
 
-def test_grammar_walks_of_a_version_2_codec_always_decode():
-  c = codec()
+def test_version_3_states_the_task_and_keeps_version_2_ids():
+  v2, v3 = codec(), codec(task_ids=True)
+  assert (v2.version, v3.version) == (2, 3) and v3.vocab_size == v2.vocab_size + len(tc.TASKS)
+  for name, span in v2.field_ranges().items():
+    assert v3.field_ranges()[name] == span
+  assert v2.task_attribute("infill") == {} and v3.task_attribute("infill") == {"task": "infill"}
+  ids = v3.attribute_ids({"density": 1, "task": "accompany_melody"})
+  assert v3.kinds(ids).tolist() == [tc.K_TASK, tc.K_DENSITY]  # The task opens the prefix.
+  assert ids[0] - v3.field_ranges()["task"][0] == tc.TASKS.index("accompany_melody")
+  with pytest.raises(ValueError, match="version-2 token codec"):
+    v2.attribute_ids({"task": "infill"})
+  with pytest.raises(ValueError, match="not one of"):
+    v3.attribute_ids({"task": "remix"})
+  # A task id after another attribute is not the encoder's order: the grammar refuses it.
+  g = v3.grammar()
+  g.walk(ids)
+  with pytest.raises(ValueError, match="not legal"):
+    g.walk(ids[::-1])
+  events = song(1)
+  seq, _ = v3.encode_controlled(events, None, {"task": "infill"})
+  assert v3.decode(seq) == v3.decode(v3.encode(events))  # The task id decodes to no note.
+  assert v3.controls.to_dict()["task_ids"] is True
+  assert ControlConfig.from_dict({k: v for k, v in v2.controls.to_dict().items()
+                                  if k != "task_ids"}) == v2.controls  # Version-2 files.
+
+
+@pytest.mark.parametrize("task_ids", (False, True))
+def test_grammar_walks_of_a_controlled_codec_always_decode(task_ids):
+  c = codec(task_ids=task_ids)
   g = c.grammar()
   assert g.allowed.any(axis=1).all()  # Never a dead end.
   # Controls never complete a note nor advance time; the prefix comes only first.

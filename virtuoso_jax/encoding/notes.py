@@ -116,6 +116,8 @@ class EncodingConfig:
 
 # The attributes stated as a bin of a number (ControlConfig holds their edges).
 BINNED_ATTRIBUTES = ("density", "polyphony", "pitch_range")
+# What the control notes of an example are for (token codec version 3 states it in the prefix).
+TASKS = ("infill", "accompany_melody", "accompany_parts")
 # Generic edges, where the corpus is not known: the first version-2 runs used these, and
 # `ControlConfig.generic(bins)` spaces placeholder edges over the same spans.
 _GENERIC_EDGES = {"density": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
@@ -125,7 +127,8 @@ _GENERIC_EDGES = {"density": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
 
 @dataclasses.dataclass(frozen=True)
 class ControlConfig:
-  """Version 2 of the token codec: anticipated control notes and attribute tokens.
+  """Versions 2 and 3 of the token codec: anticipated control notes and attribute tokens
+  (version 3 also states the task, `task_ids`).
 
   Attributes:
     anticipation_ms: a control note (a note given, not generated: the parts kept around an
@@ -134,6 +137,10 @@ class ControlConfig:
     density_edges: notes per second: bin edges of the density attribute (len + 1 bins).
     polyphony_edges: mean notes sounding at each onset: edges of the polyphony attribute.
     pitch_range_edges: semitones between the lowest and highest pitched note.
+    task_ids: version 3: the prefix also states which task the control notes serve (TASKS:
+      infill, accompany the melody, accompany parts), so that a model does not take the notes
+      given after an infilled span for a melody to write under. False: version 2 (runs made
+      before it), whose files lack the key.
   Training fits the edges to the corpus (`tasks.fit_controls`: quantiles, so every bin holds a
   like share of the training windows); the defaults are generic, corpus-blind edges.
   """
@@ -142,9 +149,11 @@ class ControlConfig:
   density_edges: tuple[float, ...] = _GENERIC_EDGES["density"]
   polyphony_edges: tuple[float, ...] = _GENERIC_EDGES["polyphony"]
   pitch_range_edges: tuple[float, ...] = _GENERIC_EDGES["pitch_range"]
+  task_ids: bool = False
 
   @classmethod
-  def generic(cls, bins: int, anticipation_ms: int = 2000) -> "ControlConfig":
+  def generic(cls, bins: int, anticipation_ms: int = 2000,
+              task_ids: bool = False) -> "ControlConfig":
     """`bins` bins per binned attribute, edges spread (geometrically) over the generic span:
     the vocabulary of a run whose edges are fitted to its corpus once its data is read."""
     if bins < 2:
@@ -152,7 +161,8 @@ class ControlConfig:
     def spread(edges):
       return tuple(float(x) for x in np.geomspace(edges[0], edges[-1], bins - 1)) if bins > 2 \
           else (float(np.sqrt(edges[0] * edges[-1])),)
-    return cls(anticipation_ms, **{f"{n}_edges": spread(e) for n, e in _GENERIC_EDGES.items()})
+    return cls(anticipation_ms, **{f"{n}_edges": spread(e) for n, e in _GENERIC_EDGES.items()},
+               task_ids=task_ids)
 
   def edges(self, name: str) -> tuple[float, ...]:
     """The bin edges of binned attribute `name` (one of BINNED_ATTRIBUTES)."""
@@ -169,6 +179,8 @@ class ControlConfig:
     if not (isinstance(self.anticipation_ms, int) and self.anticipation_ms > 0):
       raise ValueError(f"ControlConfig: anticipation_ms must be a positive int, got "
                        f"{self.anticipation_ms!r}")
+    if not isinstance(self.task_ids, bool):
+      raise ValueError(f"ControlConfig: task_ids must be a bool, got {self.task_ids!r}")
 
   def to_dict(self) -> dict[str, Any]:
     return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)

@@ -24,9 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from virtuoso_jax.encoding.grammar import Grammar
-from virtuoso_jax.encoding.notes import (BINNED_ATTRIBUTES, DRUMS, NUM_INSTRUMENTS, ControlConfig,
-                                        EncodingConfig,
-                                        Notes)
+from virtuoso_jax.encoding.notes import (BINNED_ATTRIBUTES, DRUMS, NUM_INSTRUMENTS, TASKS,
+                                        ControlConfig, EncodingConfig, Notes)
 
 PAD, BOS, EOS, WAIT = 0, 1, 2, 3
 _INT32_MAX = np.iinfo(np.int32).max
@@ -36,9 +35,12 @@ K_INVALID, K_PAD, K_BOS, K_EOS, K_WAIT = -1, 0, 1, 2, 3
 K_DT, K_INS, K_PITCH, K_DUR, K_VEL, K_INS_PITCH, K_DUR_VEL = 4, 5, 6, 7, 8, 9, 10
 # Version 2 (controls): a control note's time offset, and the attribute tokens of the prefix.
 K_CTIME, K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT = 11, 12, 13, 14, 15
-ATTRIBUTES = BINNED_ATTRIBUTES + ("instrument_present",)
-_ATTR_KIND = {"density": K_DENSITY, "polyphony": K_POLYPHONY, "pitch_range": K_RANGE,
-              "instrument_present": K_INST_PRESENT}
+K_TASK = 16  # Version 3: the task id that opens the prefix.
+# The prefix's attributes in their fixed order; version 2 has all but "task".
+ATTRIBUTES = ("task",) + BINNED_ATTRIBUTES + ("instrument_present",)
+_ATTR_KIND = {"task": K_TASK, "density": K_DENSITY, "polyphony": K_POLYPHONY,
+              "pitch_range": K_RANGE, "instrument_present": K_INST_PRESENT}
+PREFIX_KINDS = tuple(_ATTR_KIND.values())  # Ids that are inputs only: never a training target.
 
 
 def velocity_bin_tables(bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +110,9 @@ class TokenCodec:
       _add("instrument_present", NUM_INSTRUMENTS)
       kind_of.update(control_time=K_CTIME, density=K_DENSITY, polyphony=K_POLYPHONY,
                      pitch_range=K_RANGE, instrument_present=K_INST_PRESENT)
+      if controls.task_ids:  # Version 3: appended after version 2's ids.
+        _add("task", len(TASKS))
+        kind_of.update(task=K_TASK)
     self._ranges = ranges
     self.vocab_size = start
     kinds = np.full(self.vocab_size, K_INVALID, np.int64)
@@ -125,8 +130,25 @@ class TokenCodec:
 
   @property
   def version(self) -> int:
-    """1: notes only; 2: also control notes and attribute tokens (`controls`)."""
-    return 1 if self.controls is None else 2
+    """1: notes only; 2: also control notes and attribute tokens (`controls`); 3: also the
+    task id (`controls.task_ids`)."""
+    if self.controls is None:
+      return 1
+    return 3 if self.controls.task_ids else 2
+
+  @property
+  def prefix_attributes(self) -> tuple[str, ...]:
+    """The attributes this codec's prefix can state, in their order."""
+    if self.controls is None:
+      return ()
+    return ATTRIBUTES if self.controls.task_ids else ATTRIBUTES[1:]
+
+  def task_attribute(self, task: str) -> dict[str, str]:
+    """The prefix entry that states `task` (one of TASKS): {"task": task} on version 3, {} on
+    version 2 (which has no task id; its models learnt every task without one)."""
+    if task not in TASKS:
+      raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return {"task": task} if self.version >= 3 else {}
 
   def field_ranges(self) -> dict[str, tuple[int, int]]:
     """Field name -> [start, stop) id range."""
@@ -241,19 +263,28 @@ class TokenCodec:
             "instrument_present": v["instrument_present"]}
 
   def attribute_ids(self, attributes: dict[str, Any]) -> np.ndarray:
-    """The prefix ids of `attributes` (bins as `attributes()` gives them; a key left out or
-    None is not stated), in the fixed order of ATTRIBUTES."""
+    """The prefix ids of `attributes` (bins as `attributes()` gives them, "task" a name of
+    TASKS; a key left out or None is not stated), in the fixed order of ATTRIBUTES."""
     self._need_controls("attribute_ids")
-    unknown = sorted(set(attributes) - set(ATTRIBUTES))
+    known = self.prefix_attributes
+    unknown = sorted(set(attributes) - set(known))
     if unknown:
-      raise ValueError(f"unknown attributes {unknown}; expected some of {ATTRIBUTES}")
+      raise ValueError(f"unknown attributes {unknown} for a version-{self.version} token codec; "
+                       f"expected some of {known}")
     out = []
-    for name in ATTRIBUTES:
+    for name in known:
       value = attributes.get(name)
       if value is None:
         continue
       lo, hi = self._ranges[name]
-      values = sorted(set(int(v) for v in value)) if name == "instrument_present" else [int(value)]
+      if name == "task":
+        if value not in TASKS:
+          raise ValueError(f"task {value!r} is not one of {TASKS}")
+        values = [TASKS.index(value)]
+      elif name == "instrument_present":
+        values = sorted(set(int(v) for v in value))
+      else:
+        values = [int(value)]
       for v in values:
         if not 0 <= v < hi - lo:
           raise ValueError(f"attribute {name}={v} is outside 0..{hi - lo - 1}")
@@ -397,7 +428,7 @@ class TokenCodec:
     ctl_starts = np.zeros(0, np.int64)
     if self.controls is not None:
       k = self.kinds(ids)
-      ids = ids[~np.isin(k, (K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT))]
+      ids = ids[~np.isin(k, PREFIX_KINDS)]
       k, ctl_starts = self._groups(ids, first=K_CTIME)
       ctl = np.zeros(len(ids), bool)
       if len(ctl_starts):
@@ -448,7 +479,7 @@ class TokenCodec:
     (start, boundary), 1 = after WAIT, 2 .. T = after field 0 .. T-2, T+1 = after EOS.
 
     Version 2 adds: the attribute prefix after BOS (density, polyphony, pitch range, then any
-    instruments present, each optional; the start state), and control groups from states 0
+    instruments present, each optional, version 3 the task before them; the start state), and control groups from states 0
     and 1, which return to the state they left (a control never advances time or ends a
     note); EOS is also legal after a WAIT (controls may follow the last event).
     """
@@ -458,9 +489,10 @@ class TokenCodec:
     boundary, after_wait, end = 0, 1, t + 1
     s = t + 2
     v2 = self.controls is not None
-    if v2:  # Control chains (from 0, from 1): t - 1 states each; prefix states: 4.
+    if v2:  # Control chains (from 0, from 1): t - 1 states each; a prefix state per attribute.
+      order = [_ATTR_KIND[name] for name in self.prefix_attributes]
       ctl0, ctl1, prefix = s, s + (t - 1), s + 2 * (t - 1)
-      s = prefix + 4
+      s = prefix + len(order)
     allowed = np.zeros((s, self.vocab_size), bool)
     nxt = np.full((s, self.vocab_size), end, np.int32)
     kinds = self._kinds
@@ -470,7 +502,7 @@ class TokenCodec:
       allowed[state, m] = True
       nxt[state, m] = to
 
-    body_states = [boundary, after_wait] + ([prefix + i for i in range(4)] if v2 else [])
+    body_states = [boundary, after_wait] + ([prefix + i for i in range(len(order))] if v2 else [])
     for st in body_states:
       allow(st, K_WAIT, after_wait)
       allow(st, K_DT, 2)
@@ -485,13 +517,15 @@ class TokenCodec:
         allow(origin, K_CTIME, chain)
         for j in range(1, t):
           allow(chain + j - 1, self._pattern[j], origin if j == t - 1 else chain + j)
-      for i in range(4):  # Prefix: density -> polyphony -> pitch range -> instruments present.
+      # Prefix state i: the attributes from the i-th on may still come, in their order
+      # ((task ->) density -> polyphony -> pitch range -> instruments present); the last repeats.
+      last = len(order) - 1
+      for i in range(len(order)):
         st = prefix + i
         allow(st, K_EOS, end)
         allow(st, K_CTIME, ctl0)
-        for later, kind in enumerate((K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT)):
-          if later >= i and not (i == 3 and later < 3):
-            allow(st, kind, prefix + min(later + 1, 3))
+        for later in range(i, len(order)):
+          allow(st, order[later], prefix + min(later + 1, last))
       # Instruments present ascending is the encoder's order; any order is legal.
     # A note ends where an event field leads back to the boundary.
     completes = allowed & (nxt == boundary) & np.isin(np.arange(s), event_states)[:, None]
