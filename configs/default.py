@@ -62,7 +62,7 @@ def get_config(arg=None):
   # Beyond continuation (token encoding; virtuoso_jax/tasks.py): shares of training windows
   # turned into span infilling and accompaniment (control notes anticipated anticipation_ms
   # ahead), and of windows given an attribute prefix (density, polyphony, pitch range,
-  # instruments). Any rate > 0 trains with token codec version 2 (its vocabulary is larger).
+  # instruments; the task). Any rate > 0 trains with token codec version 3 (a larger vocabulary).
   d.infill_rate = 0.0
   d.accompany_rate = 0.0
   d.attribute_rate = 0.0

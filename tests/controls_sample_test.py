@@ -47,6 +47,7 @@ def test_infill_keeps_every_note_outside_the_span(control_run):
     assert len(out) == int(outside.sum()) + len(new)  # Nothing generated outside the span.
     _, forced = run.codec.decode_parts(sample.ids)  # The right context was heard.
     assert len(forced) > 0 and forced.onset.min() >= e
+    assert sample.ids[1] == _task_id(run, "infill")  # The task is stated, as in training.
 
 
 def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
@@ -63,8 +64,38 @@ def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
       # The model heard the kept part: its notes were forced into the sequence as controls.
       _, forced = run.codec.decode_parts(sample.ids)
       assert len(forced) > 0 and _contains(kept, forced)
+      assert sample.ids[1] == _task_id(
+          run, "accompany_parts" if req.keep_instruments else "accompany_melody")
       end = int((kept.onset + kept.duration).max())
       assert (sample.notes.onset < end).all()
+
+
+def _task_id(run, task):
+  return run.codec.attribute_ids({"task": task})[0]
+
+
+def test_version_2_runs_still_sample(control_run, tmp_path):
+  """A run saved before the task id (token version 2: encoding.json without controls.task_ids)
+  loads as version 2 and infills and accompanies without stating a task."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  old = tmp_path / "v2"
+  shutil.copytree(control_run, old)
+  enc = json.loads((old / "encoding.json").read_text())
+  del enc["controls"]["task_ids"]
+  enc["token_version"] = 2
+  (old / "encoding.json").write_text(json.dumps(enc))
+  run = inference.load_run(str(old))
+  assert run.codec.version == 2
+  piece = _piece(run)
+  for req in (inference.SampleRequest(num_samples=1, seed=1, prompt_notes=piece,
+                                      infill=(4.0, 7.0), max_tokens=300),
+              inference.SampleRequest(num_samples=1, seed=2, prompt_notes=piece,
+                                      keep_melody=True, max_tokens=300)):
+    for sample in inference.generate(run, req):
+      assert not (run.codec.kinds(sample.ids) < 0).any()  # Only version-2 ids.
+      assert _contains(sample.notes, piece[tasks.melody(piece)] if req.keep_melody else
+                       piece[piece.onset < int(4.0 / (run.enc_config.grid_ms / 1000))])
 
 
 def test_attributes_condition_a_continuation(control_run):

@@ -37,8 +37,7 @@ def test_derived_examples_decode_and_mask_the_given_ids():
       _, at_boundary = CODEC.grammar().walk(body[1:])  # Legal from BOS on (a prefix of a song).
       kinds = CODEC.kinds(tokens[1:])
       # Attributes and control-time ids are never targets; events are.
-      assert not mask[np.isin(kinds, (tc.K_CTIME, tc.K_DENSITY, tc.K_POLYPHONY, tc.K_RANGE,
-                                      tc.K_INST_PRESENT))].any()
+      assert not mask[np.isin(kinds, (tc.K_CTIME,) + tc.PREFIX_KINDS)].any()
       assert mask[kinds == tc.K_DT].all()
       events, controls = CODEC.decode_parts(body)
       if rates.infill and len(controls) and len(events):
@@ -55,6 +54,29 @@ def test_derived_examples_decode_and_mask_the_given_ids():
       # and at most one group cut by the window's end.
       bound = (len(events) + 1) * CODEC.tokens_per_note + (tokens == tc.WAIT).sum() + 1
       assert int(mask.sum()) <= bound
+
+
+def test_a_version_3_example_states_its_task():
+  v3 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True))
+  lo = v3.field_ranges()["task"][0]
+  seen = set()
+  for seed in range(30):
+    for rates, can_be in ((tasks.TaskRates(infill=1.0), {"infill"}),
+                          # Accompaniment falls back to infilling when every note is melody.
+                          (tasks.TaskRates(accompany=1.0), set(tc.TASKS)),
+                          (tasks.TaskRates(attributes=1.0), set())):
+      window = _window(seed, instruments=(0, 40) if seed % 2 else (0,))
+      tokens, _ = tasks.derive(v3, window, L, rates, np.random.default_rng(seed))
+      stated = [tc.TASKS[t - lo] for t in tokens[v3.kinds(tokens) == tc.K_TASK]]
+      assert len(stated) == (1 if can_be else 0)  # One task id, or none when plain.
+      if stated:
+        assert tokens[1] == lo + tc.TASKS.index(stated[0])  # It opens the prefix.
+      assert set(stated) <= can_be
+      seen.update(stated)
+  assert seen == set(tc.TASKS)  # One instrument: the melody is kept; two: sometimes parts.
+  # Version 2 states none (its models learnt without), with the same draws otherwise.
+  tokens, _ = _draw(tasks.TaskRates(infill=1.0), 0)
+  assert not (CODEC.kinds(tokens) == tc.K_TASK).any()
 
 
 def test_infill_controls_start_at_the_span_end():

@@ -171,8 +171,9 @@ def control_config(config):
   if not (d.infill_rate > 0 or d.accompany_rate > 0 or d.attribute_rate > 0):
     return None
   if d.attribute_bins:
-    return encoding.ControlConfig.generic(int(d.attribute_bins), int(d.anticipation_ms))
-  return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms))
+    return encoding.ControlConfig.generic(int(d.attribute_bins), int(d.anticipation_ms),
+                                          task_ids=True)
+  return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms), task_ids=True)
 
 
 def manual_dir_mismatch(wanted, built_from) -> str:

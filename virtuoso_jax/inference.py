@@ -348,7 +348,8 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
     before = history.onset < start
     # The span's own notes (history[~before]) are what is redone.
     prefix = history[before]
-    ids, is_ctl = codec.encode_controlled(prefix, rest, attrs, add_eos=False,
+    ids, is_ctl = codec.encode_controlled(prefix, rest, {**attrs, **codec.task_attribute("infill")},
+                                          add_eos=False,
                                           trailing_controls=False)
     used = int(is_ctl.sum()) // codec.tokens_per_note
     t_last = int(prefix.onset.max()) if len(prefix) else 0
@@ -364,7 +365,8 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
     if not len(given):
       raise SampleError("nothing to accompany: the prompt has no notes of the kept part "
                         f"({'the melody' if request.keep_melody else request.keep_instruments})")
-    ids, _ = codec.encode_controlled(empty, None, attrs, add_eos=False)
+    task = codec.task_attribute("accompany_melody" if request.keep_melody else "accompany_parts")
+    ids, _ = codec.encode_controlled(empty, None, {**attrs, **task}, add_eos=False)
     end = int((given.onset + given.duration).max())
     return ControlPlan(ids.astype(np.int32), codec.control_arrays(given, 0), end, given,
                        (0, end))

@@ -10,8 +10,9 @@ into one of:
               `melody`), becomes control notes over the whole window, the rest are events;
   (plain)     continuation, unchanged;
 and, independently, gets an attribute prefix computed from its events (each attribute stated or
-left out at random, so generation works with any subset). The example is re-encoded with the
-version-2 codec (`TokenCodec.encode_controlled`); control and attribute ids are inputs only:
+left out at random, so generation works with any subset); a version-3 codec's prefix also always
+states the task (infill, accompany_melody, accompany_parts), as the sampler does. The example is
+re-encoded with the version-2/3 codec (`TokenCodec.encode_controlled`); control and attribute ids are inputs only:
 the mask leaves them out of the loss. Every choice is a pure function of (seed, sample number),
 so a resumed run sees the same examples.
 """
@@ -25,7 +26,6 @@ import numpy as np
 from virtuoso_jax.encoding import DRUMS
 from virtuoso_jax.encoding import token_codec as tc
 
-_ATTRIBUTE_KINDS = (tc.K_DENSITY, tc.K_POLYPHONY, tc.K_RANGE, tc.K_INST_PRESENT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,24 +102,28 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
     if len(instruments) >= 2 and rng.random() < 0.5:  # Keep some instruments.
       k = int(rng.integers(1, len(instruments)))
       events, controls = split_instruments(notes, rng.choice(instruments, k, replace=False))
+      task = "accompany_parts"
     elif 2 <= top.sum() < len(notes):  # Keep the melody (one instrument, e.g. a chorale).
       events, controls = notes[~top], notes[top]
+      task = "accompany_melody"
     else:
       task = "infill"  # Nothing to accompany.
   if task == "infill":
     t0, t1 = int(notes.onset.min()), int((notes.onset + notes.duration).max())
-    end = t0 + max(1, int(rng.uniform(0.3, 0.95) * (t1 - t0)))
+    end = t0 + max(1, int(rng.uniform(0.4, 0.95) * (t1 - t0)))
     events, controls = split_at(notes, end)
     controls = sampler_horizon(codec, controls, end)
-  attributes = None
+  attributes = {}
   if with_attributes:
     attributes = {name: value for name, value in codec.attributes(events).items()
                   if rng.random() < 0.7}
+  if task != "plain":  # Always stated (version 3), as the sampler states it.
+    attributes.update(codec.task_attribute(task))
   # An infill example stops at its controls' horizon, not where the song ends.
   has_eos = bool((ids == codec.eos_id).any()) and task != "infill"
   tokens, is_control = codec.encode_controlled(events, controls, attributes, add_bos=True,
                                                add_eos=has_eos)
-  given = is_control | np.isin(codec.kinds(tokens), _ATTRIBUTE_KINDS)  # Inputs, never targets.
+  given = is_control | np.isin(codec.kinds(tokens), tc.PREFIX_KINDS)  # Inputs, never targets.
   out = np.full(seq_len + 1, codec.pad_id, np.int32)
   n = min(len(tokens), seq_len + 1)
   out[:n] = tokens[:n]
