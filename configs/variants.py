@@ -58,12 +58,12 @@ def bach(config):
 
 def control(config):
   """The reference model trained beyond continuation (virtuoso_jax/tasks.py): 20 % of the
-  windows become span infilling, 15 % accompaniment, 80 % carry an attribute prefix (4 bins per
-  attribute, fitted to the corpus); token codec version 2. Same size and steps as `bach`, so
+  windows become span infilling, 10 % accompaniment, 80 % carry an attribute prefix (4 bins per
+  attribute, fitted to the corpus); token codec version 3. Same size and steps as `bach`, so
   the two compare on continuation NLL (docs/benchmarks.md has both runs)."""
   bach(config)
   d = config.data
-  d.infill_rate, d.accompany_rate, d.attribute_rate = 0.2, 0.15, 0.8
+  d.infill_rate, d.accompany_rate, d.attribute_rate = 0.2, 0.1, 0.8
 
 
 def long(config, max_len: int):
