@@ -96,15 +96,16 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
     return None
   # No trailing controls: the WAITs that would let the last controls enter after the span's
   # last event are not the span's notes, and `without` has none to compare them with.
-  with_ctx, is_ctl = codec.encode_controlled(events, after, add_eos=False,
-                                             trailing_controls=False)
+  with_ctx, is_ctl = codec.encode_controlled(events, after, codec.task_attribute("infill"),
+                                             add_eos=False, trailing_controls=False)
   without, _ = codec.encode_controlled(events, None, add_eos=False)
   n_prefix = len(codec.encode_controlled(prefix, None, add_eos=False)[0])
   if max(len(with_ctx), len(without)) > run.context + 1:
     return None
 
   a, b = _nll(scorer, with_ctx, without)
-  event_pos = np.flatnonzero(~is_ctl)  # The event stream inside the controlled sequence.
+  # The event stream inside the controlled sequence (not the controls, not the task id).
+  event_pos = np.flatnonzero(~(is_ctl | np.isin(codec.kinds(with_ctx), tc.PREFIX_KINDS)))
   span_targets_a = event_pos[n_prefix:] - 1  # Target index = position - 1.
   span_targets_b = np.arange(n_prefix, len(without)) - 1
   if len(span_targets_a) != len(span_targets_b):
