@@ -11,7 +11,7 @@ Variants (`--config=configs/rga.py:VARIANT`):
   bach      the reference model: about one hour on a 2-core CPU on the Bach chorales, with the
             figures in docs/benchmarks.md (held-out bits per second, music statistics).
   control   `bach` trained beyond continuation: span infilling, accompaniment and attribute
-            prefixes mixed in (token codec version 2; virtuoso_jax/tasks.py).
+            prefixes mixed in (token codec version 3; virtuoso_jax/tasks.py).
   long      8192-token context with blockwise relative attention (linear memory).
   pod       a TPU-pod example: FSDP over the hosts' chips, data parallel across slices.
 

@@ -210,7 +210,7 @@ class SampleRequest:
   instruments: Optional[Sequence[int]] = None
   memory_check: str = "refuse"  # The sampler's memory pre-flight: "refuse" | "warn" | "off".
   memory_limit_mib: int = 0  # Plan for at most this much memory (0: all that is free).
-  # Beyond continuation (a version-2 token model, trained with data.*_rate > 0):
+  # Beyond continuation (a version-2/3 token model, trained with data.*_rate > 0):
   infill: Optional[tuple[float, float]] = None  # Seconds [start, end) of prompt_notes to redo.
   keep_instruments: Optional[Sequence[int]] = None  # Keep these parts of prompt_notes exactly
   keep_melody: bool = False  # ... or its melody (top line); generate the rest around them.

@@ -11,9 +11,9 @@ into one of:
   (plain)     continuation, unchanged;
 and, independently, gets an attribute prefix computed from its events (each attribute stated or
 left out at random, so generation works with any subset); a version-3 codec's prefix also always
-states the task (infill, accompany_melody, accompany_parts), as the sampler does. The example is
-re-encoded with the version-2/3 codec (`TokenCodec.encode_controlled`); control and attribute ids are inputs only:
-the mask leaves them out of the loss. Every choice is a pure function of (seed, sample number),
+states the task (infill, accompany_melody, accompany_parts), as the sampler does. The example
+is re-encoded with the version-2/3 codec (`TokenCodec.encode_controlled`); control, attribute
+and task ids are inputs only: the mask leaves them out of the loss. Every choice is a pure function of (seed, sample number),
 so a resumed run sees the same examples.
 """
 
