@@ -105,7 +105,7 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
 
   a, b = _nll(scorer, with_ctx, without)
   # The event stream inside the controlled sequence (not the controls, not the task id).
-  event_pos = np.flatnonzero(~(is_ctl | np.isin(codec.kinds(with_ctx), tc.PREFIX_KINDS)))
+  event_pos = np.flatnonzero(~codec.inputs_only(with_ctx, is_ctl))
   span_targets_a = event_pos[n_prefix:] - 1  # Target index = position - 1.
   span_targets_b = np.arange(n_prefix, len(without)) - 1
   if len(span_targets_a) != len(span_targets_b):

@@ -348,8 +348,8 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
     before = history.onset < start
     # The span's own notes (history[~before]) are what is redone.
     prefix = history[before]
-    ids, is_ctl = codec.encode_controlled(prefix, rest, {**attrs, **codec.task_attribute("infill")},
-                                          add_eos=False,
+    task = codec.task_attribute("infill")
+    ids, is_ctl = codec.encode_controlled(prefix, rest, {**attrs, **task}, add_eos=False,
                                           trailing_controls=False)
     used = int(is_ctl.sum()) // codec.tokens_per_note
     t_last = int(prefix.onset.max()) if len(prefix) else 0

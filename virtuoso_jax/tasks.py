@@ -13,8 +13,9 @@ and, independently, gets an attribute prefix computed from its events (each attr
 left out at random, so generation works with any subset); a version-3 codec's prefix also always
 states the task (infill, accompany_melody, accompany_parts), as the sampler does. The example
 is re-encoded with the version-2/3 codec (`TokenCodec.encode_controlled`); control, attribute
-and task ids are inputs only: the mask leaves them out of the loss. Every choice is a pure function of (seed, sample number),
-so a resumed run sees the same examples.
+and task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
+Every choice is a pure function of (seed, sample number), so a resumed run sees the same
+examples.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import numpy as np
 
 from virtuoso_jax.encoding import DRUMS
 from virtuoso_jax.encoding import token_codec as tc
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   has_eos = bool((ids == codec.eos_id).any()) and task != "infill"
   tokens, is_control = codec.encode_controlled(events, controls, attributes, add_bos=True,
                                                add_eos=has_eos)
-  given = is_control | np.isin(codec.kinds(tokens), tc.PREFIX_KINDS)  # Inputs, never targets.
+  given = codec.inputs_only(tokens, is_control)  # Never targets.
   out = np.full(seq_len + 1, codec.pad_id, np.int32)
   n = min(len(tokens), seq_len + 1)
   out[:n] = tokens[:n]

@@ -375,6 +375,11 @@ class TokenCodec:
       out[lo:hi] = False
     return out
 
+  def inputs_only(self, ids, is_control) -> np.ndarray:
+    """bool per id of an `encode_controlled` sequence: the ids that are given, never predicted
+    (its control notes, `is_control`, and the attribute/task prefix)."""
+    return np.asarray(is_control, bool) | np.isin(self.kinds(ids), PREFIX_KINDS)
+
   def decode_parts(self, ids) -> tuple[Notes, Notes]:
     """(events, controls) of a version-2 sequence, each canonical."""
     self._need_controls("decode_parts")
@@ -479,8 +484,8 @@ class TokenCodec:
     (start, boundary), 1 = after WAIT, 2 .. T = after field 0 .. T-2, T+1 = after EOS.
 
     Version 2 adds: the attribute prefix after BOS (density, polyphony, pitch range, then any
-    instruments present, each optional, version 3 the task before them; the start state), and control groups from states 0
-    and 1, which return to the state they left (a control never advances time or ends a
+    instruments present, each optional, version 3 the task before them; the start state), and
+    control groups from states 0 and 1, which return to the state they left (a control never advances time or ends a
     note); EOS is also legal after a WAIT (controls may follow the last event).
     """
     if self._grammar is not None:
