@@ -89,6 +89,38 @@ def test_infill_controls_start_at_the_span_end():
   assert len(events) + len(controls) == len(notes)
 
 
+def test_a_full_infill_example_keeps_the_span_end_and_drops_the_earliest_history():
+  # A full window with a prefix (task, attributes) is longer than the context: the earliest
+  # notes go, never the span's end where the controls are.
+  v3 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True))
+  checked = 0
+  for seed in range(12):
+    window = _window(seed)
+    notes = v3.decode(window).canonical()
+    tokens, mask = tasks.derive(v3, window, L, tasks.TaskRates(infill=1.0, attributes=1.0),
+                                np.random.default_rng(seed))
+    body = tokens[tokens != v3.pad_id]
+    events, controls = v3.decode_parts(body)
+    if not len(controls):
+      continue
+    assert len(body) <= L + 1
+    # Nothing cut: the example is exactly its events and controls encoded.
+    n_prefix = 1 + int(np.isin(v3.kinds(body), tc.PREFIX_KINDS).sum())
+    whole, _ = v3.encode_controlled(events, controls, add_eos=False)
+    np.testing.assert_array_equal(body[n_prefix:], whole[1:])
+    # Events and controls are the window's notes, moved by one shift: the events are the
+    # latest notes before the span's end (a contiguous run up to it), all of it kept.
+    rows = set(notes.to_rows())
+    offset = next(d for d in range(0, int(notes.onset.max()) + 1)
+                  if {(o + d, *r) for o, *r in events.to_rows()} <= rows)
+    before = notes[notes.onset < controls.onset.min() + offset]
+    assert events.replace(onset=events.onset + offset).to_rows() == \
+        before[len(before) - len(events):].to_rows()
+    assert set(controls.replace(onset=controls.onset + offset).to_rows()) <= rows
+    checked += int(len(events) < len(before))  # History was dropped to fit.
+  assert checked >= 3
+
+
 def test_draws_are_a_pure_function_of_the_seed():
   rates = tasks.TaskRates(infill=0.3, accompany=0.3, attributes=0.5)
   a = [_draw(rates, s) for s in range(8)]

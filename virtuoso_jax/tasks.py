@@ -61,6 +61,17 @@ def sampler_horizon(codec, controls, end: int):
   return controls[controls.onset < end + codec.anticipation + codec.wait_units]
 
 
+def latest_history(codec, events, controls, excess: int):
+  """(events, controls) with the earliest events left out, enough of them to save about
+  `excess` ids (at least one note; four always kept), and the clock moved so the first kept
+  event starts at 0."""
+  events = events.canonical()
+  drop = min(max(1, -(-excess // codec.tokens_per_note)), len(events) - 4)
+  kept = events[drop:]
+  t0 = int(kept.onset.min())
+  return kept.replace(onset=kept.onset - t0), controls.replace(onset=controls.onset - t0)
+
+
 def split_instruments(notes, kept):
   """(events, controls) for accompaniment: the notes of the `kept` instruments are controls."""
   is_kept = np.isin(notes.instrument, np.asarray(list(kept), np.int64))
@@ -113,16 +124,25 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
     end = t0 + max(1, int(rng.uniform(0.4, 0.95) * (t1 - t0)))
     events, controls = split_at(notes, end)
     controls = sampler_horizon(codec, controls, end)
-  attributes = {}
-  if with_attributes:
-    attributes = {name: value for name, value in codec.attributes(events).items()
-                  if rng.random() < 0.7}
-  if task != "plain":  # Always stated (version 3), as the sampler states it.
-    attributes.update(codec.task_attribute(task))
+  stated = ([name for name in codec.attributes(events) if rng.random() < 0.7]
+            if with_attributes else [])
+  task_id = codec.task_attribute(task) if task != "plain" else {}  # As the sampler states it.
   # An infill example stops at its controls' horizon, not where the song ends.
   has_eos = bool((ids == codec.eos_id).any()) and task != "infill"
-  tokens, is_control = codec.encode_controlled(events, controls, attributes, add_bos=True,
-                                               add_eos=has_eos)
+
+  def encode(events, controls):
+    attributes = {name: value for name, value in codec.attributes(events).items()
+                  if name in stated}
+    return codec.encode_controlled(events, controls, {**attributes, **task_id}, add_bos=True,
+                                   add_eos=has_eos)
+
+  tokens, is_control = encode(events, controls)
+  while task == "infill" and len(tokens) > seq_len + 1 and len(events) > 4:
+    # The prefix (and a WAIT where a control enters) make a full window a few ids longer:
+    # drop its earliest notes, not the span's end where the controls are (the part an infill
+    # example exists to teach), and start the clock at the first kept note, as a window does.
+    events, controls = latest_history(codec, events, controls, len(tokens) - (seq_len + 1))
+    tokens, is_control = encode(events, controls)
   given = codec.inputs_only(tokens, is_control)  # Never targets.
   out = np.full(seq_len + 1, codec.pad_id, np.int32)
   n = min(len(tokens), seq_len + 1)
