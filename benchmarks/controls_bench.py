@@ -9,6 +9,9 @@ dataset, one JSON line per figure:
                            the span as anticipated controls, and without it (`no_right_context`)
   infill_pitch_nll_per_note the same for the pitch id alone, for the span's top line (`part`
                            top, its melody) and its other notes
+  infill_span_nll_per_id   the span's ids (NLL per id) where the right context has begun to
+                           enter (`where`: controls entered), and before it, where only the
+                           task id differs
   accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
                            `--keep_melody` and for unconditioned music of the same length
                            (`baseline`), and the real accompaniment (`real`)
@@ -79,9 +82,9 @@ def _pieces(run, split: str, count: int, seconds: float):
 
 
 def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
-  """(NLL per span note with the music after it as controls, without it, span notes, and
+  """(NLL per span note with the music after it as controls, without it, span notes,
   {"top" | "other": (pitch NLL summed with, without, notes)} for the span's top line and the
-  rest)."""
+  rest, and {"controls entered" | "before controls": (NLL summed with, without, ids)})."""
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   codec = run.codec
   events, after = tasks.split_at(piece, end)
@@ -110,6 +113,12 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
   span_targets_b = np.arange(n_prefix, len(without)) - 1
   if len(span_targets_a) != len(span_targets_b):
     raise RuntimeError("the event streams with and without controls differ")
+  # Where the right context acts: span ids after the first control entered, and before it
+  # (there the two sequences differ only by the task id).
+  entered = span_targets_a + 1 > (np.flatnonzero(is_ctl)[0] if is_ctl.any() else len(with_ctx))
+  where = {name: (float(a[span_targets_a[pick]].sum()), float(b[span_targets_b[pick]].sum()),
+                  int(pick.sum()))
+           for name, pick in (("controls entered", entered), ("before controls", ~entered))}
   # The pitch id of each span note, split into the span's top line (its melody) and the other
   # notes: which part the right context helps or hurts. without[i] is with_ctx[event_pos[i]].
   pitch_at = np.flatnonzero(np.isin(codec.kinds(without), (tc.K_PITCH, tc.K_INS_PITCH)))
@@ -120,7 +129,7 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
       pos = pitch_at[pick & (np.arange(len(events)) >= len(prefix))]
       parts[name] = (float(a[event_pos[pos] - 1].sum()), float(b[pos - 1].sum()), len(pos))
   return (float(a[span_targets_a].sum()) / n_span, float(b[span_targets_b].sum()) / n_span,
-          n_span, parts)
+          n_span, parts, where)
 
 
 def _nll(scorer, *sequences) -> list[np.ndarray]:
@@ -215,6 +224,12 @@ def main(argv):
       if n:
         common.emit("infill_pitch_nll_per_note", sum(g[0] for g in got) / n, "nats", part=part,
                     no_right_context=sum(g[1] for g in got) / n, notes=n, **tag)
+    for where in ("controls entered", "before controls"):
+      got = [s[4][where] for s in spans]
+      n = sum(g[2] for g in got)
+      if n:
+        common.emit("infill_span_nll_per_id", sum(g[0] for g in got) / n, "nats", where=where,
+                    no_right_context=sum(g[1] for g in got) / n, ids=n, **tag)
   common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
               baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
   per_bin, errors, hits = [], [], []
