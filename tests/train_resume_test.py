@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from train_test import data_dir, load, small  # noqa: F401  (data_dir is a fixture)
@@ -125,8 +126,10 @@ def test_exhausted_iterator_is_a_clear_error(data_dir, tmp_path, monkeypatch):  
 
 
 def test_two_processes_save_and_resume_with_digests(tmp_path, fixture_corpus):
-  """Each of 2 processes hashes only its shards; the digests written together verify on a
-  two-process resume (and the free-space check agrees across processes)."""
+  """Two processes (jax.distributed on localhost, 2 x 4 CPU devices, mesh 2 x 2 x 2) train
+  exactly like one process with 8 devices, each building only its own rows of every global
+  batch; each hashes only its shards; the digests written together verify on a two-process
+  resume (and the free-space check agrees across processes)."""
   import socket  # pylint: disable=g-import-not-at-top
   import input_pipeline_test  # pylint: disable=g-import-not-at-top
   import train_test  # pylint: disable=g-import-not-at-top
@@ -134,15 +137,17 @@ def test_two_processes_save_and_resume_with_digests(tmp_path, fixture_corpus):
   work = tmp_path / "two"
   spec = train_test.SPECS["rga"]
 
+  def overrides(steps):
+    return train_test.small(data, num_train_steps=steps, **{
+        "ckpt.every_steps": 2, "parallel.mesh_shape": "(2,2,2)", "perf.peak_flops": 1e11},
+        **train_test.TENSOR2_VOCAB)
+
   def run(steps):
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
-    o = train_test.small(data, num_train_steps=steps, **{
-        "ckpt.every_steps": 2, "parallel.mesh_shape": "(2,2,2)", "perf.peak_flops": 1e11},
-        **train_test.TENSOR2_VOCAB)
     procs = [train_test.run_main(
-        spec, o, work, devices=4, wait=False,
+        spec, overrides(steps), work, devices=4, wait=False,
         extra_args=[f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                     f"--process_id={i}"]) for i in range(2)]
     outs = []
@@ -152,6 +157,8 @@ def test_two_processes_save_and_resume_with_digests(tmp_path, fixture_corpus):
       outs.append(out)
     return outs
 
+  # The reference: one process, 8 devices, the same 3 steps uninterrupted.
+  one = train_test.run_main(spec, overrides(3), tmp_path / "one", devices=8, wait=False)
   run(2)
   assert json.loads((work / "checkpoints" / "2" / "integrity" / "metadata").read_text())[
       "digests"]["params"]
@@ -159,3 +166,8 @@ def test_two_processes_save_and_resume_with_digests(tmp_path, fixture_corpus):
   assert "Resumed from" in outs[0] and "at step 2" in outs[0]
   assert "no digests" not in outs[0] and not (work / "checkpoints_corrupt").exists()
   assert (work / "checkpoints" / "3").is_dir()
+  out, _ = one.communicate(timeout=300)
+  assert one.returncode == 0, out[-4000:]
+  a, b = train_test.losses(work), train_test.losses(tmp_path / "one")
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
