@@ -124,7 +124,7 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
     end = t0 + max(1, int(rng.uniform(0.4, 0.95) * (t1 - t0)))
     events, controls = split_at(notes, end)
     controls = sampler_horizon(codec, controls, end)
-  stated = ([name for name in codec.attributes(events) if rng.random() < 0.7]
+  stated = ([name for name in tc.ATTRIBUTES if name != "task" and rng.random() < 0.7]
             if with_attributes else [])
   task_id = codec.task_attribute(task) if task != "plain" else {}  # As the sampler states it.
   # An infill example stops at its controls' horizon, not where the song ends.

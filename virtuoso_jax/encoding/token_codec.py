@@ -485,8 +485,9 @@ class TokenCodec:
 
     Version 2 adds: the attribute prefix after BOS (density, polyphony, pitch range, then any
     instruments present, each optional, version 3 the task before them; the start state), and
-    control groups from states 0 and 1, which return to the state they left (a control never advances time or ends a
-    note); EOS is also legal after a WAIT (controls may follow the last event).
+    control groups from states 0 and 1, which return to the state they left (a control never
+    advances time or ends a note); EOS is also legal after a WAIT (controls may follow the last
+    event).
     """
     if self._grammar is not None:
       return self._grammar
