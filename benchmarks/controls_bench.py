@@ -100,7 +100,8 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
   # No trailing controls: the WAITs that would let the last controls enter after the span's
   # last event are not the span's notes, and `without` has none to compare them with.
   with_ctx, is_ctl = codec.encode_controlled(events, after, codec.task_attribute("infill"),
-                                             add_eos=False, trailing_controls=False)
+                                             add_eos=False, trailing_controls=False,
+                                             infill=True)
   without, _ = codec.encode_controlled(events, None, add_eos=False)
   n_prefix = len(codec.encode_controlled(prefix, None, add_eos=False)[0])
   if max(len(with_ctx), len(without)) > run.context + 1:

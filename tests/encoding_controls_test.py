@@ -1,5 +1,5 @@
-"""Versions 2 and 3 of the token codec: control notes anticipated into the sequence, attribute
-and task tokens."""
+"""Versions 2 to 4 of the token codec: control notes anticipated into the sequence, attribute
+and task tokens, an infill's own control-time ids."""
 
 import numpy as np
 import pytest
@@ -105,14 +105,53 @@ def test_version_3_states_the_task_and_keeps_version_2_ids():
                                   if k != "task_ids"}) == v2.controls  # Version-2 files.
 
 
-@pytest.mark.parametrize("task_ids", (False, True))
-def test_grammar_walks_of_a_controlled_codec_always_decode(task_ids):
-  c = codec(task_ids=task_ids)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_version_4_opens_infill_controls_with_their_own_ids_and_keeps_version_3_ids(layout):
+  v3, v4 = codec(layout, task_ids=True), codec(layout, task_ids=True, infill_control_ids=True)
+  assert (v3.version, v4.version) == (3, 4)
+  for name, span in v3.field_ranges().items():
+    assert v4.field_ranges()[name] == span
+  lo, hi = v4.field_ranges()["infill_control_time"]
+  assert (lo, hi - lo) == (v3.vocab_size, np.subtract(*v3.field_ranges()["control_time"][::-1]))
+  assert (v4.kinds(np.arange(lo, hi)) == tc.K_ICTIME).all()
+  assert not v4.generation_mask()[lo:hi].any()  # Forced, never generated.
+  notes = v4.quantize(song(2))
+  cut = int(np.median(notes.onset))
+  events, after = notes[notes.onset < cut], notes[notes.onset >= cut]
+  plain, plain_ctl = v4.encode_controlled(events, after, {"task": "accompany_melody"})
+  ids, is_ctl = v4.encode_controlled(events, after, {"task": "infill"}, infill=True)
+  opens = is_ctl & np.isin(v4.kinds(ids), tc.CONTROL_TIME_KINDS)
+  assert (v4.kinds(ids[opens]) == tc.K_ICTIME).all() and opens.sum() == len(after)
+  # The same sequence but for the control-time ids (and the task): one range for the other.
+  ctl_lo = v4.field_ranges()["control_time"][0]
+  np.testing.assert_array_equal(np.where(opens, ids - lo + ctl_lo, ids)[2:], plain[2:])
+  np.testing.assert_array_equal(is_ctl, plain_ctl)
+  assert v4.grammar().state_after(ids) == v4.grammar().end_state
+  assert v4.decode_parts(ids) == (events.canonical(), after.canonical())
+  assert v4.decode(ids) == notes
+  arrays = v4.control_arrays(after, 0, infill=True)
+  assert (arrays["time_lo"], arrays["time_size"]) == (lo, hi - lo)
+  assert arrays["entry_states"].tolist() == v4.control_arrays(after, 0)["entry_states"].tolist()
+  # Older versions have no such ids: `infill=True` opens their controls as before.
+  old, _ = v3.encode_controlled(events, after, {"task": "infill"}, infill=True)
+  np.testing.assert_array_equal(old, v3.encode_controlled(events, after, {"task": "infill"})[0])
+  with pytest.raises(ValueError, match="needs task_ids"):
+    ControlConfig(infill_control_ids=True)
+  assert ControlConfig.from_dict({k: v for k, v in v3.controls.to_dict().items()
+                                  if k != "infill_control_ids"}) == v3.controls  # v3 files.
+
+
+@pytest.mark.parametrize("version", (2, 3, 4))
+def test_grammar_walks_of_a_controlled_codec_always_decode(version):
+  c = codec(task_ids=version >= 3, infill_control_ids=version >= 4)
+  assert c.version == version
   g = c.grammar()
   assert g.allowed.any(axis=1).all()  # Never a dead end.
   # Controls never complete a note nor advance time; the prefix comes only first.
-  assert not g.completes_note[:, c.kinds(np.arange(c.vocab_size)) == tc.K_CTIME].any()
+  assert not g.completes_note[:, np.isin(c.kinds(np.arange(c.vocab_size)),
+                                         tc.CONTROL_TIME_KINDS)].any()
   rng = np.random.default_rng(0)
+  opened = set()
   for _ in range(100):
     state, ids = g.start_state, [c.bos_id]
     for _ in range(200):
@@ -127,3 +166,8 @@ def test_grammar_walks_of_a_controlled_codec_always_decode(task_ids):
       ids = ids[:1 + int(np.flatnonzero(at_boundary)[-1])] if at_boundary.any() else ids[:1]
     notes, report = c.decode(ids, return_report=True)
     assert report["skipped_ids"] == 0 and report["skipped_fragments"] == 0
+    opened.update(c.kinds(ids).tolist())
+    # Every control group the walk wrote decodes as a control note.
+    n_ctl = int(np.isin(c.kinds(ids), tc.CONTROL_TIME_KINDS).sum())
+    assert len(c.decode_parts(ids)[1]) == n_ctl and len(notes) >= n_ctl
+  assert opened >= {tc.K_CTIME, tc.K_ICTIME} if version >= 4 else tc.K_CTIME in opened

@@ -1,6 +1,7 @@
 """Infilling, accompaniment and attribute examples derived from song windows (tasks.py)."""
 
 import numpy as np
+import pytest
 
 from virtuoso_jax import tasks
 from virtuoso_jax.encoding import ControlConfig, EncodingConfig, Notes, TokenCodec
@@ -56,8 +57,10 @@ def test_derived_examples_decode_and_mask_the_given_ids():
       assert int(mask.sum()) <= bound
 
 
-def test_a_version_3_example_states_its_task():
-  v3 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True))
+@pytest.mark.parametrize("version", (3, 4))
+def test_a_version_3_or_4_example_states_its_task(version):
+  v3 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True,
+                                                  infill_control_ids=version == 4))
   lo = v3.field_ranges()["task"][0]
   seen = set()
   for seed in range(30):
@@ -73,6 +76,10 @@ def test_a_version_3_example_states_its_task():
         assert tokens[1] == lo + tc.TASKS.index(stated[0])  # It opens the prefix.
       assert set(stated) <= can_be
       seen.update(stated)
+      # Version 4: an infill's controls open with their own ids, an accompaniment's never.
+      opens = v3.kinds(tokens)[np.isin(v3.kinds(tokens), tc.CONTROL_TIME_KINDS)]
+      wanted = tc.K_ICTIME if version == 4 and stated == ["infill"] else tc.K_CTIME
+      assert (opens == wanted).all()
   assert seen == set(tc.TASKS)  # One instrument: the melody is kept; two: sometimes parts.
   # Version 2 states none (its models learnt without), with the same draws otherwise.
   tokens, _ = _draw(tasks.TaskRates(infill=1.0), 0)

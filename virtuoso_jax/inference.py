@@ -210,7 +210,7 @@ class SampleRequest:
   instruments: Optional[Sequence[int]] = None
   memory_check: str = "refuse"  # The sampler's memory pre-flight: "refuse" | "warn" | "off".
   memory_limit_mib: int = 0  # Plan for at most this much memory (0: all that is free).
-  # Beyond continuation (a version-2/3 token model, trained with data.*_rate > 0):
+  # Beyond continuation (a version-2+ token model, trained with data.*_rate > 0):
   infill: Optional[tuple[float, float]] = None  # Seconds [start, end) of prompt_notes to redo.
   keep_instruments: Optional[Sequence[int]] = None  # Keep these parts of prompt_notes exactly
   keep_melody: bool = False  # ... or its melody (top line); generate the rest around them.
@@ -350,12 +350,12 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
     prefix = history[before]
     task = codec.task_attribute("infill")
     ids, is_ctl = codec.encode_controlled(prefix, rest, {**attrs, **task}, add_eos=False,
-                                          trailing_controls=False)
+                                          trailing_controls=False, infill=True)
     used = int(is_ctl.sum()) // codec.tokens_per_note
     t_last = int(prefix.onset.max()) if len(prefix) else 0
     later = rest.canonical()[used:]
     kept = encoding.Notes.concatenate([prefix, rest])
-    return ControlPlan(ids.astype(np.int32), codec.control_arrays(later, t_last),
+    return ControlPlan(ids.astype(np.int32), codec.control_arrays(later, t_last, infill=True),
                        max(1, end - t_last), kept, (start, end))
   if request.keep_instruments is not None or request.keep_melody:
     if request.keep_melody:

@@ -472,7 +472,7 @@ class InputPipeline:
     vocab = int(self.codec.vocab_size)
     rates = tasks_lib.TaskRates.from_config(config)
     if rates.any and getattr(self.codec, "version", 1) < 2:
-      raise ValueError("data.*_rate > 0 needs a version-2/3 token codec "
+      raise ValueError("data.*_rate > 0 needs a version-2+ token codec "
                        "(dataset.load_codec(config) builds it)")
     self.train_maker = BatchMaker(
         source=train, index=self.train_index, lengths=train_lengths, seq_len=self.seq_len,

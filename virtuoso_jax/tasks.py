@@ -11,9 +11,10 @@ into one of:
   (plain)     continuation, unchanged;
 and, independently, gets an attribute prefix computed from its events (each attribute stated or
 left out at random, so generation works with any subset); a version-3 codec's prefix also always
-states the task (infill, accompany_melody, accompany_parts), as the sampler does. The example
-is re-encoded with the version-2/3 codec (`TokenCodec.encode_controlled`); control, attribute
-and task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
+states the task (infill, accompany_melody, accompany_parts), as the sampler does, and a
+version-4 codec opens an infill's control notes with its own control-time ids. The example is
+re-encoded with the version-2+ codec (`TokenCodec.encode_controlled`); control, attribute and
+task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
 Every choice is a pure function of (seed, sample number), so a resumed run sees the same
 examples.
 """
@@ -134,7 +135,7 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
     attributes = {name: value for name, value in codec.attributes(events).items()
                   if name in stated}
     return codec.encode_controlled(events, controls, {**attributes, **task_id}, add_bos=True,
-                                   add_eos=has_eos)
+                                   add_eos=has_eos, infill=task == "infill")
 
   tokens, is_control = encode(events, controls)
   while task == "infill" and len(tokens) > seq_len + 1 and len(events) > 4:

@@ -36,6 +36,8 @@ K_DT, K_INS, K_PITCH, K_DUR, K_VEL, K_INS_PITCH, K_DUR_VEL = 4, 5, 6, 7, 8, 9, 1
 # Version 2 (controls): a control note's time offset, and the attribute tokens of the prefix.
 K_CTIME, K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT = 11, 12, 13, 14, 15
 K_TASK = 16  # Version 3: the task id that opens the prefix.
+K_ICTIME = 17  # Version 4: the time offset of a control note after an infilled span.
+CONTROL_TIME_KINDS = (K_CTIME, K_ICTIME)  # Either opens a control group.
 # The prefix's attributes in their fixed order; version 2 has all but "task".
 ATTRIBUTES = ("task",) + BINNED_ATTRIBUTES + ("instrument_present",)
 _ATTR_KIND = {"task": K_TASK, "density": K_DENSITY, "polyphony": K_POLYPHONY,
@@ -113,6 +115,9 @@ class TokenCodec:
       if controls.task_ids:  # Version 3: appended after version 2's ids.
         _add("task", len(TASKS))
         kind_of.update(task=K_TASK)
+      if controls.infill_control_ids:  # Version 4: appended after version 3's ids.
+        _add("infill_control_time", self.anticipation + self.wait_units)
+        kind_of.update(infill_control_time=K_ICTIME)
     self._ranges = ranges
     self.vocab_size = start
     kinds = np.full(self.vocab_size, K_INVALID, np.int64)
@@ -131,9 +136,12 @@ class TokenCodec:
   @property
   def version(self) -> int:
     """1: notes only; 2: also control notes and attribute tokens (`controls`); 3: also the
-    task id (`controls.task_ids`)."""
+    task id (`controls.task_ids`); 4: also an infill's own control-time ids
+    (`controls.infill_control_ids`)."""
     if self.controls is None:
       return 1
+    if self.controls.infill_control_ids:
+      return 4
     return 3 if self.controls.task_ids else 2
 
   @property
@@ -291,10 +299,16 @@ class TokenCodec:
         out.append(lo + v)
     return np.asarray(out, np.int64)
 
+  def control_time_field(self, infill: bool = False) -> str:
+    """The id range that opens a control group: "control_time", or for the notes after an
+    infilled span (`infill`) on version 4 "infill_control_time"."""
+    self._need_controls("control_time_field")
+    return "infill_control_time" if infill and self.version >= 4 else "control_time"
+
   def encode_controlled(self, events: Notes, controls: Notes | None = None,
                         attributes: dict[str, Any] | None = None, *, add_bos: bool = True,
-                        add_eos: bool = True, trailing_controls: bool = True
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        add_eos: bool = True, trailing_controls: bool = True,
+                        infill: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Events (the notes to predict) with control notes (given notes, e.g. the parts around an
     infilled span or under an accompaniment) interleaved `anticipation` units before they
     sound, after an optional attribute prefix: `[BOS, attributes..., groups..., EOS]`.
@@ -305,13 +319,15 @@ class TokenCodec:
     bool is_control per id): training masks the control ids out of the loss; sampling forces
     them. `decode` gives back events and controls together (`decode_parts`: apart).
     `trailing_controls=False` stops after the last event (a prompt: the controls not yet
-    entered, the last ones in canonical order, are the sampler's to force).
+    entered, the last ones in canonical order, are the sampler's to force). `infill`: the
+    controls are the music after an infilled span (version 4 opens them with its own ids,
+    `control_time_field`).
     """
     self._need_controls("encode_controlled")
     ev = events.canonical()
     ct = controls.canonical() if controls is not None and len(controls) else None
     w, a = self.wait_units, self.anticipation
-    t_lo, c_lo = self._ranges["time"][0], self._ranges["control_time"][0]
+    t_lo, c_lo = self._ranges["time"][0], self._ranges[self.control_time_field(infill)][0]
     ev_fields = self._note_fields(ev)
     out: list[int] = [BOS] if add_bos else []
     if attributes:
@@ -354,13 +370,15 @@ class TokenCodec:
       is_ctl.append(False)
     return np.asarray(out, np.int32), np.asarray(is_ctl, bool)
 
-  def control_arrays(self, controls: Notes, start_time: int) -> dict[str, Any]:
+  def control_arrays(self, controls: Notes, start_time: int, *,
+                     infill: bool = False) -> dict[str, Any]:
     """What the sampler needs to force `controls` (sampling.Controls' fields): onsets relative
     to `start_time` (the stream time where generation starts), the field ids, the grammar
-    states a control may start in, the control-time ids and the anticipation."""
+    states a control may start in, the control-time ids (`infill`: as `encode_controlled`)
+    and the anticipation."""
     self._need_controls("control_arrays")
     controls = controls.canonical()
-    lo, hi = self._ranges["control_time"]
+    lo, hi = self._ranges[self.control_time_field(infill)]
     return {"onset": (controls.onset.astype(np.int64) - int(start_time)).astype(np.int32),
             "fields": self._note_fields(controls).astype(np.int32),
             "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
@@ -369,11 +387,7 @@ class TokenCodec:
   def generation_mask(self) -> np.ndarray:
     """bool[V]: ids the model may generate itself (version 2: never a control-time id; those
     are forced)."""
-    out = np.ones(self.vocab_size, bool)
-    if self.controls is not None:
-      lo, hi = self._ranges["control_time"]
-      out[lo:hi] = False
-    return out
+    return ~np.isin(self._kinds, CONTROL_TIME_KINDS)
 
   def inputs_only(self, ids, is_control) -> np.ndarray:
     """bool per id of an `encode_controlled` sequence: the ids that are given, never predicted
@@ -381,20 +395,20 @@ class TokenCodec:
     return np.asarray(is_control, bool) | np.isin(self.kinds(ids), PREFIX_KINDS)
 
   def decode_parts(self, ids) -> tuple[Notes, Notes]:
-    """(events, controls) of a version-2 sequence, each canonical."""
+    """(events, controls) of a version-2+ sequence, each canonical."""
     self._need_controls("decode_parts")
     return self._decode(ids, parts=True)
 
   # ------------------------------------------------------------------ decode
-  def _groups(self, ids: np.ndarray, first: int = K_DT):
+  def _groups(self, ids: np.ndarray, first=(K_DT,)):
     """(kinds, valid group starts) for a PAD/BOS-free id array: note groups, or with
-    `first=K_CTIME` control groups (the same fields after a control-time id)."""
+    `first=CONTROL_TIME_KINDS` control groups (the same fields after a control-time id)."""
     k = self.kinds(ids)
     t = self.tokens_per_note
     L = len(k)
     padded = np.concatenate([k, np.full(t, K_INVALID)])
-    valid = np.ones(L, bool)
-    for j, kind in enumerate((first,) + tuple(self._pattern[1:])):
+    valid = np.isin(k, first)
+    for j, kind in enumerate(self._pattern[1:], start=1):
       valid &= padded[j:j + L] == kind
     return k, np.flatnonzero(valid)
 
@@ -434,7 +448,7 @@ class TokenCodec:
     if self.controls is not None:
       k = self.kinds(ids)
       ids = ids[~np.isin(k, PREFIX_KINDS)]
-      k, ctl_starts = self._groups(ids, first=K_CTIME)
+      k, ctl_starts = self._groups(ids, first=CONTROL_TIME_KINDS)
       ctl = np.zeros(len(ids), bool)
       if len(ctl_starts):
         ctl[(ctl_starts[:, None] + np.arange(self.tokens_per_note)).reshape(-1)] = True
@@ -458,7 +472,8 @@ class TokenCodec:
     if len(ctl_starts):
       # Event time at each control: the time advanced by the event ids before it.
       now = np.concatenate([[0], cum])[keep_before[ctl_starts]]
-      ctl_onset = now + ctl_ids[ctl_starts] - self._ranges["control_time"][0]
+      ctl_time = ctl_ids[ctl_starts]
+      ctl_onset = now + ctl_time - self._range_start_of(ctl_time)
       ctl_cols = self._fields_to_notes(ctl_ids, ctl_starts, ctl_onset)
     if ctl_cols is not None and not parts:
       cols = tuple(np.concatenate([x, y]) for x, y in zip(cols, ctl_cols))
@@ -485,9 +500,9 @@ class TokenCodec:
 
     Version 2 adds: the attribute prefix after BOS (density, polyphony, pitch range, then any
     instruments present, each optional, version 3 the task before them; the start state), and
-    control groups from states 0 and 1, which return to the state they left (a control never
-    advances time or ends a note); EOS is also legal after a WAIT (controls may follow the last
-    event).
+    control groups from states 0 and 1 (opened by either control-time range, version 4's
+    infill one too), which return to the state they left (a control never advances time or
+    ends a note); EOS is also legal after a WAIT (controls may follow the last event).
     """
     if self._grammar is not None:
       return self._grammar
@@ -520,7 +535,8 @@ class TokenCodec:
     if v2:
       allow(after_wait, K_EOS, end)
       for origin, chain in ((boundary, ctl0), (after_wait, ctl1)):
-        allow(origin, K_CTIME, chain)
+        for kind in CONTROL_TIME_KINDS:
+          allow(origin, kind, chain)
         for j in range(1, t):
           allow(chain + j - 1, self._pattern[j], origin if j == t - 1 else chain + j)
       # Prefix state i: the attributes from the i-th on may still come, in their order
@@ -529,7 +545,8 @@ class TokenCodec:
       for i in range(len(order)):
         st = prefix + i
         allow(st, K_EOS, end)
-        allow(st, K_CTIME, ctl0)
+        for kind in CONTROL_TIME_KINDS:
+          allow(st, kind, ctl0)
         for later in range(i, len(order)):
           allow(st, order[later], prefix + min(later + 1, last))
       # Instruments present ascending is the encoder's order; any order is legal.
@@ -620,6 +637,11 @@ class TokenCodec:
     k = self.kinds(ids)
     return np.where(k == K_DT, ids - self._ranges["time"][0],
                     np.where(k == K_WAIT, self.wait_units, 0)).astype(np.int64)
+
+  def _range_start_of(self, ids: np.ndarray) -> np.ndarray:
+    """The first id of the range each id is in (ids in the vocabulary)."""
+    starts = np.asarray(sorted(lo for lo, _ in self._ranges.values()), np.int64)
+    return starts[np.searchsorted(starts, ids, side="right") - 1]
 
   def describe(self) -> dict[str, Any]:
     return {"layout": self.layout, "vocab_size": self.vocab_size,
