@@ -7,6 +7,7 @@ from sample_cli_test import char_run, control_run, token_run  # noqa: F401  (fix
 from virtuoso_jax import inference
 from virtuoso_jax import tasks
 from virtuoso_jax.encoding import Notes
+from virtuoso_jax.encoding import token_codec as tc
 
 
 def _piece(run):
@@ -48,6 +49,10 @@ def test_infill_keeps_every_note_outside_the_span(control_run):
     _, forced = run.codec.decode_parts(sample.ids)  # The right context was heard.
     assert len(forced) > 0 and forced.onset.min() >= e
     assert sample.ids[1] == _task_id(run, "infill")  # The task is stated, as in training.
+    # Version 4: the right context opens with the infill control-time ids, as in training.
+    opens = run.codec.kinds(sample.ids)[np.isin(run.codec.kinds(sample.ids),
+                                                tc.CONTROL_TIME_KINDS)]
+    assert run.codec.version == 4 and len(opens) == len(forced) and (opens == tc.K_ICTIME).all()
 
 
 def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
@@ -64,6 +69,7 @@ def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
       # The model heard the kept part: its notes were forced into the sequence as controls.
       _, forced = run.codec.decode_parts(sample.ids)
       assert len(forced) > 0 and _contains(kept, forced)
+      assert not (run.codec.kinds(sample.ids) == tc.K_ICTIME).any()  # Not an infill's ids.
       assert sample.ids[1] == _task_id(
           run, "accompany_parts" if req.keep_instruments else "accompany_melody")
       end = int((kept.onset + kept.duration).max())
@@ -74,26 +80,32 @@ def _task_id(run, task):
   return run.codec.attribute_ids({"task": task})[0]
 
 
-def test_version_2_runs_still_sample(control_run, tmp_path):
-  """A run saved before the task id (token version 2: encoding.json without controls.task_ids)
-  loads as version 2 and infills and accompanies without stating a task."""
+@pytest.mark.parametrize("version", (2, 3))
+def test_older_version_runs_still_sample(control_run, tmp_path, version):
+  """A run saved before the infill control ids (token version 3: encoding.json without
+  controls.infill_control_ids) or before the task id too (version 2: nor controls.task_ids)
+  loads as that version and infills and accompanies with its own ids."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  old = tmp_path / "v2"
+  old = tmp_path / f"v{version}"
   shutil.copytree(control_run, old)
   enc = json.loads((old / "encoding.json").read_text())
-  del enc["controls"]["task_ids"]
-  enc["token_version"] = 2
+  del enc["controls"]["infill_control_ids"]
+  if version == 2:
+    del enc["controls"]["task_ids"]
+  enc["token_version"] = version
   (old / "encoding.json").write_text(json.dumps(enc))
   run = inference.load_run(str(old))
-  assert run.codec.version == 2
+  assert run.codec.version == version
   piece = _piece(run)
   for req in (inference.SampleRequest(num_samples=1, seed=1, prompt_notes=piece,
                                       infill=(4.0, 7.0), max_tokens=300),
               inference.SampleRequest(num_samples=1, seed=2, prompt_notes=piece,
                                       keep_melody=True, max_tokens=300)):
     for sample in inference.generate(run, req):
-      assert not (run.codec.kinds(sample.ids) < 0).any()  # Only version-2 ids.
+      assert not (run.codec.kinds(sample.ids) < 0).any()  # Only this version's ids.
+      assert (sample.ids[1] == _task_id(run, "infill" if req.infill else "accompany_melody")
+              if version == 3 else not (run.codec.kinds(sample.ids) == tc.K_TASK).any())
       assert _contains(sample.notes, piece[tasks.melody(piece)] if req.keep_melody else
                        piece[piece.onset < int(4.0 / (run.enc_config.grid_ms / 1000))])
 
