@@ -84,7 +84,7 @@ def _task_id(run, task):
 def test_older_version_runs_still_sample(control_run, tmp_path, version):
   """A run saved before the infill control ids (token version 3: encoding.json without
   controls.infill_control_ids) or before the task id too (version 2: nor controls.task_ids)
-  loads as that version and infills and accompanies with its own ids."""
+  loads as that version and infills (and accompanies) with its own ids."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   old = tmp_path / f"v{version}"
@@ -98,10 +98,12 @@ def test_older_version_runs_still_sample(control_run, tmp_path, version):
   run = inference.load_run(str(old))
   assert run.codec.version == version
   piece = _piece(run)
-  for req in (inference.SampleRequest(num_samples=1, seed=1, prompt_notes=piece,
+  requests = (inference.SampleRequest(num_samples=1, seed=1, prompt_notes=piece,
                                       infill=(4.0, 7.0), max_tokens=300),
               inference.SampleRequest(num_samples=1, seed=2, prompt_notes=piece,
-                                      keep_melody=True, max_tokens=300)):
+                                      keep_melody=True, max_tokens=300))
+  # Version 3 differs from 4 only in how an infill's controls open: infilling shows it.
+  for req in requests[:1] if version == 3 else requests:
     for sample in inference.generate(run, req):
       assert not (run.codec.kinds(sample.ids) < 0).any()  # Only this version's ids.
       assert (sample.ids[1] == _task_id(run, "infill" if req.infill else "accompany_melody")
