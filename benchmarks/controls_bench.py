@@ -11,7 +11,9 @@ dataset, one JSON line per figure:
                            top, its melody) and its other notes
   infill_span_nll_per_id   the span's ids (NLL per id) where the right context has begun to
                            enter (`where`: controls entered), and before it, where only the
-                           task id differs
+                           task id differs; `transposed_controls`: the same ids with the right
+                           context a tritone off (its timing kept, its pitches wrong), which
+                           parts what the controls' content gives from what their presence costs
   accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
                            `--keep_melody` and for unconditioned music of the same length
                            (`baseline`), and the real accompaniment (`real`)
@@ -84,7 +86,8 @@ def _pieces(run, split: str, count: int, seconds: float):
 def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
   """(NLL per span note with the music after it as controls, without it, span notes,
   {"top" | "other": (pitch NLL summed with, without, notes)} for the span's top line and the
-  rest, and {"controls entered" | "before controls": (NLL summed with, without, ids)})."""
+  rest, and {"controls entered" | "before controls": (NLL summed with, without, ids, with the
+  controls transposed)})."""
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   codec = run.codec
   events, after = tasks.split_at(piece, end)
@@ -103,11 +106,15 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
                                              add_eos=False, trailing_controls=False,
                                              infill=True)
   without, _ = codec.encode_controlled(events, None, add_eos=False)
+  # The same controls a tritone off: the same ids at the same places, the wrong music.
+  moved = after.replace(pitch=np.where(after.pitch + 6 <= 127, after.pitch + 6, after.pitch - 6))
+  transposed, _ = codec.encode_controlled(events, moved, codec.task_attribute("infill"),
+                                          add_eos=False, trailing_controls=False, infill=True)
   n_prefix = len(codec.encode_controlled(prefix, None, add_eos=False)[0])
   if max(len(with_ctx), len(without)) > run.context + 1:
     return None
 
-  a, b = _nll(scorer, with_ctx, without)
+  a, b, c = _nll(scorer, with_ctx, without, transposed)
   # The event stream inside the controlled sequence (not the controls, not the task id).
   event_pos = np.flatnonzero(~codec.inputs_only(with_ctx, is_ctl))
   span_targets_a = event_pos[n_prefix:] - 1  # Target index = position - 1.
@@ -118,7 +125,7 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
   # (there the two sequences differ only by the task id).
   entered = span_targets_a + 1 > (np.flatnonzero(is_ctl)[0] if is_ctl.any() else len(with_ctx))
   where = {name: (float(a[span_targets_a[pick]].sum()), float(b[span_targets_b[pick]].sum()),
-                  int(pick.sum()))
+                  int(pick.sum()), float(c[span_targets_a[pick]].sum()))
            for name, pick in (("controls entered", entered), ("before controls", ~entered))}
   # The pitch id of each span note, split into the span's top line (its melody) and the other
   # notes: which part the right context helps or hurts. without[i] is with_ctx[event_pos[i]].
@@ -230,7 +237,8 @@ def main(argv):
       n = sum(g[2] for g in got)
       if n:
         common.emit("infill_span_nll_per_id", sum(g[0] for g in got) / n, "nats", where=where,
-                    no_right_context=sum(g[1] for g in got) / n, ids=n, **tag)
+                    no_right_context=sum(g[1] for g in got) / n,
+                    transposed_controls=sum(g[3] for g in got) / n, ids=n, **tag)
   common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
               baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
   per_bin, errors, hits = [], [], []
