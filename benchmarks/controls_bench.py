@@ -14,6 +14,11 @@ dataset, one JSON line per figure:
                            task id differs; `transposed_controls`: the same ids with the right
                            context a tritone off (its timing kept, its pitches wrong), which
                            parts what the controls' content gives from what their presence costs
+  infill_seams             around each seam of an infilled span (`seam` start / end, +- 0.5 s):
+                           seconds with no note sounding and the mean number of notes sounding,
+                           sampled against the source; `gap_share` / `pileup_share`: seams
+                           whose silence grew by over 0.1 s / whose mean notes sounding grew by
+                           over half a note
   accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
                            `--keep_melody` and for unconditioned music of the same length
                            (`baseline`), and the real accompaniment (`real`)
@@ -178,6 +183,7 @@ def main(argv):
   del argv
   from virtuoso_jax import evaluation  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import inference  # pylint: disable=g-import-not-at-top
+  from virtuoso_jax import music_stats  # pylint: disable=g-import-not-at-top
   from virtuoso_jax import tasks  # pylint: disable=g-import-not-at-top
   run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
   if getattr(run.codec, "version", 1) < 2:
@@ -188,7 +194,8 @@ def main(argv):
   grid_s = run.enc_config.grid_ms / 1000.0
   rng = np.random.default_rng(_SEED.value)
   found = total = 0
-  spans, acc, base, real = [], [], [], []
+  spans, acc, base, real, seams = [], [], [], [], []
+  half = int(round(0.5 / grid_s))
   for k, piece in enumerate(pieces):
     t1 = int(piece.onset.max())
     for j in range(_SPANS.value):
@@ -206,6 +213,9 @@ def main(argv):
     for s in inference.generate(run, req):
       f, n = _kept(s.notes, piece[outside])
       found, total = found + f, total + n
+      for at in (start, end):
+        seams.append((at == end, *music_stats.seam(s.notes, at, half),
+                      *music_stats.seam(piece, at, half)))
     top = tasks.melody(piece)
     melody = piece[top]
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
@@ -239,6 +249,15 @@ def main(argv):
         common.emit("infill_span_nll_per_id", sum(g[0] for g in got) / n, "nats", where=where,
                     no_right_context=sum(g[1] for g in got) / n,
                     transposed_controls=sum(g[3] for g in got) / n, ids=n, **tag)
+  for name, is_end in (("start", False), ("end", True)):
+    x = np.asarray([row[1:] for row in seams if row[0] == is_end], np.float64).reshape(-1, 4)
+    if len(x):  # Columns: silence share, notes sounding (sample); the same (source).
+      silent = x[:, [0, 2]] * 2 * half * grid_s
+      common.emit("infill_seams", float(silent[:, 0].mean()), "s silent per 1 s", seam=name,
+                  source=float(silent[:, 1].mean()), notes_sounding=float(x[:, 1].mean()),
+                  source_notes_sounding=float(x[:, 3].mean()),
+                  gap_share=float(np.mean(silent[:, 0] - silent[:, 1] > 0.1)),
+                  pileup_share=float(np.mean(x[:, 1] - x[:, 3] > 0.5)), seams=len(x), **tag)
   common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
               baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
   per_bin, errors, hits = [], [], []

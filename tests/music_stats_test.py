@@ -135,3 +135,16 @@ def test_interval_sequence_is_transposition_invariant():
   np.testing.assert_array_equal(ms.interval_sequence(a), ms.interval_sequence(b))
   index = ms.CopyIndex([ms.interval_sequence(a)])
   assert index.longest_match(ms.interval_sequence(b)) == 6
+
+
+def test_seam_sees_gaps_and_pileups_around_an_edit():
+  legato = notes([(0, 100, 60, 80, 0), (100, 100, 62, 80, 0)])  # One line, no silence.
+  assert ms.seam(legato, 100, 50) == (0.0, 1.0)
+  gap = notes([(0, 80, 60, 80, 0), (120, 80, 62, 80, 0)])  # 0.4 s of silence at the seam.
+  assert ms.seam(gap, 100, 50) == (pytest.approx(0.4), pytest.approx(0.6))
+  pile = notes([(0, 150, 60, 80, 0), (100, 100, 62, 80, 0), (100, 100, 64, 80, 0)])
+  # One note for the window's first half, then a held note under two new ones.
+  assert ms.seam(pile, 100, 50) == (0.0, pytest.approx(2.0))
+  assert ms.seam(pile, 400, 50) == (1.0, 0.0)  # Nothing near: all silence.
+  clipped = notes([(40, 20, 60, 80, 0)])  # Only 0.1 s of the window [50, 150) sounds.
+  assert ms.seam(clipped, 100, 50) == (pytest.approx(0.9), pytest.approx(0.1))

@@ -84,6 +84,21 @@ def _sounding_profile(onset: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, n
   return np.diff(times).astype(np.float64), active
 
 
+def seam(notes: Notes, at: int, half: int) -> tuple[float, float]:
+  """(share of the window [at - half, at + half) with no note sounding, mean number of notes
+  sounding over the window) for `notes` in grid units: what an edit at `at` (an infilled span's
+  start or end) does to the music around it, to set against the source's own window (a gap the
+  source did not have, a pile-up of notes it did not have)."""
+  lo, hi = at - half, at + half
+  on = np.asarray(notes.onset, np.int64)
+  end = on + np.asarray(notes.duration, np.int64)
+  inside = (on < hi) & (end > lo)
+  if not inside.any():
+    return 1.0, 0.0
+  lengths, active = _sounding_profile(np.maximum(on[inside], lo), np.minimum(end[inside], hi))
+  return float(1.0 - lengths[active > 0].sum() / (hi - lo)), float((lengths * active).sum() / (hi - lo))
+
+
 def _voice_steps(onset: np.ndarray, end: np.ndarray, pitch: np.ndarray, highest: bool) -> float:
   """Mean |interval| of the top (or bottom) line: at each distinct onset, the highest (lowest)
   pitch among the notes sounding then (held notes included), and its steps where it changes
