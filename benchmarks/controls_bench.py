@@ -107,14 +107,15 @@ def _span_nll(run, scorer, piece, start: int, end: int) -> tuple | None:
     return None
   # No trailing controls: the WAITs that would let the last controls enter after the span's
   # last event are not the span's notes, and `without` has none to compare them with.
-  with_ctx, is_ctl = codec.encode_controlled(events, after, codec.task_attribute("infill"),
-                                             add_eos=False, trailing_controls=False,
-                                             infill=True)
+  def infilled(controls):
+    return codec.encode_controlled(events, controls, codec.task_attribute("infill"),
+                                   add_eos=False, trailing_controls=False, infill=True)
+
+  with_ctx, is_ctl = infilled(after)
   without, _ = codec.encode_controlled(events, None, add_eos=False)
   # The same controls a tritone off: the same ids at the same places, the wrong music.
-  moved = after.replace(pitch=np.where(after.pitch + 6 <= 127, after.pitch + 6, after.pitch - 6))
-  transposed, _ = codec.encode_controlled(events, moved, codec.task_attribute("infill"),
-                                          add_eos=False, trailing_controls=False, infill=True)
+  transposed, _ = infilled(after.replace(
+      pitch=np.where(after.pitch + 6 <= 127, after.pitch + 6, after.pitch - 6)))
   n_prefix = len(codec.encode_controlled(prefix, None, add_eos=False)[0])
   if max(len(with_ctx), len(without)) > run.context + 1:
     return None
@@ -194,7 +195,8 @@ def main(argv):
   grid_s = run.enc_config.grid_ms / 1000.0
   rng = np.random.default_rng(_SEED.value)
   found = total = 0
-  spans, acc, base, real, seams = [], [], [], [], []
+  spans, acc, base, real = [], [], [], []
+  seams = {"start": [], "end": []}  # (silence share, notes sounding) of the sample and source.
   half = int(round(0.5 / grid_s))
   for k, piece in enumerate(pieces):
     t1 = int(piece.onset.max())
@@ -213,9 +215,9 @@ def main(argv):
     for s in inference.generate(run, req):
       f, n = _kept(s.notes, piece[outside])
       found, total = found + f, total + n
-      for at in (start, end):
-        seams.append((at == end, *music_stats.seam(s.notes, at, half),
-                      *music_stats.seam(piece, at, half)))
+      for name, at in (("start", start), ("end", end)):
+        seams[name].append((*music_stats.seam(s.notes, at, half),
+                            *music_stats.seam(piece, at, half)))
     top = tasks.melody(piece)
     melody = piece[top]
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
@@ -249,9 +251,9 @@ def main(argv):
         common.emit("infill_span_nll_per_id", sum(g[0] for g in got) / n, "nats", where=where,
                     no_right_context=sum(g[1] for g in got) / n,
                     transposed_controls=sum(g[3] for g in got) / n, ids=n, **tag)
-  for name, is_end in (("start", False), ("end", True)):
-    x = np.asarray([row[1:] for row in seams if row[0] == is_end], np.float64).reshape(-1, 4)
-    if len(x):  # Columns: silence share, notes sounding (sample); the same (source).
+  for name, rows in seams.items():
+    x = np.asarray(rows, np.float64).reshape(-1, 4)
+    if len(x):
       silent = x[:, [0, 2]] * 2 * half * grid_s
       common.emit("infill_seams", float(silent[:, 0].mean()), "s silent per 1 s", seam=name,
                   source=float(silent[:, 1].mean()), notes_sounding=float(x[:, 1].mean()),

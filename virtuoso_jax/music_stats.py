@@ -96,7 +96,8 @@ def seam(notes: Notes, at: int, half: int) -> tuple[float, float]:
   if not inside.any():
     return 1.0, 0.0
   lengths, active = _sounding_profile(np.maximum(on[inside], lo), np.minimum(end[inside], hi))
-  return float(1.0 - lengths[active > 0].sum() / (hi - lo)), float((lengths * active).sum() / (hi - lo))
+  width = hi - lo
+  return float(1.0 - lengths[active > 0].sum() / width), float((lengths * active).sum() / width)
 
 
 def _voice_steps(onset: np.ndarray, end: np.ndarray, pitch: np.ndarray, highest: bool) -> float:
