@@ -49,10 +49,12 @@ def test_infill_keeps_every_note_outside_the_span(control_run):
     _, forced = run.codec.decode_parts(sample.ids)  # The right context was heard.
     assert len(forced) > 0 and forced.onset.min() >= e
     assert sample.ids[1] == _task_id(run, "infill")  # The task is stated, as in training.
-    # Version 4: the right context opens with the infill control-time ids, as in training.
-    opens = run.codec.kinds(sample.ids)[np.isin(run.codec.kinds(sample.ids),
-                                                tc.CONTROL_TIME_KINDS)]
-    assert run.codec.version == 4 and len(opens) == len(forced) and (opens == tc.K_ICTIME).all()
+    # Version 4: the right context opens with the infill control-time ids, as in training;
+    # version 5: its fields are the control fields.
+    kinds = run.codec.kinds(sample.ids)
+    opens = kinds[np.isin(kinds, tc.CONTROL_TIME_KINDS)]
+    assert run.codec.version == 5 and len(opens) == len(forced) and (opens == tc.K_ICTIME).all()
+    assert (kinds == tc.K_CPITCH).sum() == len(forced)
 
 
 def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):
@@ -80,9 +82,10 @@ def _task_id(run, task):
   return run.codec.attribute_ids({"task": task})[0]
 
 
-@pytest.mark.parametrize("version", (2, 3))
+@pytest.mark.parametrize("version", (2, 3, 4))
 def test_older_version_runs_still_sample(control_run, tmp_path, version):
-  """A run saved before the infill control ids (token version 3: encoding.json without
+  """A run saved before the control fields (token version 4: encoding.json without
+  controls.control_fields), before the infill control ids too (version 3: nor
   controls.infill_control_ids) or before the task id too (version 2: nor controls.task_ids)
   loads as that version and infills (and accompanies) with its own ids."""
   import json  # pylint: disable=g-import-not-at-top
@@ -90,7 +93,9 @@ def test_older_version_runs_still_sample(control_run, tmp_path, version):
   old = tmp_path / f"v{version}"
   shutil.copytree(control_run, old)
   enc = json.loads((old / "encoding.json").read_text())
-  del enc["controls"]["infill_control_ids"]
+  del enc["controls"]["control_fields"]
+  if version <= 3:
+    del enc["controls"]["infill_control_ids"]
   if version == 2:
     del enc["controls"]["task_ids"]
   enc["token_version"] = version
@@ -105,9 +110,11 @@ def test_older_version_runs_still_sample(control_run, tmp_path, version):
   # Version 3 differs from 4 only in how an infill's controls open: infilling shows it.
   for req in requests[:1] if version == 3 else requests:
     for sample in inference.generate(run, req):
-      assert not (run.codec.kinds(sample.ids) < 0).any()  # Only this version's ids.
+      kinds = run.codec.kinds(sample.ids)
+      assert not (kinds < 0).any()  # Only this version's ids.
       assert (sample.ids[1] == _task_id(run, "infill" if req.infill else "accompany_melody")
-              if version == 3 else not (run.codec.kinds(sample.ids) == tc.K_TASK).any())
+              if version >= 3 else not (kinds == tc.K_TASK).any())
+      assert (kinds == tc.K_ICTIME).any() == (version == 4 and bool(req.infill))
       assert _contains(sample.notes, piece[tasks.melody(piece)] if req.keep_melody else
                        piece[piece.onset < int(4.0 / (run.enc_config.grid_ms / 1000))])
 

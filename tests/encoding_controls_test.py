@@ -1,5 +1,5 @@
-"""Versions 2 to 4 of the token codec: control notes anticipated into the sequence, attribute
-and task tokens, an infill's own control-time ids."""
+"""Versions 2 to 5 of the token codec: control notes anticipated into the sequence, attribute
+and task tokens, an infill's own control-time ids, control notes' own field ids."""
 
 import numpy as np
 import pytest
@@ -141,9 +141,62 @@ def test_version_4_opens_infill_controls_with_their_own_ids_and_keeps_version_3_
                                   if k != "infill_control_ids"}) == v3.controls  # v3 files.
 
 
-@pytest.mark.parametrize("version", (2, 3, 4))
+V5 = {"task_ids": True, "infill_control_ids": True, "control_fields": True}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_version_5_gives_control_notes_their_own_field_ids_and_keeps_version_4_ids(layout):
+  v4, v5 = codec(layout, task_ids=True, infill_control_ids=True), codec(layout, **V5)
+  assert (v4.version, v5.version) == (4, 5)
+  for name, span in v4.field_ranges().items():
+    assert v5.field_ranges()[name] == span
+  event_fields = [n for n in v4.field_ranges() if n in ("instrument", "pitch", "duration",
+                                                        "velocity", "instrument_pitch",
+                                                        "duration_velocity")]
+  new = {n: r for n, r in v5.field_ranges().items() if n not in v4.field_ranges()}
+  assert list(new) == ["control_" + n for n in event_fields]  # Appended, in field order.
+  assert min(lo for lo, _ in new.values()) == v4.vocab_size
+  for name in event_fields:  # Each as wide as its event field, and never generated.
+    (lo, hi), (elo, ehi) = new["control_" + name], v5.field_ranges()[name]
+    assert hi - lo == ehi - elo and not v5.generation_mask()[lo:hi].any()
+    assert not set(v5.kinds(np.arange(lo, hi)).tolist()) & set(v5.kinds([elo]).tolist())
+  notes = v5.quantize(song(3))
+  cut = int(np.median(notes.onset))
+  events, after = notes[notes.onset < cut], notes[notes.onset >= cut]
+  for infill, task in ((True, "infill"), (False, "accompany_parts")):
+    ids, is_ctl = v5.encode_controlled(events, after, {"task": task}, infill=infill)
+    old, old_ctl = v4.encode_controlled(events, after, {"task": task}, infill=infill)
+    # The same sequence but for the control notes' fields, which move to their own ranges.
+    np.testing.assert_array_equal(is_ctl, old_ctl)
+    np.testing.assert_array_equal(ids[~is_ctl], old[~is_ctl])
+    fields = is_ctl & ~np.isin(v5.kinds(ids), tc.CONTROL_TIME_KINDS)
+    np.testing.assert_array_equal(ids[is_ctl & ~fields], old[is_ctl & ~fields])
+    assert (ids[fields] >= v4.vocab_size).all() and not (ids[~fields] >= v4.vocab_size).any()
+    assert v5.grammar().state_after(ids) == v5.grammar().end_state
+    assert v5.decode_parts(ids) == (events.canonical(), after.canonical())
+    assert v5.decode(ids) == notes
+    arrays = v5.control_arrays(after, 0, infill=infill)
+    np.testing.assert_array_equal(arrays["fields"].reshape(-1), ids[fields])
+  # Transposing moves the control notes' pitches with the events'; drums stay.
+  for got, was in zip(v5.decode_parts(v5.transpose_ids(ids, 2)), (events, after)):
+    drum = was.instrument == tc.DRUMS
+    assert drum.any() and (~drum).any()
+    assert sorted(got.pitch[got.instrument != tc.DRUMS]) == sorted(was.pitch[~drum] + 2)
+    assert sorted(got.pitch[got.instrument == tc.DRUMS]) == sorted(was.pitch[drum])
+  # A control field where an event field belongs (or the reverse) is a malformed fragment.
+  swapped = ids.copy()
+  swapped[np.flatnonzero(fields)[1]] = old[np.flatnonzero(fields)[1]]
+  _, report = v5.decode(swapped, return_report=True)
+  assert report["skipped_fragments"] >= 1
+  with pytest.raises(ValueError, match="needs infill_control_ids"):
+    ControlConfig(task_ids=True, control_fields=True)
+  assert ControlConfig.from_dict({k: v for k, v in v5.controls.to_dict().items()
+                                  if k != "control_fields"}) == v4.controls  # v4 files.
+
+
+@pytest.mark.parametrize("version", (2, 3, 4, 5))
 def test_grammar_walks_of_a_controlled_codec_always_decode(version):
-  c = codec(task_ids=version >= 3, infill_control_ids=version >= 4)
+  c = codec(task_ids=version >= 3, infill_control_ids=version >= 4, control_fields=version >= 5)
   assert c.version == version
   g = c.grammar()
   assert g.allowed.any(axis=1).all()  # Never a dead end.
@@ -171,3 +224,5 @@ def test_grammar_walks_of_a_controlled_codec_always_decode(version):
     n_ctl = int(np.isin(c.kinds(ids), tc.CONTROL_TIME_KINDS).sum())
     assert len(c.decode_parts(ids)[1]) == n_ctl and len(notes) >= n_ctl
   assert opened >= {tc.K_CTIME, tc.K_ICTIME} if version >= 4 else tc.K_CTIME in opened
+  # Version 5's control groups are written in its control fields; older ones in the events'.
+  assert (tc.K_CPITCH in opened) == (version >= 5)

@@ -57,10 +57,10 @@ def test_derived_examples_decode_and_mask_the_given_ids():
       assert int(mask.sum()) <= bound
 
 
-@pytest.mark.parametrize("version", (3, 4))
-def test_a_version_3_or_4_example_states_its_task(version):
-  v3 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True,
-                                                  infill_control_ids=version == 4))
+@pytest.mark.parametrize("version", (3, 4, 5))
+def test_a_version_3_to_5_example_states_its_task(version):
+  v3 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True, infill_control_ids=version >= 4,
+                                                  control_fields=version == 5))
   lo = v3.field_ranges()["task"][0]
   seen = set()
   for seed in range(30):
@@ -78,8 +78,13 @@ def test_a_version_3_or_4_example_states_its_task(version):
       seen.update(stated)
       # Version 4: an infill's controls open with their own ids, an accompaniment's never.
       opens = v3.kinds(tokens)[np.isin(v3.kinds(tokens), tc.CONTROL_TIME_KINDS)]
-      wanted = tc.K_ICTIME if version == 4 and stated == ["infill"] else tc.K_CTIME
+      wanted = tc.K_ICTIME if version >= 4 and stated == ["infill"] else tc.K_CTIME
       assert (opens == wanted).all()
+      # Version 5: every control note (of either task) is written in the control fields (the
+      # window's end may cut the last one).
+      n_fields = int(np.isin(v3.kinds(tokens), tc.CONTROL_KINDS).sum()) - len(opens)
+      full = len(opens) * (v3.tokens_per_note - 1) if version == 5 else 0
+      assert full - n_fields in (range(v3.tokens_per_note - 1) if version == 5 else (0,))
   assert seen == set(tc.TASKS)  # One instrument: the melody is kept; two: sometimes parts.
   # Version 2 states none (its models learnt without), with the same draws otherwise.
   tokens, _ = _draw(tasks.TaskRates(infill=1.0), 0)

@@ -12,7 +12,8 @@ into one of:
 and, independently, gets an attribute prefix computed from its events (each attribute stated or
 left out at random, so generation works with any subset); a version-3 codec's prefix also always
 states the task (infill, accompany_melody, accompany_parts), as the sampler does, and a
-version-4 codec opens an infill's control notes with its own control-time ids. The example is
+version-4+ codec opens an infill's control notes with its own control-time ids (version 5
+writes every control note in its own field ids). The example is
 re-encoded with the version-2+ codec (`TokenCodec.encode_controlled`); control, attribute and
 task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
 Every choice is a pure function of (seed, sample number), so a resumed run sees the same

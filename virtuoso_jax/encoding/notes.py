@@ -127,9 +127,10 @@ _GENERIC_EDGES = {"density": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
 
 @dataclasses.dataclass(frozen=True)
 class ControlConfig:
-  """Versions 2 to 4 of the token codec: anticipated control notes and attribute tokens
+  """Versions 2 to 5 of the token codec: anticipated control notes and attribute tokens
   (version 3 also states the task, `task_ids`; version 4 gives an infill's right context its
-  own control-time ids, `infill_control_ids`).
+  own control-time ids, `infill_control_ids`; version 5 gives every control note's fields their
+  own ids, `control_fields`).
 
   Attributes:
     anticipation_ms: a control note (a note given, not generated: the parts kept around an
@@ -146,6 +147,10 @@ class ControlConfig:
       their own control-time ids, so every control note says locally whether it is the music
       after a span or a part to accompany (a task id hundreds of ids back did not: models
       read an infill's right context as a melody to write under). False: version 2/3.
+    control_fields: version 5 (needs infill_control_ids): a control note's instrument, pitch,
+      duration and velocity have their own ids (as the Anticipatory Music Transformer's controls
+      do), so a control chord entering between two event chords does not look like the event
+      chord the model is writing. False: version 2-4.
   Training fits the edges to the corpus (`tasks.fit_controls`: quantiles, so every bin holds a
   like share of the training windows); the defaults are generic, corpus-blind edges.
   """
@@ -156,10 +161,12 @@ class ControlConfig:
   pitch_range_edges: tuple[float, ...] = _GENERIC_EDGES["pitch_range"]
   task_ids: bool = False
   infill_control_ids: bool = False
+  control_fields: bool = False
 
   @classmethod
   def generic(cls, bins: int, anticipation_ms: int = 2000, task_ids: bool = False,
-              infill_control_ids: bool = False) -> "ControlConfig":
+              infill_control_ids: bool = False,
+              control_fields: bool = False) -> "ControlConfig":
     """`bins` bins per binned attribute, edges spread (geometrically) over the generic span:
     the vocabulary of a run whose edges are fitted to its corpus once its data is read."""
     if bins < 2:
@@ -168,7 +175,8 @@ class ControlConfig:
       return tuple(float(x) for x in np.geomspace(edges[0], edges[-1], bins - 1)) if bins > 2 \
           else (float(np.sqrt(edges[0] * edges[-1])),)
     return cls(anticipation_ms, **{f"{n}_edges": spread(e) for n, e in _GENERIC_EDGES.items()},
-               task_ids=task_ids, infill_control_ids=infill_control_ids)
+               task_ids=task_ids, infill_control_ids=infill_control_ids,
+               control_fields=control_fields)
 
   def edges(self, name: str) -> tuple[float, ...]:
     """The bin edges of binned attribute `name` (one of BINNED_ATTRIBUTES)."""
@@ -185,14 +193,15 @@ class ControlConfig:
     if not (isinstance(self.anticipation_ms, int) and self.anticipation_ms > 0):
       raise ValueError(f"ControlConfig: anticipation_ms must be a positive int, got "
                        f"{self.anticipation_ms!r}")
-    if not isinstance(self.task_ids, bool):
-      raise ValueError(f"ControlConfig: task_ids must be a bool, got {self.task_ids!r}")
-    if not isinstance(self.infill_control_ids, bool):
-      raise ValueError(f"ControlConfig: infill_control_ids must be a bool, got "
-                       f"{self.infill_control_ids!r}")
+    for name in ("task_ids", "infill_control_ids", "control_fields"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"ControlConfig: {name} must be a bool, got {getattr(self, name)!r}")
     if self.infill_control_ids and not self.task_ids:
       raise ValueError("ControlConfig: infill_control_ids (version 4) needs task_ids "
                        "(version 3)")
+    if self.control_fields and not self.infill_control_ids:
+      raise ValueError("ControlConfig: control_fields (version 5) needs infill_control_ids "
+                       "(version 4)")
 
   def to_dict(self) -> dict[str, Any]:
     return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)

@@ -7,6 +7,9 @@ followed by the note's fields:
 - layout "default" (5 tokens per note): `[time-delta, instrument, pitch, duration, velocity-bin]`;
 - layout "compact" (3 tokens per note): `[time-delta, instrument x pitch, duration x velocity-bin]`.
 
+Versions 2-5 (`ControlConfig`) append control notes, attribute and task ids; see
+`encode_controlled`.
+
 time-delta is the onset delta to the previous note (0..max_time_shift grid units); each WAIT adds
 `max_time_shift + 1` units, so any gap is split exactly and nothing after it shifts. Durations over
 `max_duration` are clipped (counted in the encode report). Velocity is binned (`velocity_bins`);
@@ -38,6 +41,11 @@ K_CTIME, K_DENSITY, K_POLYPHONY, K_RANGE, K_INST_PRESENT = 11, 12, 13, 14, 15
 K_TASK = 16  # Version 3: the task id that opens the prefix.
 K_ICTIME = 17  # Version 4: the time offset of a control note after an infilled span.
 CONTROL_TIME_KINDS = (K_CTIME, K_ICTIME)  # Either opens a control group.
+# Version 5: a control note's fields in their own ranges, one kind per event field kind.
+K_CINS, K_CPITCH, K_CDUR, K_CVEL, K_CINS_PITCH, K_CDUR_VEL = 18, 19, 20, 21, 22, 23
+_CONTROL_KIND = {K_INS: K_CINS, K_PITCH: K_CPITCH, K_DUR: K_CDUR, K_VEL: K_CVEL,
+                 K_INS_PITCH: K_CINS_PITCH, K_DUR_VEL: K_CDUR_VEL}
+CONTROL_KINDS = CONTROL_TIME_KINDS + tuple(_CONTROL_KIND.values())  # Forced, never generated.
 # The prefix's attributes in their fixed order; version 2 has all but "task".
 ATTRIBUTES = ("task",) + BINNED_ATTRIBUTES + ("instrument_present",)
 _ATTR_KIND = {"task": K_TASK, "density": K_DENSITY, "polyphony": K_POLYPHONY,
@@ -90,12 +98,14 @@ class TokenCodec:
       _add("duration", self.max_duration)
       _add("velocity", self.velocity_bins)
       self._pattern = (K_DT, K_INS, K_PITCH, K_DUR, K_VEL)
+      fields = ("instrument", "pitch", "duration", "velocity")
       kind_of = {"time": K_DT, "instrument": K_INS, "pitch": K_PITCH, "duration": K_DUR,
                  "velocity": K_VEL}
     else:
       _add("instrument_pitch", NUM_INSTRUMENTS * 128)
       _add("duration_velocity", self.max_duration * self.velocity_bins)
       self._pattern = (K_DT, K_INS_PITCH, K_DUR_VEL)
+      fields = ("instrument_pitch", "duration_velocity")
       kind_of = {"time": K_DT, "instrument_pitch": K_INS_PITCH, "duration_velocity": K_DUR_VEL}
     if controls is not None:  # Version 2: appended, so every version-1 id keeps its meaning.
       self.anticipation = controls.anticipation_ms // config.grid_ms
@@ -118,8 +128,18 @@ class TokenCodec:
       if controls.infill_control_ids:  # Version 4: appended after version 3's ids.
         _add("infill_control_time", self.anticipation + self.wait_units)
         kind_of.update(infill_control_time=K_ICTIME)
+      if controls.control_fields:  # Version 5: appended after version 4's ids.
+        for name in fields:
+          _add("control_" + name, ranges[name][1] - ranges[name][0])
+          kind_of["control_" + name] = _CONTROL_KIND[kind_of[name]]
     self._ranges = ranges
     self.vocab_size = start
+    # A control note's fields after its control-time id: the event fields' kinds, or on version
+    # 5 their control twins, whose ids are the event ids plus `_control_shift` (per field).
+    v5 = controls is not None and controls.control_fields
+    self._control_pattern = tuple(_CONTROL_KIND[k] if v5 else k for k in self._pattern[1:])
+    self._control_shift = np.asarray(
+        [ranges["control_" + n][0] - ranges[n][0] if v5 else 0 for n in fields], np.int64)
     kinds = np.full(self.vocab_size, K_INVALID, np.int64)
     kinds[[PAD, BOS, EOS, WAIT]] = [K_PAD, K_BOS, K_EOS, K_WAIT]
     for name, kind in kind_of.items():
@@ -137,9 +157,12 @@ class TokenCodec:
   def version(self) -> int:
     """1: notes only; 2: also control notes and attribute tokens (`controls`); 3: also the
     task id (`controls.task_ids`); 4: also an infill's own control-time ids
-    (`controls.infill_control_ids`)."""
+    (`controls.infill_control_ids`); 5: also a control note's own field ids
+    (`controls.control_fields`)."""
     if self.controls is None:
       return 1
+    if self.controls.control_fields:
+      return 5
     if self.controls.infill_control_ids:
       return 4
     return 3 if self.controls.task_ids else 2
@@ -313,8 +336,8 @@ class TokenCodec:
     infilled span or under an accompaniment) interleaved `anticipation` units before they
     sound, after an optional attribute prefix: `[BOS, attributes..., groups..., EOS]`.
 
-    A control group is `[control-time, fields...]`: its onset is the current event time plus
-    the control-time value. It enters at the last event-time position (start, after a WAIT,
+    A control group is `[control-time, fields...]` (version 5: the control fields): its onset
+    is the current event time plus the control-time value. It enters at the last event-time position (start, after a WAIT,
     after an event) not later than its onset minus the anticipation. Returns (int32 ids,
     bool is_control per id): training masks the control ids out of the loss; sampling forces
     them. `decode` gives back events and controls together (`decode_parts`: apart).
@@ -335,7 +358,7 @@ class TokenCodec:
     is_ctl: list[bool] = [False] * len(out)
     pending = 0
     ct_onset = ct.onset.astype(np.int64) if ct is not None else np.zeros(0, np.int64)
-    ct_fields = self._note_fields(ct) if ct is not None else None
+    ct_fields = self._note_fields(ct) + self._control_shift if ct is not None else None
 
     def flush(now: int, next_position: float) -> None:
       """Controls that must not wait past the next position enter here."""
@@ -380,14 +403,14 @@ class TokenCodec:
     controls = controls.canonical()
     lo, hi = self._ranges[self.control_time_field(infill)]
     return {"onset": (controls.onset.astype(np.int64) - int(start_time)).astype(np.int32),
-            "fields": self._note_fields(controls).astype(np.int32),
+            "fields": (self._note_fields(controls) + self._control_shift).astype(np.int32),
             "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
             "time_size": hi - lo, "anticipation": self.anticipation}
 
   def generation_mask(self) -> np.ndarray:
-    """bool[V]: ids the model may generate itself (version 2: never a control-time id; those
-    are forced)."""
-    return ~np.isin(self._kinds, CONTROL_TIME_KINDS)
+    """bool[V]: ids the model may generate itself (version 2: never a control-time id, version
+    5 nor a control field; those are forced)."""
+    return ~np.isin(self._kinds, CONTROL_KINDS)
 
   def inputs_only(self, ids, is_control) -> np.ndarray:
     """bool per id of an `encode_controlled` sequence: the ids that are given, never predicted
@@ -400,15 +423,15 @@ class TokenCodec:
     return self._decode(ids, parts=True)
 
   # ------------------------------------------------------------------ decode
-  def _groups(self, ids: np.ndarray, first=(K_DT,)):
-    """(kinds, valid group starts) for a PAD/BOS-free id array: note groups, or with
-    `first=CONTROL_TIME_KINDS` control groups (the same fields after a control-time id)."""
+  def _groups(self, ids: np.ndarray, control: bool = False):
+    """(kinds, valid group starts) for a PAD/BOS-free id array: note groups, or with `control`
+    control groups (a control-time id, then the control fields)."""
     k = self.kinds(ids)
     t = self.tokens_per_note
     L = len(k)
     padded = np.concatenate([k, np.full(t, K_INVALID)])
-    valid = np.isin(k, first)
-    for j, kind in enumerate(self._pattern[1:], start=1):
+    valid = np.isin(k, CONTROL_TIME_KINDS if control else (K_DT,))
+    for j, kind in enumerate(self._control_pattern if control else self._pattern[1:], start=1):
       valid &= padded[j:j + L] == kind
     return k, np.flatnonzero(valid)
 
@@ -448,7 +471,7 @@ class TokenCodec:
     if self.controls is not None:
       k = self.kinds(ids)
       ids = ids[~np.isin(k, PREFIX_KINDS)]
-      k, ctl_starts = self._groups(ids, first=CONTROL_TIME_KINDS)
+      k, ctl_starts = self._groups(ids, control=True)
       ctl = np.zeros(len(ids), bool)
       if len(ctl_starts):
         ctl[(ctl_starts[:, None] + np.arange(self.tokens_per_note)).reshape(-1)] = True
@@ -474,7 +497,9 @@ class TokenCodec:
       now = np.concatenate([[0], cum])[keep_before[ctl_starts]]
       ctl_time = ctl_ids[ctl_starts]
       ctl_onset = now + ctl_time - self._range_start_of(ctl_time)
-      ctl_cols = self._fields_to_notes(ctl_ids, ctl_starts, ctl_onset)
+      as_events = ctl_ids.copy()  # Version 5's control field ids back to the event fields'.
+      as_events[ctl_starts[:, None] + 1 + np.arange(t - 1)] -= self._control_shift
+      ctl_cols = self._fields_to_notes(as_events, ctl_starts, ctl_onset)
     if ctl_cols is not None and not parts:
       cols = tuple(np.concatenate([x, y]) for x, y in zip(cols, ctl_cols))
 
@@ -501,7 +526,7 @@ class TokenCodec:
     Version 2 adds: the attribute prefix after BOS (density, polyphony, pitch range, then any
     instruments present, each optional, version 3 the task before them; the start state), and
     control groups from states 0 and 1 (opened by either control-time range, version 4's
-    infill one too), which return to the state they left (a control never advances time or
+    infill one too, then the note fields, version 5's control fields), which return to the state they left (a control never advances time or
     ends a note); EOS is also legal after a WAIT (controls may follow the last event).
     """
     if self._grammar is not None:
@@ -538,7 +563,7 @@ class TokenCodec:
         for kind in CONTROL_TIME_KINDS:
           allow(origin, kind, chain)
         for j in range(1, t):
-          allow(chain + j - 1, self._pattern[j], origin if j == t - 1 else chain + j)
+          allow(chain + j - 1, self._control_pattern[j - 1], origin if j == t - 1 else chain + j)
       # Prefix state i: the attributes from the i-th on may still come, in their order
       # ((task ->) density -> polyphony -> pitch range -> instruments present); the last repeats.
       last = len(order) - 1
@@ -580,18 +605,25 @@ class TokenCodec:
     return mask
 
   def _pitch_positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(positions of pitch-carrying ids of non-drum notes, their pitches)."""
-    k = self.kinds(ids)
-    if self.layout == "default":
-      pos = np.flatnonzero(k == K_PITCH)
-      prev = ids[np.maximum(pos - 1, 0)]
-      drum = (pos > 0) & (prev == self._ranges["instrument"][0] + DRUMS)
-      pos = pos[~drum]
-      return pos, ids[pos] - self._ranges["pitch"][0]
-    pos = np.flatnonzero(k == K_INS_PITCH)
-    ip = ids[pos] - self._ranges["instrument_pitch"][0]
-    pos = pos[ip // 128 != DRUMS]
-    return pos, (ids[pos] - self._ranges["instrument_pitch"][0]) % 128
+    """(positions of pitch-carrying ids of non-drum notes, their pitches), control notes' too."""
+    default = self.layout == "default"
+    pitch_field = "pitch" if default else "instrument_pitch"
+    pos, pitch = [], []
+    for prefix in ("", "control_"):
+      if prefix + pitch_field not in self._ranges:  # Control fields: version 5 only.
+        continue
+      lo, hi = self._ranges[prefix + pitch_field]
+      at = np.flatnonzero((ids >= lo) & (ids < hi))
+      if default:  # A drum's "pitch" is its instrument, which the id before it names.
+        drum = (at > 0) & (ids[np.maximum(at - 1, 0)] == self._ranges[prefix + "instrument"][0]
+                           + DRUMS)
+      else:
+        drum = (ids[at] - lo) // 128 == DRUMS
+      pos.append(at[~drum])
+      pitch.append((ids[at[~drum]] - lo) % 128)
+    pos, pitch = np.concatenate(pos), np.concatenate(pitch)
+    order = np.argsort(pos, kind="stable")
+    return pos[order], pitch[order]
 
   def pitch_shift_range(self, ids) -> tuple[int, int]:
     """(lo, hi): the shifts that keep every pitched note of `ids` in 0..127 ((-127, 127) if
