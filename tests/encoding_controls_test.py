@@ -183,7 +183,7 @@ def test_version_5_gives_control_notes_their_own_field_ids_and_keeps_version_4_i
     assert drum.any() and (~drum).any()
     assert sorted(got.pitch[got.instrument != tc.DRUMS]) == sorted(was.pitch[~drum] + 2)
     assert sorted(got.pitch[got.instrument == tc.DRUMS]) == sorted(was.pitch[drum])
-  # A control field where an event field belongs (or the reverse) is a malformed fragment.
+  # A control group with an event field in a control field's place is a malformed fragment.
   swapped = ids.copy()
   swapped[np.flatnonzero(fields)[1]] = old[np.flatnonzero(fields)[1]]
   _, report = v5.decode(swapped, return_report=True)

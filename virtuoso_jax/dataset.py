@@ -170,12 +170,11 @@ def control_config(config):
   d = config.data
   if not (d.infill_rate > 0 or d.accompany_rate > 0 or d.attribute_rate > 0):
     return None
+  latest = {"task_ids": True, "infill_control_ids": True, "control_fields": True}
   if d.attribute_bins:
     return encoding.ControlConfig.generic(int(d.attribute_bins), int(d.anticipation_ms),
-                                          task_ids=True, infill_control_ids=True,
-                                          control_fields=True)
-  return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms), task_ids=True,
-                                infill_control_ids=True, control_fields=True)
+                                          **latest)
+  return encoding.ControlConfig(anticipation_ms=int(d.anticipation_ms), **latest)
 
 
 def manual_dir_mismatch(wanted, built_from) -> str:

@@ -29,7 +29,8 @@ KINDS = ("token", "char")  # config.data.encoding: the codec a dataset and a mod
 
 
 def make_codec(kind: str, config: EncodingConfig, controls: ControlConfig | None = None):
-  """The codec of `kind` ("token" | "char") over `config`; `controls`: token codec version 2 to 5."""
+  """The codec of `kind` ("token" | "char") over `config`; `controls`: token codec version 2
+  to 5."""
   if kind not in KINDS:
     raise ValueError(f"unknown encoding kind {kind!r}; expected one of {KINDS}")
   if kind == "char":

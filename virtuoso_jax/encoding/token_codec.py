@@ -229,8 +229,9 @@ class TokenCodec:
                    "wait_tokens": int(n_wait.sum())}
     return out
 
-  def _note_fields(self, notes: Notes) -> np.ndarray:
-    """int64 [n, tokens_per_note - 1]: the ids after the time id of each note's group."""
+  def _note_fields(self, notes: Notes, control: bool = False) -> np.ndarray:
+    """int64 [n, tokens_per_note - 1]: the ids after the time id of each note's group (a
+    control group's with `control`: version 5 writes them in the control fields)."""
     dur = np.minimum(notes.duration.astype(np.int64), self.max_duration)
     vbin = self._vel_to_bin[notes.velocity]
     r = self._ranges
@@ -240,21 +241,26 @@ class TokenCodec:
     else:
       cols = [r["instrument_pitch"][0] + notes.instrument.astype(np.int64) * 128 + notes.pitch,
               r["duration_velocity"][0] + (dur - 1) * self.velocity_bins + vbin]
-    return np.stack([np.asarray(c, np.int64).reshape(-1) for c in cols], axis=1)
+    out = np.stack([np.asarray(c, np.int64).reshape(-1) for c in cols], axis=1)
+    return out + self._control_shift if control else out
 
-  def _fields_to_notes(self, ids: np.ndarray, starts: np.ndarray, onset: np.ndarray):
+  def _fields_to_notes(self, ids: np.ndarray, starts: np.ndarray, onset: np.ndarray,
+                       control: bool = False):
     """(onset, duration, pitch, velocity, instrument) int64 columns of the groups at `starts`
-    (their time id already turned into `onset`)."""
+    (their time id already turned into `onset`; `control`: control groups, `_note_fields`)."""
+    f = ids[starts[:, None] + np.arange(1, self.tokens_per_note)]
+    if control:
+      f = f - self._control_shift
     r = self._ranges
     if self.layout == "default":
-      inst = ids[starts + 1] - r["instrument"][0]
-      pitch = ids[starts + 2] - r["pitch"][0]
-      dur = ids[starts + 3] - r["duration"][0] + 1
-      vbin = ids[starts + 4] - r["velocity"][0]
+      inst = f[:, 0] - r["instrument"][0]
+      pitch = f[:, 1] - r["pitch"][0]
+      dur = f[:, 2] - r["duration"][0] + 1
+      vbin = f[:, 3] - r["velocity"][0]
     else:
-      ip = ids[starts + 1] - r["instrument_pitch"][0]
+      ip = f[:, 0] - r["instrument_pitch"][0]
       inst, pitch = ip // 128, ip % 128
-      dv = ids[starts + 2] - r["duration_velocity"][0]
+      dv = f[:, 1] - r["duration_velocity"][0]
       dur, vbin = dv // self.velocity_bins + 1, dv % self.velocity_bins
     return onset, dur, pitch, self._bin_rep[vbin], inst
 
@@ -337,8 +343,9 @@ class TokenCodec:
     sound, after an optional attribute prefix: `[BOS, attributes..., groups..., EOS]`.
 
     A control group is `[control-time, fields...]` (version 5: the control fields): its onset
-    is the current event time plus the control-time value. It enters at the last event-time position (start, after a WAIT,
-    after an event) not later than its onset minus the anticipation. Returns (int32 ids,
+    is the current event time plus the control-time value. It enters at the last event-time
+    position (start, after a WAIT, after an event) not later than its onset minus the
+    anticipation. Returns (int32 ids,
     bool is_control per id): training masks the control ids out of the loss; sampling forces
     them. `decode` gives back events and controls together (`decode_parts`: apart).
     `trailing_controls=False` stops after the last event (a prompt: the controls not yet
@@ -358,7 +365,7 @@ class TokenCodec:
     is_ctl: list[bool] = [False] * len(out)
     pending = 0
     ct_onset = ct.onset.astype(np.int64) if ct is not None else np.zeros(0, np.int64)
-    ct_fields = self._note_fields(ct) + self._control_shift if ct is not None else None
+    ct_fields = self._note_fields(ct, control=True) if ct is not None else None
 
     def flush(now: int, next_position: float) -> None:
       """Controls that must not wait past the next position enter here."""
@@ -403,7 +410,7 @@ class TokenCodec:
     controls = controls.canonical()
     lo, hi = self._ranges[self.control_time_field(infill)]
     return {"onset": (controls.onset.astype(np.int64) - int(start_time)).astype(np.int32),
-            "fields": (self._note_fields(controls) + self._control_shift).astype(np.int32),
+            "fields": self._note_fields(controls, control=True).astype(np.int32),
             "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
             "time_size": hi - lo, "anticipation": self.anticipation}
 
@@ -497,9 +504,7 @@ class TokenCodec:
       now = np.concatenate([[0], cum])[keep_before[ctl_starts]]
       ctl_time = ctl_ids[ctl_starts]
       ctl_onset = now + ctl_time - self._range_start_of(ctl_time)
-      as_events = ctl_ids.copy()  # Version 5's control field ids back to the event fields'.
-      as_events[ctl_starts[:, None] + 1 + np.arange(t - 1)] -= self._control_shift
-      ctl_cols = self._fields_to_notes(as_events, ctl_starts, ctl_onset)
+      ctl_cols = self._fields_to_notes(ctl_ids, ctl_starts, ctl_onset, control=True)
     if ctl_cols is not None and not parts:
       cols = tuple(np.concatenate([x, y]) for x, y in zip(cols, ctl_cols))
 
@@ -526,8 +531,9 @@ class TokenCodec:
     Version 2 adds: the attribute prefix after BOS (density, polyphony, pitch range, then any
     instruments present, each optional, version 3 the task before them; the start state), and
     control groups from states 0 and 1 (opened by either control-time range, version 4's
-    infill one too, then the note fields, version 5's control fields), which return to the state they left (a control never advances time or
-    ends a note); EOS is also legal after a WAIT (controls may follow the last event).
+    infill one too, then the note fields, version 5's control fields), which return to the
+    state they left (a control never advances time or ends a note); EOS is also legal after a
+    WAIT (controls may follow the last event).
     """
     if self._grammar is not None:
       return self._grammar
