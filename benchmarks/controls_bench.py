@@ -18,7 +18,12 @@ dataset, one JSON line per figure:
                            seconds with no note sounding and the mean number of notes sounding,
                            sampled against the source; `gap_share` / `pileup_share`: seams
                            whose silence grew by over 0.1 s / whose mean notes sounding grew by
-                           over half a note
+                           over half a note; `thinning_share`: fell by over half a note. Each
+                           span is infilled twice: its notes ending where their instrument's
+                           kept music resumes (the default) and with `infill_ties`;
+                           `notes_sounding_before_after`: the half second before the seam and
+                           the half second after it apart (notes crammed in before the kept
+                           music resumes, or sounding on under it)
   accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
                            `--keep_melody` and for unconditioned music of the same length
                            (`baseline`), and the real accompaniment (`real`)
@@ -196,7 +201,8 @@ def main(argv):
   rng = np.random.default_rng(_SEED.value)
   found = total = 0
   spans, acc, base, real = [], [], [], []
-  seams = {"start": [], "end": []}  # (silence share, notes sounding) of the sample and source.
+  # (silence share, notes sounding) of the sample and the source, per (seam, --infill_ties).
+  seams = {(name, ties): [] for ties in (False, True) for name in ("start", "end")}
   half = int(round(0.5 / grid_s))
   for k, piece in enumerate(pieces):
     t1 = int(piece.onset.max())
@@ -208,16 +214,20 @@ def main(argv):
       scored = _span_nll(run, scorer, piece, a, b)
       if scored:
         spans.append(scored)
-    req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
-                                  prompt_notes=piece, infill=(start * grid_s, end * grid_s),
-                                  memory_check="off")
     outside = (piece.onset < start) | (piece.onset >= end)
-    for s in inference.generate(run, req):
-      f, n = _kept(s.notes, piece[outside])
-      found, total = found + f, total + n
-      for name, at in (("start", start), ("end", end)):
-        seams[name].append((*music_stats.seam(s.notes, at, half),
-                            *music_stats.seam(piece, at, half)))
+    for ties in (False, True):  # The span's notes bounded by the kept music (default) or not.
+      req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
+                                    prompt_notes=piece, infill=(start * grid_s, end * grid_s),
+                                    infill_ties=ties, memory_check="off")
+      for s in inference.generate(run, req):
+        f, n = _kept(s.notes, piece[outside])
+        found, total = found + f, total + n
+        for name, at in (("start", start), ("end", end)):
+          # The whole second, then its halves before and after the seam (notes sounding).
+          seams[name, ties].append([
+              *music_stats.seam(s.notes, at, half), *music_stats.seam(piece, at, half),
+              *(music_stats.seam(n, at + side * (half // 2), half // 2)[1]
+                for side in (-1, 1) for n in (s.notes, piece))])
     top = tasks.melody(piece)
     melody = piece[top]
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
@@ -251,15 +261,20 @@ def main(argv):
         common.emit("infill_span_nll_per_id", sum(g[0] for g in got) / n, "nats", where=where,
                     no_right_context=sum(g[1] for g in got) / n,
                     transposed_controls=sum(g[3] for g in got) / n, ids=n, **tag)
-  for name, rows in seams.items():
-    x = np.asarray(rows, np.float64).reshape(-1, 4)
+  for (name, ties), rows in seams.items():
+    x = np.asarray(rows, np.float64).reshape(-1, 8)
     if len(x):
       silent = x[:, [0, 2]] * 2 * half * grid_s
       common.emit("infill_seams", float(silent[:, 0].mean()), "s silent per 1 s", seam=name,
-                  source=float(silent[:, 1].mean()), notes_sounding=float(x[:, 1].mean()),
+                  infill_ties=ties, source=float(silent[:, 1].mean()),
+                  notes_sounding=float(x[:, 1].mean()),
                   source_notes_sounding=float(x[:, 3].mean()),
                   gap_share=float(np.mean(silent[:, 0] - silent[:, 1] > 0.1)),
-                  pileup_share=float(np.mean(x[:, 1] - x[:, 3] > 0.5)), seams=len(x), **tag)
+                  pileup_share=float(np.mean(x[:, 1] - x[:, 3] > 0.5)),
+                  thinning_share=float(np.mean(x[:, 3] - x[:, 1] > 0.5)),
+                  notes_sounding_before_after=[float(x[:, 4].mean()), float(x[:, 6].mean())],
+                  source_before_after=[float(x[:, 5].mean()), float(x[:, 7].mean())],
+                  seams=len(x), **tag)
   common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
               baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
   per_bin, errors, hits = [], [], []

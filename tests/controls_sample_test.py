@@ -1,5 +1,7 @@
 """Beyond continuation at sampling time: infill a span, accompany a kept part, attributes."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,21 @@ def test_infill_keeps_every_note_outside_the_span(control_run):
     opens = kinds[np.isin(kinds, tc.CONTROL_TIME_KINDS)]
     assert run.codec.version == 5 and len(opens) == len(forced) and (opens == tc.K_ICTIME).all()
     assert (kinds == tc.K_CPITCH).sum() == len(forced)
+    # The span hands over to the kept music: each new note ends by the first onset of its
+    # instrument after the span (no note sounds on under the kept part's first ones).
+    later = piece[piece.onset >= e]
+    for ins in np.unique(new.instrument):
+      if (later.instrument == ins).any():
+        resumes = later.onset[later.instrument == ins].min()
+        mine = new[new.instrument == ins]
+        assert (mine.onset + mine.duration <= resumes).all(), (ins, resumes, mine.to_rows())
+  # --infill_ties lifts the bound (the notes sound on as the model wrote them); alone it is an
+  # error.
+  assert "release" in inference.plan_controls(run, req).controls
+  tied = dataclasses.replace(req, infill_ties=True)
+  assert "release" not in inference.plan_controls(run, tied).controls
+  with pytest.raises(inference.SampleError, match="--infill_ties applies to --infill only"):
+    inference.SampleRequest(prompt_notes=piece, infill_ties=True)
 
 
 def test_accompaniment_keeps_the_part_and_generates_the_others(control_run):

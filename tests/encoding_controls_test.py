@@ -226,3 +226,27 @@ def test_grammar_walks_of_a_controlled_codec_always_decode(version):
   assert opened >= {tc.K_CTIME, tc.K_ICTIME} if version >= 4 else tc.K_CTIME in opened
   # Version 5's control groups are written in its control fields; older ones in the events'.
   assert (tc.K_CPITCH in opened) == (version >= 5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_event_field_tables_and_the_release_after_an_infilled_span(layout):
+  c = codec(layout, task_ids=True, infill_control_ids=True, control_fields=True)
+  notes = c.quantize(song(5))
+  ids, is_ctl = c.encode_controlled(notes[:40], notes[40:], infill=True)
+  instrument_of, duration_of = c.event_field_tables()
+  assert instrument_of.shape == duration_of.shape == (c.vocab_size,)
+  # Read from the events' ids alone, the tables give back each event's instrument and duration.
+  events = ~is_ctl & (instrument_of[ids] >= 0)
+  assert instrument_of[ids[events]].tolist() == notes[:40].canonical().instrument.tolist()
+  durs = ~is_ctl & (duration_of[ids] > 0)
+  assert duration_of[ids[durs]].tolist() == notes[:40].canonical().duration.tolist()
+  assert (instrument_of[ids[is_ctl]] == -1).all() and (duration_of[ids[is_ctl]] == 0).all()
+  # `resume`: per instrument, its first onset in the kept music, from the start time; an
+  # instrument absent from it is not bounded.
+  later = notes[40:]
+  arrays = c.control_arrays(later, 100, infill=True, resume=later)
+  for ins in range(tc.NUM_INSTRUMENTS):
+    mine = later.onset[later.instrument == ins]
+    want = int(mine.min()) - 100 if len(mine) else np.iinfo(np.int32).max
+    assert arrays["release"][ins] == want
+  assert "release" not in c.control_arrays(later, 0, infill=True)

@@ -212,6 +212,9 @@ class SampleRequest:
   memory_limit_mib: int = 0  # Plan for at most this much memory (0: all that is free).
   # Beyond continuation (a version-2+ token model, trained with data.*_rate > 0):
   infill: Optional[tuple[float, float]] = None  # Seconds [start, end) of prompt_notes to redo.
+  # False: the span's notes end where their instrument's kept music resumes; True: they may
+  # sound on into it (ties over the seam, and the pile-ups a model writes there).
+  infill_ties: bool = False
   keep_instruments: Optional[Sequence[int]] = None  # Keep these parts of prompt_notes exactly
   keep_melody: bool = False  # ... or its melody (top line); generate the rest around them.
   attributes: Optional[dict] = None  # Bins: density, polyphony, pitch_range (+ instruments).
@@ -251,6 +254,8 @@ class SampleRequest:
       if not 0 <= a < b < float("inf"):
         raise SampleError(f"--infill=START_S:END_S needs 0 <= START_S < END_S, got {a:g}:{b:g}")
       self.infill = (a, b)
+    elif self.infill_ties:
+      raise SampleError("--infill_ties applies to --infill only")
 
 
 @dataclasses.dataclass
@@ -355,7 +360,10 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
     t_last = int(prefix.onset.max()) if len(prefix) else 0
     later = rest.canonical()[used:]
     kept = encoding.Notes.concatenate([prefix, rest])
-    return ControlPlan(ids.astype(np.int32), codec.control_arrays(later, t_last, infill=True),
+    # The span's notes end where their instrument's kept music resumes (`resume`).
+    resume = None if request.infill_ties else rest
+    return ControlPlan(ids.astype(np.int32),
+                       codec.control_arrays(later, t_last, infill=True, resume=resume),
                        max(1, end - t_last), kept, (start, end))
   if request.keep_instruments is not None or request.keep_melody:
     if request.keep_melody:

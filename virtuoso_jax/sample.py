@@ -51,6 +51,9 @@ flags.DEFINE_integer("memory_limit_mib", 0, "Plan for at most this much memory (
 # Beyond continuation: models trained with data.*_rate > 0 (e.g. configs/rga.py:control).
 flags.DEFINE_string("infill", None, "START_S:END_S: regenerate that span of --prompt_midi given "
                     "the music before and after it; every note outside it is kept.")
+flags.DEFINE_bool("infill_ties", False, "Let the infilled span's notes sound on into the kept "
+                  "music after it (default: each ends where its instrument's kept music "
+                  "resumes, so the end seam has no notes piled up under it).")
 flags.DEFINE_list("keep_instruments", None, "Keep these parts of --prompt_midi exactly (GM "
                   "programs, 128 = drums) and generate the others around them.")
 flags.DEFINE_bool("keep_melody", False, "Keep the melody (top line) of --prompt_midi exactly and "
@@ -120,7 +123,7 @@ def main(argv):
         top_p=pick(f.top_p, s.top_p), max_tokens=max_tokens,
         max_notes=f.max_notes, max_seconds=f.max_seconds, prompt_notes=prompt_notes,
         prompt_text=f.prompt_text, instruments=instruments, memory_check=f.memory_check,
-        memory_limit_mib=f.memory_limit_mib, infill=infill,
+        memory_limit_mib=f.memory_limit_mib, infill=infill, infill_ties=f.infill_ties,
         keep_instruments=f.keep_instruments, keep_melody=f.keep_melody,
         attributes=attributes or None)
     _, why = inference.token_budget(run.codec, request)

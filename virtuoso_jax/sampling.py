@@ -111,6 +111,12 @@ class Controls:
     entry_states: bool [S] grammar states where a control group may start.
     time_lo, time_size: the control-time id range (id = time_lo + offset).
     anticipation: units before its onset that a control enters.
+    release: optional int [I]: per instrument, the units (from where generation starts) by
+      which a generated note of it must end (NO_LIMIT: none); the sampler then allows only the
+      durations that end by then (an infilled span's notes end where their instrument's kept
+      music resumes; `TokenCodec.control_arrays(resume=...)`).
+    instrument_of, duration_of: int [V] with `release`: the instrument an id names (-1: none)
+      and the duration it carries (0: none), `TokenCodec.event_field_tables`.
   """
 
   onset: np.ndarray
@@ -119,13 +125,21 @@ class Controls:
   time_lo: int
   time_size: int
   anticipation: int
+  release: Optional[np.ndarray] = None
+  instrument_of: Optional[np.ndarray] = None
+  duration_of: Optional[np.ndarray] = None
 
   @classmethod
   def none(cls, num_states: int) -> "Controls":
     return cls(np.zeros(0, np.int32), np.zeros((0, 1), np.int32), np.zeros(num_states, bool), 0,
                1, 0)
 
-  def arrays(self, num_states: int):
+  @property
+  def bounded(self) -> bool:
+    """Whether generated notes' durations are bounded (`release`)."""
+    return self.release is not None
+
+  def arrays(self, num_states: int, vocab_size: int):
     n = len(self.onset)
     if self.entry_states.shape != (num_states,):
       raise ValueError(f"Controls.entry_states must be bool[{num_states}]")
@@ -133,9 +147,19 @@ class Controls:
     onset[:n] = self.onset
     fields = np.zeros((max(n, 1), self.fields.shape[1]), np.int32)
     fields[:n] = self.fields
+    # Per-id tables padded to the model's vocabulary (ids past the codec's name nothing).
+    instrument_of, duration_of = np.full(vocab_size, -1, np.int32), np.zeros(vocab_size, np.int32)
+    release = np.full(1, NO_LIMIT, np.int32)
+    if self.bounded:
+      if self.instrument_of is None or self.duration_of is None:
+        raise ValueError("Controls.release needs instrument_of and duration_of")
+      v = len(self.instrument_of)
+      instrument_of[:v], duration_of[:v] = self.instrument_of, self.duration_of
+      release = np.asarray(self.release, np.int32)
     return (jnp.asarray(onset), jnp.asarray(fields), jnp.int32(n),
             jnp.asarray(self.entry_states, bool), jnp.int32(self.time_lo),
-            jnp.int32(self.time_size), jnp.int32(self.anticipation))
+            jnp.int32(self.time_size), jnp.int32(self.anticipation), jnp.asarray(release),
+            jnp.asarray(instrument_of), jnp.asarray(duration_of))
 
 
 class SampleResult(NamedTuple):
@@ -162,13 +186,14 @@ def _rows_slice(history, starts, size):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "prompt_len", "max_new",
-                                             "context", "keep", "cached", "forced"))
+                                             "context", "keep", "cached", "forced", "bounded"))
 def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, max_notes,
                   max_units, controls, *, graphdef, options, prompt_len, max_new, context, keep,
-                  cached, forced):
+                  cached, forced, bounded):
   model = nnx.merge(graphdef, state)
   allowed_t, next_t, completes_t, advance_t, boundary, eos, pad = tables
-  ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation = controls
+  (ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation, release,
+   instrument_of, duration_of) = controls
   n_fields = ctl_fields.shape[1]
   b = prompt.shape[0]
   # History: prompt, generated ids, then `context` spare slots so fixed-size slices never clamp.
@@ -203,7 +228,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
                g=gstate0, done=jnp.zeros((b,), bool), notes=jnp.zeros((b,), jnp.int32),
                units=jnp.zeros((b,), jnp.int32), ngen=jnp.zeros((b,), jnp.int32),
                start=start, wlen=wlen, slides=jnp.int32(0), cptr=jnp.zeros((b,), jnp.int32),
-               force=jnp.zeros((b,), jnp.int32))
+               force=jnp.zeros((b,), jnp.int32), ins=jnp.zeros((b,), jnp.int32))
 
   def running(c):
     return (c["i"] < max_new) & ~jnp.all(c["done"])
@@ -216,6 +241,13 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     i, g, done = c["i"], c["g"], c["done"]
     total = prompt_len + i
     allowed = allowed_t[g] & allowed_extra[None, :]
+    if bounded:
+      # A note must end by its instrument's `release` (an infilled span's notes end where the
+      # kept music of their instrument resumes): its onset is `units` (its time id has been
+      # written) and its instrument the last one named. At least a one-unit note stays legal,
+      # so a note past the bound (one the span drops) still completes.
+      room = jnp.maximum(release[c["ins"]] - c["units"], 1)
+      allowed = allowed & (duration_of[None, :] <= room[:, None])
     allowed = jnp.where(done[:, None], jnp.arange(allowed.shape[1])[None, :] == pad, allowed)
     tok = sample_ids(jax.random.fold_in(key, i), c["logits"], allowed, options)
     # Control notes (given notes: infilling's right context, an accompaniment's kept part) are
@@ -238,6 +270,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
       force = jnp.where(forcing, force - 1, jnp.where(crosses, n_fields, 0))
       cptr = cptr + crosses
     tok = jnp.where(done, pad, tok)
+    ins = jnp.where(instrument_of[tok] >= 0, instrument_of[tok], c["ins"]) if bounded else c["ins"]
     live = ~done
     history = c["history"].at[:, total].set(tok)
     bflag = c["bflag"].at[:, total].set(live & (g == boundary) & (tok != eos))
@@ -247,7 +280,8 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     at_boundary = new_g == boundary
     stop = (tok == eos) | (at_boundary & ((notes >= max_notes) | (units >= max_units)))
     return dict(c, i=i + 1, history=history, bflag=bflag, g=new_g, done=done | (live & stop),
-                notes=notes, units=units, ngen=c["ngen"] + live, cptr=cptr, force=force), tok
+                notes=notes, units=units, ngen=c["ngen"] + live, cptr=cptr, force=force,
+                ins=ins), tok
 
   def advance_step(c):
     """One token while the window has room: sample it, then append it to the cache."""
@@ -358,7 +392,8 @@ def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOpti
     allowed, nxt, completes, adv = (tables.allowed, tables.next_state, tables.completes_note,
                                     tables.advance)
   b = int(num_samples)
-  ctl = (controls or Controls.none(tables.num_states)).arrays(tables.num_states)
+  ctl = (controls or Controls.none(tables.num_states)).arrays(tables.num_states,
+                                                             max(v, model.vocab_size))
   graphdef, state = nnx.split(model)
   jt = (jnp.asarray(allowed), jnp.asarray(nxt, jnp.int32), jnp.asarray(completes),
         jnp.asarray(adv, jnp.int32), jnp.int32(tables.boundary_state), jnp.int32(tables.eos_id),
@@ -376,7 +411,8 @@ def generate(model, prompt, tables: Grammar, options: SampleOptions = SampleOpti
                                prompt_len=len(prompt), max_new=int(max_new_tokens), context=ctx,
                                keep=keep if ctx == context else max(1, ctx // 2),
                                cached=cached,
-                               forced=controls is not None and len(controls.onset) > 0).compile()
+                               forced=controls is not None and len(controls.onset) > 0,
+                               bounded=controls is not None and controls.bounded).compile()
 
   program = compiled(b, context)
   if memory_check != "off":

@@ -400,19 +400,52 @@ class TokenCodec:
       is_ctl.append(False)
     return np.asarray(out, np.int32), np.asarray(is_ctl, bool)
 
-  def control_arrays(self, controls: Notes, start_time: int, *,
-                     infill: bool = False) -> dict[str, Any]:
+  def control_arrays(self, controls: Notes, start_time: int, *, infill: bool = False,
+                     resume: Notes | None = None) -> dict[str, Any]:
     """What the sampler needs to force `controls` (sampling.Controls' fields): onsets relative
     to `start_time` (the stream time where generation starts), the field ids, the grammar
     states a control may start in, the control-time ids (`infill`: as `encode_controlled`)
-    and the anticipation."""
+    and the anticipation.
+
+    `resume`: the kept music after an infilled span. Each generated note must then end by the
+    first onset of its own instrument in it (`release`, per instrument; no bound for an
+    instrument absent from it), so the span hands over to the kept part as a bar-infilling
+    model closes its notes at the bar line, and its last notes do not sound on under the kept
+    music's first ones (the end-seam pile-up); `instrument_of` / `duration_of` tell the
+    sampler which ids name a note's instrument and its duration (`event_field_tables`)."""
     self._need_controls("control_arrays")
     controls = controls.canonical()
     lo, hi = self._ranges[self.control_time_field(infill)]
-    return {"onset": (controls.onset.astype(np.int64) - int(start_time)).astype(np.int32),
-            "fields": self._note_fields(controls, control=True).astype(np.int32),
-            "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
-            "time_size": hi - lo, "anticipation": self.anticipation}
+    out = {"onset": (controls.onset.astype(np.int64) - int(start_time)).astype(np.int32),
+           "fields": self._note_fields(controls, control=True).astype(np.int32),
+           "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
+           "time_size": hi - lo, "anticipation": self.anticipation}
+    if resume is not None and len(resume):
+      release = np.full(NUM_INSTRUMENTS, np.iinfo(np.int32).max, np.int64)
+      np.minimum.at(release, resume.instrument.astype(np.int64),
+                    resume.onset.astype(np.int64) - int(start_time))
+      out["release"] = release.astype(np.int32)
+      out["instrument_of"], out["duration_of"] = self.event_field_tables()
+    return out
+
+  def event_field_tables(self) -> tuple[np.ndarray, np.ndarray]:
+    """(instrument int32[V]: the instrument an event id names, -1 for ids that name none;
+    duration int32[V]: the duration in grid units an event id carries, 0 for ids that carry
+    none). Control notes' ids (version 5) are not events: -1 and 0."""
+    r = self._ranges
+    instrument = np.full(self.vocab_size, -1, np.int32)
+    duration = np.zeros(self.vocab_size, np.int32)
+    if self.layout == "default":
+      lo, hi = r["instrument"]
+      instrument[lo:hi] = np.arange(hi - lo)
+      lo, hi = r["duration"]
+      duration[lo:hi] = np.arange(hi - lo) + 1
+    else:
+      lo, hi = r["instrument_pitch"]
+      instrument[lo:hi] = np.arange(hi - lo) // 128
+      lo, hi = r["duration_velocity"]
+      duration[lo:hi] = np.arange(hi - lo) // self.velocity_bins + 1
+    return instrument, duration
 
   def generation_mask(self) -> np.ndarray:
     """bool[V]: ids the model may generate itself (version 2: never a control-time id, version
