@@ -226,8 +226,8 @@ def main(argv):
           # The whole second, then its halves before and after the seam (notes sounding).
           seams[name, ties].append([
               *music_stats.seam(s.notes, at, half), *music_stats.seam(piece, at, half),
-              *(music_stats.seam(n, at + side * (half // 2), half // 2)[1]
-                for side in (-1, 1) for n in (s.notes, piece))])
+              *(music_stats.seam(notes, at + side * (half // 2), half // 2)[1]
+                for side in (-1, 1) for notes in (s.notes, piece))])
     top = tasks.melody(piece)
     melody = piece[top]
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,

@@ -147,12 +147,15 @@ class Controls:
     onset[:n] = self.onset
     fields = np.zeros((max(n, 1), self.fields.shape[1]), np.int32)
     fields[:n] = self.fields
-    # Per-id tables padded to the model's vocabulary (ids past the codec's name nothing).
-    instrument_of, duration_of = np.full(vocab_size, -1, np.int32), np.zeros(vocab_size, np.int32)
+    # Unbounded, the loop never reads the release arrays: one-element placeholders.
     release = np.full(1, NO_LIMIT, np.int32)
+    instrument_of, duration_of = np.full(1, -1, np.int32), np.zeros(1, np.int32)
     if self.bounded:
       if self.instrument_of is None or self.duration_of is None:
         raise ValueError("Controls.release needs instrument_of and duration_of")
+      # Per-id tables padded to the model's vocabulary (ids past the codec's name nothing).
+      instrument_of = np.full(vocab_size, -1, np.int32)
+      duration_of = np.zeros(vocab_size, np.int32)
       v = len(self.instrument_of)
       instrument_of[:v], duration_of[:v] = self.instrument_of, self.duration_of
       release = np.asarray(self.release, np.int32)
