@@ -118,7 +118,7 @@ def test_a_full_infill_example_keeps_the_span_end_and_drops_the_earliest_history
     assert len(body) <= L + 1
     # Nothing cut: the example is exactly its events and controls encoded.
     n_prefix = 1 + int(np.isin(v3.kinds(body), tc.PREFIX_KINDS).sum())
-    whole, _ = v3.encode_controlled(events, controls, add_eos=False)
+    whole, _ = v3.encode_controlled(events, controls, add_eos=False, close=True)
     np.testing.assert_array_equal(body[n_prefix:], whole[1:])
     # Events and controls are the window's notes, moved by one shift: the events are the
     # latest notes before the span's end (a contiguous run up to it), all of it kept.
@@ -131,6 +131,35 @@ def test_a_full_infill_example_keeps_the_span_end_and_drops_the_earliest_history
     assert set(controls.replace(onset=controls.onset + offset).to_rows()) <= rows
     checked += int(len(events) < len(before))  # History was dropped to fit.
   assert checked >= 3
+
+
+def test_an_infill_example_closes_its_span_with_a_target_wait():
+  # The events stop before the kept music resumes, and a target says so: the first non-control
+  # id after the last event's fields is a WAIT the loss sees (without it, every event beside
+  # the right context is followed by another before the controls resume).
+  v5 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True, infill_control_ids=True,
+                                                  control_fields=True))
+  checked = 0
+  for seed in range(12):
+    tokens, mask = tasks.derive(v5, _window(seed), L, tasks.TaskRates(infill=1.0),
+                                np.random.default_rng(seed))
+    body = tokens[tokens != v5.pad_id]
+    if len(body) == L + 1:
+      continue  # Cut by the context: its end is not in the example.
+    kinds = v5.kinds(body)
+    control = np.isin(kinds, tc.CONTROL_KINDS)
+    last_field = int(np.flatnonzero(np.isin(kinds, np.arange(tc.K_DT, tc.K_DUR_VEL + 1)))[-1])
+    after = [i for i in range(last_field + 1, len(body)) if not control[i]]
+    assert after and body[after[0]] == tc.WAIT, (seed, body[last_field:])
+    assert mask[after[0] - 1] == 1.0  # A target.
+    checked += 1
+  assert checked >= 6
+  # Alone: `close` adds one WAIT after the last event when no control is left to enter.
+  notes = v5.decode(_window(1))
+  plain, _ = v5.encode_controlled(notes, None, add_eos=False)
+  closed, is_ctl = v5.encode_controlled(notes, None, add_eos=False, close=True)
+  np.testing.assert_array_equal(closed, np.append(plain, tc.WAIT))
+  assert not is_ctl[-1]
 
 
 def test_draws_are_a_pure_function_of_the_seed():

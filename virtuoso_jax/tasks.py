@@ -5,7 +5,8 @@ into one of:
   infill      a span ending at e, late in the window: the notes starting in the few seconds
               after e that a sampler can force before the span ends become control notes
               (given, anticipated), the notes before e are events (predicted), later notes
-              are left out;
+              are left out; a WAIT after the last event closes the span (the target that
+              says the events stop before the kept music resumes);
   accompany   a random proper subset of the window's instruments, or its melody (the top line,
               `melody`), becomes control notes over the whole window, the rest are events;
   (plain)     continuation, unchanged;
@@ -136,7 +137,8 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
     attributes = {name: value for name, value in codec.attributes(events).items()
                   if name in stated}
     return codec.encode_controlled(events, controls, {**attributes, **task_id}, add_bos=True,
-                                   add_eos=has_eos, infill=task == "infill")
+                                   add_eos=has_eos, infill=task == "infill",
+                                   close=task == "infill")
 
   tokens, is_control = encode(events, controls)
   while task == "infill" and len(tokens) > seq_len + 1 and len(events) > 4:

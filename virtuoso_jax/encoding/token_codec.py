@@ -337,7 +337,7 @@ class TokenCodec:
   def encode_controlled(self, events: Notes, controls: Notes | None = None,
                         attributes: dict[str, Any] | None = None, *, add_bos: bool = True,
                         add_eos: bool = True, trailing_controls: bool = True,
-                        infill: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                        infill: bool = False, close: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Events (the notes to predict) with control notes (given notes, e.g. the parts around an
     infilled span or under an accompaniment) interleaved `anticipation` units before they
     sound, after an optional attribute prefix: `[BOS, attributes..., groups..., EOS]`.
@@ -351,7 +351,12 @@ class TokenCodec:
     `trailing_controls=False` stops after the last event (a prompt: the controls not yet
     entered, the last ones in canonical order, are the sampler's to force). `infill`: the
     controls are the music after an infilled span (version 4 opens them with its own ids,
-    `control_time_field`).
+    `control_time_field`). `close`: a WAIT always follows the last event (after the controls
+    due by then), even with no control left to enter: a training infill example's events stop
+    before the kept music resumes, and this WAIT is the target that says so. Without it no
+    target ever follows an infill's last event, so every event the model sees beside an
+    infill's right context is followed by another one before the controls resume, and a
+    sampled span crams notes in before the kept music.
     """
     self._need_controls("encode_controlled")
     ev = events.canonical()
@@ -389,12 +394,14 @@ class TokenCodec:
       out.extend(ev_fields[i].tolist())
       is_ctl.extend([False] * (1 + ev_fields.shape[1]))
       now = t
-    while trailing_controls and pending < len(ct_onset):  # After the last event: WAITs.
+    closing = close and len(ev) > 0
+    while trailing_controls and (pending < len(ct_onset) or closing):  # After the last event.
       flush(now, now + w)
-      if pending < len(ct_onset):
+      if pending < len(ct_onset) or closing:
         out.append(WAIT)
         is_ctl.append(False)
         now += w
+        closing = False
     if add_eos:
       out.append(EOS)
       is_ctl.append(False)
