@@ -23,7 +23,8 @@ dataset, one JSON line per figure:
                            kept music resumes (the default) and with `infill_ties`;
                            `notes_sounding_before_after`: the half second before the seam and
                            the half second after it apart (notes crammed in before the kept
-                           music resumes, or sounding on under it)
+                           music resumes, or sounding on under it); `onsets_before`: distinct
+                           onsets in the half second before the seam (a span that rushes)
   accompany_onset_share    generated onsets that coincide with the kept melody's onsets, for
                            `--keep_melody` and for unconditioned music of the same length
                            (`baseline`), and the real accompaniment (`real`)
@@ -179,6 +180,13 @@ def _attribute_gain(run, scorer, pieces, name: str) -> tuple[float, float, int]:
   return float(np.mean(gains)), float(np.mean(best)), len(gains)
 
 
+def _onsets_before(notes, at: int, width: int) -> int:
+  """Distinct onsets in the `width` units before `at`: a span that rushes into the kept music
+  (more chords than the source in its last half second)."""
+  on = np.asarray(notes.onset)
+  return len(np.unique(on[(on >= at - width) & (on < at)]))
+
+
 def _onset_share(generated, melody) -> float:
   if not len(generated):
     return float("nan")
@@ -227,7 +235,8 @@ def main(argv):
           seams[name, ties].append([
               *music_stats.seam(s.notes, at, half), *music_stats.seam(piece, at, half),
               *(music_stats.seam(notes, at + side * (half // 2), half // 2)[1]
-                for side in (-1, 1) for notes in (s.notes, piece))])
+                for side in (-1, 1) for notes in (s.notes, piece)),
+              *(_onsets_before(notes, at, half) for notes in (s.notes, piece))])
     top = tasks.melody(piece)
     melody = piece[top]
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
@@ -262,7 +271,7 @@ def main(argv):
                     no_right_context=sum(g[1] for g in got) / n,
                     transposed_controls=sum(g[3] for g in got) / n, ids=n, **tag)
   for (name, ties), rows in seams.items():
-    x = np.asarray(rows, np.float64).reshape(-1, 8)
+    x = np.asarray(rows, np.float64).reshape(-1, 10)
     if len(x):
       silent = x[:, [0, 2]] * 2 * half * grid_s
       common.emit("infill_seams", float(silent[:, 0].mean()), "s silent per 1 s", seam=name,
@@ -274,6 +283,7 @@ def main(argv):
                   thinning_share=float(np.mean(x[:, 3] - x[:, 1] > 0.5)),
                   notes_sounding_before_after=[float(x[:, 4].mean()), float(x[:, 6].mean())],
                   source_before_after=[float(x[:, 5].mean()), float(x[:, 7].mean())],
+                  onsets_before=float(x[:, 8].mean()), source_onsets_before=float(x[:, 9].mean()),
                   seams=len(x), **tag)
   common.emit("accompany_onset_share", float(np.nanmean(acc)), "fraction",
               baseline=float(np.nanmean(base)), real=float(np.nanmean(real)), **tag)
