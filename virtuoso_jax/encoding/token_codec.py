@@ -351,12 +351,12 @@ class TokenCodec:
     `trailing_controls=False` stops after the last event (a prompt: the controls not yet
     entered, the last ones in canonical order, are the sampler's to force). `infill`: the
     controls are the music after an infilled span (version 4 opens them with its own ids,
-    `control_time_field`). `close`: a WAIT always follows the last event (after the controls
-    due by then), even with no control left to enter: a training infill example's events stop
-    before the kept music resumes, and this WAIT is the target that says so. Without it no
-    target ever follows an infill's last event, so every event the model sees beside an
-    infill's right context is followed by another one before the controls resume, and a
-    sampled span crams notes in before the kept music.
+    `control_time_field`). `close` (with `trailing_controls`): a WAIT always follows the last
+    event (after the controls due by then), even with no control left to enter: a training
+    infill example's events stop before the kept music resumes, and this WAIT is the target
+    that says so. Without it no target ever follows an infill's last event, so every event the
+    model sees beside an infill's right context is followed by another one before the controls
+    resume, and a sampled span crams notes in before the kept music.
     """
     self._need_controls("encode_controlled")
     ev = events.canonical()
