@@ -250,3 +250,18 @@ def test_event_field_tables_and_the_release_after_an_infilled_span(layout):
     want = int(mine.min()) - 100 if len(mine) else np.iinfo(np.int32).max
     assert arrays["release"][ins] == want
   assert "release" not in c.control_arrays(later, 0, infill=True)
+  # `duration_step` shortens a note by whole units and changes nothing else: each event's
+  # duration id moved down by k steps decodes to the same notes, k units shorter.
+  step = arrays["duration_step"]
+  assert step == c.duration_step
+  head = notes[:40].canonical()
+  for k in (1, 3):
+    cut = ids.copy()
+    long_enough = durs & (duration_of[ids] > k)
+    cut[long_enough] -= k * step
+    assert (duration_of[cut[long_enough]] == duration_of[ids[long_enough]] - k).all()
+    events_out, _ = c.decode_parts(cut)
+    want = head.duration - k * (head.duration > k)
+    assert sorted(events_out.duration.tolist()) == sorted(want.tolist())
+    assert sorted(zip(events_out.pitch.tolist(), events_out.velocity.tolist())) == sorted(
+        zip(head.pitch.tolist(), head.velocity.tolist()))

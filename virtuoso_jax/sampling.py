@@ -113,10 +113,13 @@ class Controls:
     anticipation: units before its onset that a control enters.
     release: optional int [I]: per instrument, the units (from where generation starts) by
       which a generated note of it must end (NO_LIMIT: none); the sampler then allows only the
-      durations that end by then (an infilled span's notes end where their instrument's kept
-      music resumes; `TokenCodec.control_arrays(resume=...)`).
+      durations that end by then, cutting a longer one drawn (an infilled span's notes end
+      where their instrument's kept music resumes; `TokenCodec.control_arrays(resume=...)`).
     instrument_of, duration_of: int [V] with `release`: the instrument an id names (-1: none)
       and the duration it carries (0: none), `TokenCodec.event_field_tables`.
+    duration_step: with `release`: ids between a duration id and the one a unit shorter with
+      the same other fields (`TokenCodec.duration_step`); a drawn duration past the bound is
+      cut to it.
   """
 
   onset: np.ndarray
@@ -128,6 +131,7 @@ class Controls:
   release: Optional[np.ndarray] = None
   instrument_of: Optional[np.ndarray] = None
   duration_of: Optional[np.ndarray] = None
+  duration_step: int = 1
 
   @classmethod
   def none(cls, num_states: int) -> "Controls":
@@ -162,7 +166,7 @@ class Controls:
     return (jnp.asarray(onset), jnp.asarray(fields), jnp.int32(n),
             jnp.asarray(self.entry_states, bool), jnp.int32(self.time_lo),
             jnp.int32(self.time_size), jnp.int32(self.anticipation), jnp.asarray(release),
-            jnp.asarray(instrument_of), jnp.asarray(duration_of))
+            jnp.asarray(instrument_of), jnp.asarray(duration_of), jnp.int32(self.duration_step))
 
 
 class SampleResult(NamedTuple):
@@ -196,7 +200,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
   model = nnx.merge(graphdef, state)
   allowed_t, next_t, completes_t, advance_t, boundary, eos, pad = tables
   (ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation, release,
-   instrument_of, duration_of) = controls
+   instrument_of, duration_of, duration_step) = controls
   n_fields = ctl_fields.shape[1]
   b = prompt.shape[0]
   # History: prompt, generated ids, then `context` spare slots so fixed-size slices never clamp.
@@ -244,15 +248,19 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     i, g, done = c["i"], c["g"], c["done"]
     total = prompt_len + i
     allowed = allowed_t[g] & allowed_extra[None, :]
+    allowed = jnp.where(done[:, None], jnp.arange(allowed.shape[1])[None, :] == pad, allowed)
+    tok = sample_ids(jax.random.fold_in(key, i), c["logits"], allowed, options)
     if bounded:
       # A note must end by its instrument's `release` (an infilled span's notes end where the
       # kept music of their instrument resumes): its onset is `units` (its time id has been
-      # written) and its instrument the last one named. At least a one-unit note stays legal,
-      # so a note past the bound (one the span drops) still completes.
+      # written) and its instrument the last one named. A duration drawn past it is cut to end
+      # there (the id `duration_step` apart per unit carries the same other fields): the model's
+      # mass past the bound folds onto the bound, so a note it holds over the seam ends at the
+      # seam, where masking those durations and redrawing among the shorter ones ended the
+      # span's last notes early (a thin or silent seam). At least one unit stays, so a note past
+      # the bound (one the span drops) still completes.
       room = jnp.maximum(release[c["ins"]] - c["units"], 1)
-      allowed = allowed & (duration_of[None, :] <= room[:, None])
-    allowed = jnp.where(done[:, None], jnp.arange(allowed.shape[1])[None, :] == pad, allowed)
-    tok = sample_ids(jax.random.fold_in(key, i), c["logits"], allowed, options)
+      tok = tok - jnp.maximum(duration_of[tok] - room, 0) * duration_step
     # Control notes (given notes: infilling's right context, an accompaniment's kept part) are
     # forced, as training placed them: a control enters at the last position (between groups)
     # before the sampled id would carry time past its onset minus the anticipation (or end the

@@ -419,7 +419,8 @@ class TokenCodec:
     instrument absent from it), so the span hands over to the kept part as a bar-infilling
     model closes its notes at the bar line, and its last notes do not sound on under the kept
     music's first ones (the end-seam pile-up); `instrument_of` / `duration_of` tell the
-    sampler which ids name a note's instrument and its duration (`event_field_tables`)."""
+    sampler which ids name a note's instrument and its duration (`event_field_tables`) and how
+    to shorten one (`duration_step`)."""
     self._need_controls("control_arrays")
     controls = controls.canonical()
     lo, hi = self._ranges[self.control_time_field(infill)]
@@ -433,7 +434,14 @@ class TokenCodec:
                     resume.onset.astype(np.int64) - int(start_time))
       out["release"] = release.astype(np.int32)
       out["instrument_of"], out["duration_of"] = self.event_field_tables()
+      out["duration_step"] = self.duration_step
     return out
+
+  @property
+  def duration_step(self) -> int:
+    """Ids between a duration-carrying id and the one a grid unit shorter that carries the same
+    other fields (the velocity, in the compact layout's duration_velocity ids)."""
+    return 1 if self.layout == "default" else self.velocity_bins
 
   def event_field_tables(self) -> tuple[np.ndarray, np.ndarray]:
     """(instrument int32[V]: the instrument an event id names, -1 for ids that name none;
