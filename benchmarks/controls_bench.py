@@ -14,11 +14,14 @@ dataset, one JSON line per figure:
                            task id differs; `transposed_controls`: the same ids with the right
                            context a tritone off (its timing kept, its pitches wrong), which
                            parts what the controls' content gives from what their presence costs
-  infill_seams             around each seam of an infilled span (`seam` start / end, +- 0.5 s):
+  infill_seams             around each seam of an infilled span (`seam` start / end, +- 0.5 s;
+                           `mid`: the span's middle, no seam, both sides sampled: the floor):
                            seconds with no note sounding and the mean number of notes sounding,
                            sampled against the source; `gap_share` / `pileup_share`: seams
                            whose silence grew by over 0.1 s / whose mean notes sounding grew by
-                           over half a note; `thinning_share`: fell by over half a note. Each
+                           over half a note; `thinning_share`: fell by over half a note;
+                           `off_share`: either; `span_notes_sounding`: over the whole span,
+                           sample and source. Each
                            span is infilled twice: its notes ending where their instrument's
                            kept music resumes (the default) and with `infill_ties`;
                            `notes_sounding_before_after`: the half second before the seam and
@@ -210,7 +213,7 @@ def main(argv):
   found = total = 0
   spans, acc, base, real = [], [], [], []
   # (silence share, notes sounding) of the sample and the source, per (seam, --infill_ties).
-  seams = {(name, ties): [] for ties in (False, True) for name in ("start", "end")}
+  seams = {(name, ties): [] for ties in (False, True) for name in ("start", "mid", "end")}
   half = int(round(0.5 / grid_s))
   for k, piece in enumerate(pieces):
     t1 = int(piece.onset.max())
@@ -230,13 +233,18 @@ def main(argv):
       for s in inference.generate(run, req):
         f, n = _kept(s.notes, piece[outside])
         found, total = found + f, total + n
-        for name, at in (("start", start), ("end", end)):
+        # "mid", the span's middle, is no seam: both sides are sampled, so how far its figures
+        # stray from the source's there is what a different, sound span gives anywhere (the
+        # floor for the seams' shares). Each row also holds the span's own mean notes sounding.
+        mid = (start + end) // 2
+        span = [music_stats.seam(notes, mid, (end - start) // 2)[1] for notes in (s.notes, piece)]
+        for name, at in (("start", start), ("mid", mid), ("end", end)):
           # The whole second, then its halves before and after the seam (notes sounding).
           seams[name, ties].append([
               *music_stats.seam(s.notes, at, half), *music_stats.seam(piece, at, half),
               *(music_stats.seam(notes, at + side * (half // 2), half // 2)[1]
                 for side in (-1, 1) for notes in (s.notes, piece)),
-              *(_onsets_before(notes, at, half) for notes in (s.notes, piece))])
+              *(_onsets_before(notes, at, half) for notes in (s.notes, piece)), *span])
     top = tasks.melody(piece)
     melody = piece[top]
     req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
@@ -271,7 +279,7 @@ def main(argv):
                     no_right_context=sum(g[1] for g in got) / n,
                     transposed_controls=sum(g[3] for g in got) / n, ids=n, **tag)
   for (name, ties), rows in seams.items():
-    x = np.asarray(rows, np.float64).reshape(-1, 10)
+    x = np.asarray(rows, np.float64).reshape(-1, 12)
     if len(x):
       silent = x[:, [0, 2]] * 2 * half * grid_s
       common.emit("infill_seams", float(silent[:, 0].mean()), "s silent per 1 s", seam=name,
@@ -281,6 +289,8 @@ def main(argv):
                   gap_share=float(np.mean(silent[:, 0] - silent[:, 1] > 0.1)),
                   pileup_share=float(np.mean(x[:, 1] - x[:, 3] > 0.5)),
                   thinning_share=float(np.mean(x[:, 3] - x[:, 1] > 0.5)),
+                  off_share=float(np.mean(np.abs(x[:, 1] - x[:, 3]) > 0.5)),
+                  span_notes_sounding=[float(x[:, 10].mean()), float(x[:, 11].mean())],
                   notes_sounding_before_after=[float(x[:, 4].mean()), float(x[:, 6].mean())],
                   source_before_after=[float(x[:, 5].mean()), float(x[:, 7].mean())],
                   onsets_before=float(x[:, 8].mean()), source_onsets_before=float(x[:, 9].mean()),

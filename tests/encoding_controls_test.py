@@ -233,22 +233,37 @@ def test_event_field_tables_and_the_release_after_an_infilled_span(layout):
   c = codec(layout, task_ids=True, infill_control_ids=True, control_fields=True)
   notes = c.quantize(song(5))
   ids, is_ctl = c.encode_controlled(notes[:40], notes[40:], infill=True)
-  instrument_of, duration_of = c.event_field_tables()
-  assert instrument_of.shape == duration_of.shape == (c.vocab_size,)
-  # Read from the events' ids alone, the tables give back each event's instrument and duration.
+  instrument_of, pitch_of, duration_of = c.event_field_tables()
+  assert instrument_of.shape == pitch_of.shape == duration_of.shape == (c.vocab_size,)
+  # Read from the events' ids alone, the tables give back each event's instrument, pitch and
+  # duration.
   events = ~is_ctl & (instrument_of[ids] >= 0)
   assert instrument_of[ids[events]].tolist() == notes[:40].canonical().instrument.tolist()
+  pitched = ~is_ctl & (pitch_of[ids] >= 0)
+  assert pitch_of[ids[pitched]].tolist() == notes[:40].canonical().pitch.tolist()
   durs = ~is_ctl & (duration_of[ids] > 0)
   assert duration_of[ids[durs]].tolist() == notes[:40].canonical().duration.tolist()
   assert (instrument_of[ids[is_ctl]] == -1).all() and (duration_of[ids[is_ctl]] == 0).all()
-  # `resume`: per instrument, its first onset in the kept music, from the start time; an
-  # instrument absent from it is not bounded.
+  assert (pitch_of[ids[is_ctl]] == -1).all()
+  # `resume`: per instrument and pitch, the first onset in the kept music (from the start
+  # time) of the same instrument within RELEASE_SEMITONES, else the instrument's first onset;
+  # an instrument absent from it is not bounded.
   later = notes[40:]
   arrays = c.control_arrays(later, 100, infill=True, resume=later)
+  release = arrays["release"].reshape(tc.NUM_INSTRUMENTS, 128)
   for ins in range(tc.NUM_INSTRUMENTS):
-    mine = later.onset[later.instrument == ins]
-    want = int(mine.min()) - 100 if len(mine) else np.iinfo(np.int32).max
-    assert arrays["release"][ins] == want
+    mine = later[later.instrument == ins]
+    for p in range(128):
+      near = mine.onset[np.abs(mine.pitch.astype(int) - p) <= tc.RELEASE_SEMITONES]
+      want = (int(near.min()) if len(near) else int(mine.onset.min())) - 100 if len(mine) else (
+          np.iinfo(np.int32).max)
+      assert release[ins, p] == want, (ins, p)
+  # A held voice is not cut where another voice of its instrument moves, only where its own
+  # resumes: one instrument, a bass that resumes at 50 and a soprano at 10.
+  two = Notes.from_rows([(110, 8, 72, 80, 0), (150, 8, 48, 80, 0)])
+  voices = c.control_arrays(two, 100, infill=True, resume=two)["release"].reshape(-1, 128)[0]
+  assert voices[72] == voices[70] == 10 and voices[48] == voices[51] == 50
+  assert voices[60] == 10  # Near neither: the instrument's first onset.
   assert "release" not in c.control_arrays(later, 0, infill=True)
   # `duration_step` shortens a note by whole units and changes nothing else: each event's
   # duration id moved down by k steps decodes to the same notes, k units shorter.

@@ -111,12 +111,14 @@ class Controls:
     entry_states: bool [S] grammar states where a control group may start.
     time_lo, time_size: the control-time id range (id = time_lo + offset).
     anticipation: units before its onset that a control enters.
-    release: optional int [I]: per instrument, the units (from where generation starts) by
-      which a generated note of it must end (NO_LIMIT: none); the sampler then allows only the
-      durations that end by then, cutting a longer one drawn (an infilled span's notes end
-      where their instrument's kept music resumes; `TokenCodec.control_arrays(resume=...)`).
-    instrument_of, duration_of: int [V] with `release`: the instrument an id names (-1: none)
-      and the duration it carries (0: none), `TokenCodec.event_field_tables`.
+    release: optional int [I * 128]: per instrument and pitch (instrument * 128 + pitch), the
+      units (from where generation starts) by which a generated note of them must end
+      (NO_LIMIT: none); the sampler cuts a longer duration drawn to end then (an infilled
+      span's notes end where their voice's kept music resumes;
+      `TokenCodec.control_arrays(resume=...)`).
+    instrument_of, pitch_of, duration_of: int [V] with `release`: the instrument and the pitch
+      an id names (-1: none) and the duration it carries (0: none),
+      `TokenCodec.event_field_tables`.
     duration_step: with `release`: ids between a duration id and the one a unit shorter with
       the same other fields (`TokenCodec.duration_step`); a drawn duration past the bound is
       cut to it.
@@ -130,6 +132,7 @@ class Controls:
   anticipation: int
   release: Optional[np.ndarray] = None
   instrument_of: Optional[np.ndarray] = None
+  pitch_of: Optional[np.ndarray] = None
   duration_of: Optional[np.ndarray] = None
   duration_step: int = 1
 
@@ -153,20 +156,24 @@ class Controls:
     fields[:n] = self.fields
     # Unbounded, the loop never reads the release arrays: one-element placeholders.
     release = np.full(1, NO_LIMIT, np.int32)
-    instrument_of, duration_of = np.full(1, -1, np.int32), np.zeros(1, np.int32)
+    instrument_of, pitch_of = np.full(1, -1, np.int32), np.full(1, -1, np.int32)
+    duration_of = np.zeros(1, np.int32)
     if self.bounded:
-      if self.instrument_of is None or self.duration_of is None:
-        raise ValueError("Controls.release needs instrument_of and duration_of")
+      if self.instrument_of is None or self.pitch_of is None or self.duration_of is None:
+        raise ValueError("Controls.release needs instrument_of, pitch_of and duration_of")
       # Per-id tables padded to the model's vocabulary (ids past the codec's name nothing).
       instrument_of = np.full(vocab_size, -1, np.int32)
+      pitch_of = np.full(vocab_size, -1, np.int32)
       duration_of = np.zeros(vocab_size, np.int32)
       v = len(self.instrument_of)
-      instrument_of[:v], duration_of[:v] = self.instrument_of, self.duration_of
+      instrument_of[:v], pitch_of[:v] = self.instrument_of, self.pitch_of
+      duration_of[:v] = self.duration_of
       release = np.asarray(self.release, np.int32)
     return (jnp.asarray(onset), jnp.asarray(fields), jnp.int32(n),
             jnp.asarray(self.entry_states, bool), jnp.int32(self.time_lo),
             jnp.int32(self.time_size), jnp.int32(self.anticipation), jnp.asarray(release),
-            jnp.asarray(instrument_of), jnp.asarray(duration_of), jnp.int32(self.duration_step))
+            jnp.asarray(instrument_of), jnp.asarray(pitch_of), jnp.asarray(duration_of),
+            jnp.int32(self.duration_step))
 
 
 class SampleResult(NamedTuple):
@@ -200,7 +207,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
   model = nnx.merge(graphdef, state)
   allowed_t, next_t, completes_t, advance_t, boundary, eos, pad = tables
   (ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation, release,
-   instrument_of, duration_of, duration_step) = controls
+   instrument_of, pitch_of, duration_of, duration_step) = controls
   n_fields = ctl_fields.shape[1]
   b = prompt.shape[0]
   # History: prompt, generated ids, then `context` spare slots so fixed-size slices never clamp.
@@ -235,7 +242,8 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
                g=gstate0, done=jnp.zeros((b,), bool), notes=jnp.zeros((b,), jnp.int32),
                units=jnp.zeros((b,), jnp.int32), ngen=jnp.zeros((b,), jnp.int32),
                start=start, wlen=wlen, slides=jnp.int32(0), cptr=jnp.zeros((b,), jnp.int32),
-               force=jnp.zeros((b,), jnp.int32), ins=jnp.zeros((b,), jnp.int32))
+               force=jnp.zeros((b,), jnp.int32), ins=jnp.zeros((b,), jnp.int32),
+               pitch=jnp.zeros((b,), jnp.int32))
 
   def running(c):
     return (c["i"] < max_new) & ~jnp.all(c["done"])
@@ -251,15 +259,15 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     allowed = jnp.where(done[:, None], jnp.arange(allowed.shape[1])[None, :] == pad, allowed)
     tok = sample_ids(jax.random.fold_in(key, i), c["logits"], allowed, options)
     if bounded:
-      # A note must end by its instrument's `release` (an infilled span's notes end where the
-      # kept music of their instrument resumes): its onset is `units` (its time id has been
-      # written) and its instrument the last one named. A duration drawn past it is cut to end
+      # A note must end by its voice's `release` (an infilled span's notes end where their
+      # voice's kept music resumes): its onset is `units` (its time id has been written), its
+      # instrument and pitch the last ones named. A duration drawn past it is cut to end
       # there (the id `duration_step` apart per unit carries the same other fields): the model's
       # mass past the bound folds onto the bound, so a note it holds over the seam ends at the
       # seam, where masking those durations and redrawing among the shorter ones ended the
       # span's last notes early (a thin or silent seam). At least one unit stays, so a note past
       # the bound (one the span drops) still completes.
-      room = jnp.maximum(release[c["ins"]] - c["units"], 1)
+      room = jnp.maximum(release[c["ins"] * 128 + c["pitch"]] - c["units"], 1)
       tok = tok - jnp.maximum(duration_of[tok] - room, 0) * duration_step
     # Control notes (given notes: infilling's right context, an accompaniment's kept part) are
     # forced, as training placed them: a control enters at the last position (between groups)
@@ -281,7 +289,10 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
       force = jnp.where(forcing, force - 1, jnp.where(crosses, n_fields, 0))
       cptr = cptr + crosses
     tok = jnp.where(done, pad, tok)
-    ins = jnp.where(instrument_of[tok] >= 0, instrument_of[tok], c["ins"]) if bounded else c["ins"]
+    ins, pitch = c["ins"], c["pitch"]
+    if bounded:
+      ins = jnp.where(instrument_of[tok] >= 0, instrument_of[tok], ins)
+      pitch = jnp.where(pitch_of[tok] >= 0, pitch_of[tok], pitch)
     live = ~done
     history = c["history"].at[:, total].set(tok)
     bflag = c["bflag"].at[:, total].set(live & (g == boundary) & (tok != eos))
@@ -292,7 +303,7 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
     stop = (tok == eos) | (at_boundary & ((notes >= max_notes) | (units >= max_units)))
     return dict(c, i=i + 1, history=history, bflag=bflag, g=new_g, done=done | (live & stop),
                 notes=notes, units=units, ngen=c["ngen"] + live, cptr=cptr, force=force,
-                ins=ins), tok
+                ins=ins, pitch=pitch), tok
 
   def advance_step(c):
     """One token while the window has room: sample it, then append it to the cache."""

@@ -414,13 +414,17 @@ class TokenCodec:
     states a control may start in, the control-time ids (`infill`: as `encode_controlled`)
     and the anticipation.
 
-    `resume`: the kept music after an infilled span. Each generated note must then end by the
-    first onset of its own instrument in it (`release`, per instrument; no bound for an
-    instrument absent from it), so the span hands over to the kept part as a bar-infilling
-    model closes its notes at the bar line, and its last notes do not sound on under the kept
-    music's first ones (the end-seam pile-up); `instrument_of` / `duration_of` tell the
-    sampler which ids name a note's instrument and its duration (`event_field_tables`) and how
-    to shorten one (`duration_step`)."""
+    `resume`: the kept music after an infilled span. Each generated note must then end where
+    its voice's kept music resumes (`release`, per instrument and pitch): the first onset in it
+    of the same instrument within `RELEASE_SEMITONES` of its pitch, else the instrument's first
+    onset there (no bound for an instrument absent from it). So the span hands over to the kept
+    part as a bar-infilling model closes its notes at the bar line, and its last notes do not
+    sound on under the kept music's first ones (the end-seam pile-up); but a voice held over
+    the seam is not cut where another voice of its instrument moves (one instrument carries
+    all four voices of a chorale, a piano's every line), which thinned the music after the
+    seam. `instrument_of` / `pitch_of` / `duration_of` tell the sampler which ids name a
+    note's instrument and pitch and its duration (`event_field_tables`) and how to shorten one
+    (`duration_step`)."""
     self._need_controls("control_arrays")
     controls = controls.canonical()
     lo, hi = self._ranges[self.control_time_field(infill)]
@@ -429,11 +433,8 @@ class TokenCodec:
            "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
            "time_size": hi - lo, "anticipation": self.anticipation}
     if resume is not None and len(resume):
-      release = np.full(NUM_INSTRUMENTS, np.iinfo(np.int32).max, np.int64)
-      np.minimum.at(release, resume.instrument.astype(np.int64),
-                    resume.onset.astype(np.int64) - int(start_time))
-      out["release"] = release.astype(np.int32)
-      out["instrument_of"], out["duration_of"] = self.event_field_tables()
+      out["release"] = release_table(resume, int(start_time)).reshape(-1)
+      out["instrument_of"], out["pitch_of"], out["duration_of"] = self.event_field_tables()
       out["duration_step"] = self.duration_step
     return out
 
@@ -443,24 +444,29 @@ class TokenCodec:
     other fields (the velocity, in the compact layout's duration_velocity ids)."""
     return 1 if self.layout == "default" else self.velocity_bins
 
-  def event_field_tables(self) -> tuple[np.ndarray, np.ndarray]:
+  def event_field_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(instrument int32[V]: the instrument an event id names, -1 for ids that name none;
-    duration int32[V]: the duration in grid units an event id carries, 0 for ids that carry
-    none). Control notes' ids (version 5) are not events: -1 and 0."""
+    pitch int32[V]: the pitch an event id names, -1 for none; duration int32[V]: the duration
+    in grid units an event id carries, 0 for ids that carry none). Control notes' ids
+    (version 5) are not events: -1 and 0."""
     r = self._ranges
     instrument = np.full(self.vocab_size, -1, np.int32)
+    pitch = np.full(self.vocab_size, -1, np.int32)
     duration = np.zeros(self.vocab_size, np.int32)
     if self.layout == "default":
       lo, hi = r["instrument"]
       instrument[lo:hi] = np.arange(hi - lo)
+      lo, hi = r["pitch"]
+      pitch[lo:hi] = np.arange(hi - lo)
       lo, hi = r["duration"]
       duration[lo:hi] = np.arange(hi - lo) + 1
     else:
       lo, hi = r["instrument_pitch"]
       instrument[lo:hi] = np.arange(hi - lo) // 128
+      pitch[lo:hi] = np.arange(hi - lo) % 128
       lo, hi = r["duration_velocity"]
       duration[lo:hi] = np.arange(hi - lo) // self.velocity_bins + 1
-    return instrument, duration
+    return instrument, pitch, duration
 
   def generation_mask(self) -> np.ndarray:
     """bool[V]: ids the model may generate itself (version 2: never a control-time id, version
@@ -732,6 +738,31 @@ class TokenCodec:
   def describe(self) -> dict[str, Any]:
     return {"layout": self.layout, "vocab_size": self.vocab_size,
             "tokens_per_note": self.tokens_per_note, "ranges": self.field_ranges()}
+
+
+# How near in pitch a kept note must be to end a held note of its instrument: a voice moves by
+# step or a third far more often than by a wider leap (4 semitones: a major third).
+RELEASE_SEMITONES = 4
+
+
+def release_table(resume: Notes, start_time: int) -> np.ndarray:
+  """int32 [NUM_INSTRUMENTS, 128]: per instrument and pitch, when (from `start_time`) a note
+  held into `resume` (the kept music after an infilled span) must end: the first onset in
+  `resume` of the same instrument within RELEASE_SEMITONES of the pitch, else the
+  instrument's first onset there; the int32 maximum for an instrument absent from it."""
+  out = np.full((NUM_INSTRUMENTS, 128), np.iinfo(np.int32).max, np.int64)
+  ins = np.asarray(resume.instrument, np.int64)
+  onset = np.asarray(resume.onset, np.int64) - int(start_time)
+  pitch = np.asarray(resume.pitch, np.int64)
+  pitches = np.arange(128)
+  for i in np.unique(ins):
+    mine = ins == i
+    near = np.abs(pitch[mine][None, :] - pitches[:, None]) <= RELEASE_SEMITONES  # [128, n]
+    first = onset[mine].min()
+    out[i] = np.where(near.any(axis=1),
+                      np.where(near, onset[mine][None, :], np.iinfo(np.int64).max).min(axis=1),
+                      first)
+  return out.astype(np.int32)
 
 
 def _as_number(x) -> float:
