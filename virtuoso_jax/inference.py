@@ -211,7 +211,9 @@ class SampleRequest:
   memory_check: str = "refuse"  # The sampler's memory pre-flight: "refuse" | "warn" | "off".
   memory_limit_mib: int = 0  # Plan for at most this much memory (0: all that is free).
   # Beyond continuation (a version-2+ token model, trained with data.*_rate > 0):
-  infill: Optional[tuple[float, float]] = None  # Seconds [start, end) of prompt_notes to redo.
+  # Seconds [start, end) of prompt_notes to redo: its notes starting then are regenerated, and
+  # the new music runs until the kept music after it resumes (its first onset from `end`).
+  infill: Optional[tuple[float, float]] = None
   # False: the span's notes end where their instrument's kept music resumes; True: they may
   # sound on into it (ties over the seam, and the pile-ups a model writes there).
   infill_ties: bool = False
@@ -360,11 +362,16 @@ def plan_controls(run: Run, request: SampleRequest) -> Optional[ControlPlan]:
     t_last = int(prefix.onset.max()) if len(prefix) else 0
     later = rest.canonical()[used:]
     kept = encoding.Notes.concatenate([prefix, rest])
-    # The span's notes end where their instrument's kept music resumes (`resume`).
+    # The span's notes end where their voice's kept music resumes (`resume`).
     resume = None if request.infill_ties else rest
+    # The new music runs until the kept music resumes, its first onset at or after `end`: no
+    # kept note starts before it, and a model trained on spans cut at any time learned a span
+    # whose last onset is the one before the first control; stopped at `end` instead, it lost
+    # the chords it placed in between (a gap at the seam where the source held a chord over).
+    until = int(rest.onset.min()) if len(rest) else end
     return ControlPlan(ids.astype(np.int32),
                        codec.control_arrays(later, t_last, infill=True, resume=resume),
-                       max(1, end - t_last), kept, (start, end))
+                       max(1, until - t_last), kept, (start, until))
   if request.keep_instruments is not None or request.keep_melody:
     if request.keep_melody:
       given = notes[tasks.melody(notes)]

@@ -49,11 +49,12 @@ flags.DEFINE_enum("memory_check", "refuse", ["refuse", "warn", "off"],
                   "cannot fit, naming one that does; warn; or off.")
 flags.DEFINE_integer("memory_limit_mib", 0, "Plan for at most this much memory (0 = all free).")
 # Beyond continuation: models trained with data.*_rate > 0 (e.g. configs/rga.py:control).
-flags.DEFINE_string("infill", None, "START_S:END_S: regenerate that span of --prompt_midi given "
-                    "the music before and after it; every note outside it is kept.")
+flags.DEFINE_string("infill", None, "START_S:END_S: regenerate the notes of --prompt_midi "
+                    "starting in that span given the music before and after it; every note "
+                    "outside it is kept, and the new music runs until the kept music resumes.")
 flags.DEFINE_bool("infill_ties", False, "Let the infilled span's notes sound on into the kept "
-                  "music after it (default: each ends where its instrument's kept music "
-                  "resumes, so the end seam has no notes piled up under it).")
+                  "music after it (default: each ends where its voice's kept music resumes, "
+                  "so the end seam has no notes piled up under it).")
 flags.DEFINE_list("keep_instruments", None, "Keep these parts of --prompt_midi exactly (GM "
                   "programs, 128 = drums) and generate the others around them.")
 flags.DEFINE_bool("keep_melody", False, "Keep the melody (top line) of --prompt_midi exactly and "
