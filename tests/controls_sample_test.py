@@ -71,9 +71,12 @@ def test_infill_keeps_every_note_outside_the_span(control_run):
         near = mine.onset[np.abs(mine.pitch.astype(int) - pitch) <= tc.RELEASE_SEMITONES]
         resumes = near.min() if len(near) else mine.onset.min()
         assert onset + duration <= max(resumes, onset + 1), (n, resumes)
+  # The generated window runs from the span's start to where the kept music resumes.
+  plan = inference.plan_controls(run, req)
+  assert plan.window == (s, int(piece.onset[piece.onset >= e].min()))
   # --infill_ties lifts the bound (the notes sound on as the model wrote them); alone it is an
   # error.
-  assert "release" in inference.plan_controls(run, req).controls
+  assert "release" in plan.controls
   tied = dataclasses.replace(req, infill_ties=True)
   assert "release" not in inference.plan_controls(run, tied).controls
   with pytest.raises(inference.SampleError, match="--infill_ties applies to --infill only"):
