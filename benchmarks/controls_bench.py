@@ -15,6 +15,7 @@ dataset, one JSON line per figure:
                            context a tritone off (its timing kept, its pitches wrong), which
                            parts what the controls' content gives from what their presence costs
   infill_seams             around each seam of an infilled span (`seam` start / end, +- 0.5 s;
+                           `resume`: where the kept music resumes, the new music's end;
                            `mid`: the span's middle, no seam, both sides sampled: the floor):
                            seconds with no note sounding and the mean number of notes sounding,
                            sampled against the source; `gap_share` / `pileup_share`: seams
@@ -213,7 +214,8 @@ def main(argv):
   found = total = 0
   spans, acc, base, real = [], [], [], []
   # (silence share, notes sounding) of the sample and the source, per (seam, --infill_ties).
-  seams = {(name, ties): [] for ties in (False, True) for name in ("start", "mid", "end")}
+  seams = {(name, ties): [] for ties in (False, True)
+           for name in ("start", "mid", "end", "resume")}
   half = int(round(0.5 / grid_s))
   for k, piece in enumerate(pieces):
     t1 = int(piece.onset.max())
@@ -236,9 +238,11 @@ def main(argv):
         # "mid", the span's middle, is no seam: both sides are sampled, so how far its figures
         # stray from the source's there is what a different, sound span gives anywhere (the
         # floor for the seams' shares). Each row also holds the span's own mean notes sounding.
-        mid = (start + end) // 2
+        # "resume": where the kept music resumes (its first onset from `end`), which the new
+        # music runs to: the hand-over itself.
+        mid, resume = (start + end) // 2, int(piece.onset[piece.onset >= end].min())
         span = [music_stats.seam(notes, mid, (end - start) // 2)[1] for notes in (s.notes, piece)]
-        for name, at in (("start", start), ("mid", mid), ("end", end)):
+        for name, at in (("start", start), ("mid", mid), ("end", end), ("resume", resume)):
           # The whole second, then its halves before and after the seam (notes sounding).
           seams[name, ties].append([
               *music_stats.seam(s.notes, at, half), *music_stats.seam(piece, at, half),
