@@ -23,8 +23,8 @@ dataset, one JSON line per figure:
                            over half a note; `thinning_share`: fell by over half a note;
                            `off_share`: either; `span_notes_sounding`: over the whole span,
                            sample and source. Each
-                           span is infilled twice: its notes ending where their instrument's
-                           kept music resumes (the default) and with `infill_ties`;
+                           span is infilled twice: its notes ending where their voice's kept
+                           music resumes (the default) and with `infill_ties`;
                            `notes_sounding_before_after`: the half second before the seam and
                            the half second after it apart (notes crammed in before the kept
                            music resumes, or sounding on under it); `onsets_before`: distinct
@@ -228,6 +228,11 @@ def main(argv):
       if scored:
         spans.append(scored)
     outside = (piece.onset < start) | (piece.onset >= end)
+    # "mid", the span's middle, is no seam: both sides are sampled, so how far its figures
+    # stray from the source's there is what a different, sound span gives anywhere (the floor
+    # for the seams' shares). "resume": where the kept music resumes (its first onset from
+    # `end`), which the new music runs to: the hand-over itself.
+    mid, resume = (start + end) // 2, int(piece.onset[piece.onset >= end].min())
     for ties in (False, True):  # The span's notes bounded by the kept music (default) or not.
       req = inference.SampleRequest(num_samples=_SAMPLES.value, seed=_SEED.value + k,
                                     prompt_notes=piece, infill=(start * grid_s, end * grid_s),
@@ -235,12 +240,7 @@ def main(argv):
       for s in inference.generate(run, req):
         f, n = _kept(s.notes, piece[outside])
         found, total = found + f, total + n
-        # "mid", the span's middle, is no seam: both sides are sampled, so how far its figures
-        # stray from the source's there is what a different, sound span gives anywhere (the
-        # floor for the seams' shares). Each row also holds the span's own mean notes sounding.
-        # "resume": where the kept music resumes (its first onset from `end`), which the new
-        # music runs to: the hand-over itself.
-        mid, resume = (start + end) // 2, int(piece.onset[piece.onset >= end].min())
+        # Each row also holds the span's own mean notes sounding, sample and source.
         span = [music_stats.seam(notes, mid, (end - start) // 2)[1] for notes in (s.notes, piece)]
         for name, at in (("start", start), ("mid", mid), ("end", end), ("resume", resume)):
           # The whole second, then its halves before and after the seam (notes sounding).

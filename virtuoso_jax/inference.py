@@ -214,7 +214,7 @@ class SampleRequest:
   # Seconds [start, end) of prompt_notes to redo: its notes starting then are regenerated, and
   # the new music runs until the kept music after it resumes (its first onset from `end`).
   infill: Optional[tuple[float, float]] = None
-  # False: the span's notes end where their instrument's kept music resumes; True: they may
+  # False: the span's notes end where their voice's kept music resumes; True: they may
   # sound on into it (ties over the seam, and the pile-ups a model writes there).
   infill_ties: bool = False
   keep_instruments: Optional[Sequence[int]] = None  # Keep these parts of prompt_notes exactly
