@@ -20,6 +20,7 @@ from virtuoso_jax import dataset
 from virtuoso_jax import encoding
 from virtuoso_jax import input_pipeline
 from virtuoso_jax import sharding
+from virtuoso_jax.encoding import token_codec as tc
 
 FIXTURE_NAME = "virtuoso_midi_fixture"
 FIXTURE_SOURCES = hermetic_corpus.SOURCES
@@ -202,6 +203,29 @@ def test_transposition_shifts_pitches_not_drums(data_dir):
   # Drums are untouched: compare with the codec's own definition.
   x = plain(0)["inputs"][0]
   np.testing.assert_array_equal(codec.transpose_ids(x, 0), x)
+
+
+def test_derived_examples_predict_past_their_control_groups(data_dir):
+  # Beyond continuation a target is the next id, except before a control group: there it is
+  # the first id after the run of groups (tasks.lookahead_targets), taken from the same
+  # (transposed) row.
+  maker = _pipeline(_config(data_dir, **{"data.infill_rate": 0.5, "data.accompany_rate": 0.3,
+                                         "data.transpose_semitones": 6})).train_maker
+  codec = maker.codec
+  ahead = 0
+  for b in range(3):
+    batch = maker(b)
+    x, y, m = batch["inputs"], batch["targets"], batch["mask"]
+    nxt, tgt = codec.kinds(x[:, 1:]), codec.kinds(y[:, :-1])
+    moved = y[:, :-1] != x[:, 1:]
+    assert np.isin(nxt[moved], tc.CONTROL_TIME_KINDS).all()  # Only before a control group,
+    assert np.isin(tgt[moved], (tc.K_WAIT, tc.K_DT, tc.K_EOS)).all()  # to what comes after,
+    assert (m[:, :-1][moved] == 1).all()  # counted.
+    for r, p in zip(*np.nonzero(moved)):
+      later = np.append(x[r, p + 1:], y[r, -1])  # The row's ids after p.
+      assert y[r, p] in later[~np.isin(codec.kinds(later), tc.CONTROL_KINDS)][:1]
+    ahead += int(moved.sum())
+  assert ahead > 0
 
 
 def test_pack_mode_concatenates_songs_without_padding(data_dir):

@@ -32,14 +32,17 @@ def test_derived_examples_decode_and_mask_the_given_ids():
   for seed in range(20):
     for rates in (tasks.TaskRates(infill=1.0), tasks.TaskRates(accompany=1.0),
                   tasks.TaskRates(attributes=1.0)):
-      tokens, mask = _draw(rates, seed)
-      assert tokens.shape == (L + 1,) and mask.shape == (L,)
+      tokens, mask, targets = _draw(rates, seed)
+      assert tokens.shape == (L + 1,) and mask.shape == targets.shape == (L,)
       body = tokens[tokens != CODEC.pad_id]
       _, at_boundary = CODEC.grammar().walk(body[1:])  # Legal from BOS on (a prefix of a song).
-      kinds = CODEC.kinds(tokens[1:])
-      # Attributes and control-time ids are never targets; events are.
-      assert not mask[np.isin(kinds, (tc.K_CTIME,) + tc.PREFIX_KINDS)].any()
+      kinds = CODEC.kinds(tokens[targets])
+      # Attributes and control ids are never targets; events are.
+      assert not mask[np.isin(kinds, tc.CONTROL_KINDS + tc.PREFIX_KINDS)].any()
       assert mask[kinds == tc.K_DT].all()
+      # A target is the next id, or, where a control group follows, the first id after the
+      # groups: ahead of the position, never behind it.
+      assert (targets >= np.arange(1, L + 1)).all()
       events, controls = CODEC.decode_parts(body)
       if rates.infill and len(controls) and len(events):
         # Events start before the span's end e, controls at e or later.
@@ -51,9 +54,10 @@ def test_derived_examples_decode_and_mask_the_given_ids():
         shared = set(events.instrument.tolist()) & set(controls.instrument.tolist())
         # A kept instrument is all controls, or the kept part is the melody (the top line).
         assert not shared or (tasks.melody(CODEC.decode(body)) .sum() >= len(controls))
-      # The control notes' field ids are masked too: the mask counts event groups, WAITs, EOS
-      # and at most one group cut by the window's end.
-      bound = (len(events) + 1) * CODEC.tokens_per_note + (tokens == tc.WAIT).sum() + 1
+      # The control notes' field ids are masked too: the mask counts event groups, WAITs, EOS,
+      # at most one group cut by the window's end and one target before each control group.
+      bound = ((len(events) + 1) * CODEC.tokens_per_note + (tokens == tc.WAIT).sum() + 1
+               + len(controls))
       assert int(mask.sum()) <= bound
 
 
@@ -69,7 +73,7 @@ def test_a_version_3_to_5_example_states_its_task(version):
                           (tasks.TaskRates(accompany=1.0), set(tc.TASKS)),
                           (tasks.TaskRates(attributes=1.0), set())):
       window = _window(seed, instruments=(0, 40) if seed % 2 else (0,))
-      tokens, _ = tasks.derive(v3, window, L, rates, np.random.default_rng(seed))
+      tokens, _, _ = tasks.derive(v3, window, L, rates, np.random.default_rng(seed))
       stated = [tc.TASKS[t - lo] for t in tokens[v3.kinds(tokens) == tc.K_TASK]]
       assert len(stated) == (1 if can_be else 0)  # One task id, or none when plain.
       if stated:
@@ -87,7 +91,7 @@ def test_a_version_3_to_5_example_states_its_task(version):
       assert full - n_fields in (range(v3.tokens_per_note - 1) if version == 5 else (0,))
   assert seen == set(tc.TASKS)  # One instrument: the melody is kept; two: sometimes parts.
   # Version 2 states none (its models learnt without), with the same draws otherwise.
-  tokens, _ = _draw(tasks.TaskRates(infill=1.0), 0)
+  tokens, _, _ = _draw(tasks.TaskRates(infill=1.0), 0)
   assert not (CODEC.kinds(tokens) == tc.K_TASK).any()
 
 
@@ -109,7 +113,7 @@ def test_a_full_infill_example_keeps_the_span_end_and_drops_the_earliest_history
   for seed in range(12):
     window = _window(seed)
     notes = v3.decode(window).canonical()
-    tokens, mask = tasks.derive(v3, window, L, tasks.TaskRates(infill=1.0, attributes=1.0),
+    tokens, mask, _ = tasks.derive(v3, window, L, tasks.TaskRates(infill=1.0, attributes=1.0),
                                 np.random.default_rng(seed))
     body = tokens[tokens != v3.pad_id]
     events, controls = v3.decode_parts(body)
@@ -139,9 +143,9 @@ def test_an_infill_example_closes_its_span_with_a_target_wait():
   # the right context is followed by another before the controls resume).
   v5 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True, infill_control_ids=True,
                                                   control_fields=True))
-  checked = 0
+  checked = opened = 0
   for seed in range(12):
-    tokens, mask = tasks.derive(v5, _window(seed), L, tasks.TaskRates(infill=1.0),
+    tokens, mask, targets = tasks.derive(v5, _window(seed), L, tasks.TaskRates(infill=1.0),
                                 np.random.default_rng(seed))
     body = tokens[tokens != v5.pad_id]
     if len(body) == L + 1:
@@ -152,8 +156,15 @@ def test_an_infill_example_closes_its_span_with_a_target_wait():
     after = [i for i in range(last_field + 1, len(body)) if not control[i]]
     assert after and body[after[0]] == tc.WAIT, (seed, body[last_field:])
     assert mask[after[0] - 1] == 1.0  # A target.
+    # Where the kept music enters right after the last event, the closing WAIT is also the
+    # target there: the sampler draws at that position, and only a draw that carries time
+    # past the controls' entry lets them in (trained, the span closes; untrained, it wrote
+    # another note: the end seam's pile-up).
+    if control[last_field + 1]:
+      assert targets[last_field] == after[0] and mask[last_field] == 1.0
+      opened += 1
     checked += 1
-  assert checked >= 6
+  assert checked >= 6 and opened >= 2
   # Alone: `close` adds one WAIT after the last event when no control is left to enter.
   notes = v5.decode(_window(1))
   plain, _ = v5.encode_controlled(notes, None, add_eos=False)
@@ -167,8 +178,7 @@ def test_draws_are_a_pure_function_of_the_seed():
   a = [_draw(rates, s) for s in range(8)]
   b = [_draw(rates, s) for s in range(8)]
   for x, y in zip(a, b):
-    assert (x is None and y is None) or (np.array_equal(x[0], y[0]) and
-                                         np.array_equal(x[1], y[1]))
+    assert (x is None and y is None) or all(np.array_equal(u, v) for u, v in zip(x, y))
 
 
 def test_melody_is_the_top_line():
@@ -212,3 +222,14 @@ def test_attribute_bins_are_fitted_to_the_corpus_quantiles():
     e = fitted.edges(name)
     assert all(b > a for a, b in zip(e, e[1:])), (name, e)
   assert tasks.fit_controls(codec, songs, 4, L, seed=0) == fitted  # Deterministic.
+
+
+def test_lookahead_targets_skip_the_control_groups():
+  # ids:      0 BOS, 1 event, 2 event, 3 ctl-open, 4 ctl, 5 ctl-open, 6 ctl, 7 WAIT, 8 ctl-open,
+  #           9 ctl (the window ends inside the last run: no id after it).
+  is_control = np.array([0, 0, 0, 1, 1, 1, 1, 0, 1, 1], bool)
+  opens = np.array([0, 0, 0, 1, 0, 1, 0, 0, 1, 0], bool)
+  targets = tasks.lookahead_targets(is_control, opens, 9)
+  # Before each group: the WAIT after the run (2 and 4: the sampler draws after the first group
+  # too); inside a group: the next field (forced, masked); nothing after 8's run: unchanged.
+  np.testing.assert_array_equal(targets, [1, 2, 7, 4, 7, 6, 7, 8, 9])

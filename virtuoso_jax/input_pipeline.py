@@ -265,6 +265,9 @@ class BatchMaker:
     lo, hi = self.rows
     tokens = np.full((hi - lo, self.seq_len + 1), self.pad_id, np.int32)
     mask = np.zeros((hi - lo, self.seq_len), np.float32)
+    # Each input position's target, as a position in its row (the next one, except where a
+    # derived example's controls follow: `tasks.lookahead_targets`).
+    source = np.tile(np.arange(1, self.seq_len + 1, dtype=np.int32), (hi - lo, 1))
     # Eval: the seconds of music each scored target accounts for (rank 2, like the mask, so it
     # shards the same way). Train batches have none.
     seconds = (np.zeros((hi - lo, self.seq_len), np.float32)
@@ -288,14 +291,15 @@ class BatchMaker:
           derived = tasks_lib.derive(self.codec, t, self.seq_len, self.tasks,
                                      np.random.default_rng([self.seed, 11, j]))
           if derived is not None:
-            t, m = derived
+            t, m, source[r - lo] = derived
         if seconds is not None:
           scored = np.flatnonzero(m)
           seconds[r - lo, scored] = self._target_seconds(int(s))[int(st) + scored]
       if self.transpose:
         t = self._transpose(t, j)
       tokens[r - lo], mask[r - lo] = t, m
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+    batch = {"inputs": tokens[:, :-1], "targets": np.take_along_axis(tokens, source, axis=1),
+             "mask": mask}
     if seconds is not None:
       batch["seconds"] = seconds
     return batch

@@ -17,6 +17,8 @@ version-4+ codec opens an infill's control notes with its own control-time ids (
 writes every control note in its own field ids). The example is
 re-encoded with the version-2+ codec (`TokenCodec.encode_controlled`); control, attribute and
 task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
+The id before a run of control groups predicts the first id after the run (`targets`): the
+sampler draws there, and forces the controls only when its draw carries time past their entry.
 Every choice is a pure function of (seed, sample number), so a resumed run sees the same
 examples.
 """
@@ -95,9 +97,11 @@ def melody(notes) -> np.ndarray:
 
 
 def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
-  """(tokens int32[seq_len + 1], mask float32[seq_len]) of a derived example, or None when the
-  window stays plain continuation (the draw, or too few notes for the task)."""
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+  """(tokens int32[seq_len + 1], mask float32[seq_len], targets int32[seq_len]) of a derived
+  example, or None when the window stays plain continuation (the draw, or too few notes for
+  the task). `targets[p]` is the position in `tokens` of input p's target: p + 1, except
+  before a run of control groups (`lookahead_targets`)."""
   u = rng.random()
   task = ("infill" if u < rates.infill else
           "accompany" if u < rates.infill + rates.accompany else "plain")
@@ -153,7 +157,35 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   out[:n] = tokens[:n]
   mask = np.zeros(seq_len, np.float32)
   mask[:n - 1] = ~given[1:n]
-  return out, mask
+  opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
+  targets = lookahead_targets(is_control[:n], opens, seq_len)
+  mask[targets != np.arange(1, seq_len + 1)] = 1.0
+  return out, mask, targets
+
+
+def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int) -> np.ndarray:
+  """int32[seq_len]: for each input position p of an `encode_controlled` sequence (per id, at
+  most seq_len + 1: `is_control`, and `opens`, the ids that open a control group), the
+  position of its target: p + 1, except where a control group follows p: there, the first id
+  after the run of groups (when the sequence holds it).
+
+  The sampler draws at p, and forces the group only when its draw would carry time past the
+  group's entry point (`sampling`), so the model at p decides whether the next note comes
+  before the control or after it. With the group's control-time id as p's target (a given id,
+  out of the loss) that decision was never trained: at an infilled span's end, where the kept
+  music enters as controls after the last event, the model gave the closing WAIT a probability
+  of 0.09 before the controls against 1.00 after them, and sampled spans wrote extra notes
+  there (the end seam's pile-up)."""
+  targets = np.arange(1, seq_len + 1, dtype=np.int32)
+  ctl, opens = np.asarray(is_control, bool), np.asarray(opens, bool)
+  n = len(ctl)
+  k = n  # The first non-control position at or after i (n: none in the sequence).
+  for i in range(n - 1, 0, -1):
+    if not ctl[i]:
+      k = i
+    elif opens[i] and k < n and i - 1 < seq_len:
+      targets[i - 1] = k
+  return targets
 
 
 def fit_controls(codec, songs, bins: int, seq_len: int, seed: int,
