@@ -67,6 +67,11 @@ def get_config(arg=None):
   d.accompany_rate = 0.0
   d.attribute_rate = 0.0
   d.anticipation_ms = 2000
+  # The position before a control group predicts the first id after the groups (the sampler's
+  # draw there decides whether a note comes before the control), instead of being left out of
+  # the loss. Off: fine-tuned 300 steps on, it traded the end seam's pile-ups for gaps
+  # (docs/benchmarks.md, 2026-12-05); a full run is still to be measured.
+  d.lookahead_targets = False
   # Bins per numeric attribute (density, polyphony, pitch range), their edges fitted to the
   # training corpus (quantiles) when a run starts and kept in its encoding.json. 0: the generic
   # corpus-blind edges of the first version-2 runs (8 bins).

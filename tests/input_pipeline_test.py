@@ -206,11 +206,12 @@ def test_transposition_shifts_pitches_not_drums(data_dir):
 
 
 def test_derived_examples_predict_past_their_control_groups(data_dir):
-  # Beyond continuation a target is the next id, except before a control group: there it is
-  # the first id after the run of groups (tasks.lookahead_targets), taken from the same
-  # (transposed) row.
+  # With data.lookahead_targets a target is the next id, except before a control group:
+  # there it is the first id after the run of groups (tasks.lookahead_targets), taken from
+  # the same (transposed) row.
   maker = _pipeline(_config(data_dir, **{"data.infill_rate": 0.5, "data.accompany_rate": 0.3,
-                                         "data.transpose_semitones": 6})).train_maker
+                                         "data.transpose_semitones": 6,
+                                         "data.lookahead_targets": True})).train_maker
   codec = maker.codec
   ahead = 0
   for b in range(3):

@@ -40,9 +40,9 @@ def test_derived_examples_decode_and_mask_the_given_ids():
       # Attributes and control ids are never targets; events are.
       assert not mask[np.isin(kinds, tc.CONTROL_KINDS + tc.PREFIX_KINDS)].any()
       assert mask[kinds == tc.K_DT].all()
-      # A target is the next id, or, where a control group follows, the first id after the
-      # groups: ahead of the position, never behind it.
-      assert (targets >= np.arange(1, L + 1)).all()
+      # A target is the next id (the default), or with lookahead targets, where a control
+      # group follows, the first id after the groups (tested below).
+      np.testing.assert_array_equal(targets, np.arange(1, L + 1))
       events, controls = CODEC.decode_parts(body)
       if rates.infill and len(controls) and len(events):
         # Events start before the span's end e, controls at e or later.
@@ -145,8 +145,9 @@ def test_an_infill_example_closes_its_span_with_a_target_wait():
                                                   control_fields=True))
   checked = opened = 0
   for seed in range(12):
-    tokens, mask, targets = tasks.derive(v5, _window(seed), L, tasks.TaskRates(infill=1.0),
-                                np.random.default_rng(seed))
+    tokens, mask, targets = tasks.derive(v5, _window(seed), L,
+                                         tasks.TaskRates(infill=1.0, lookahead=True),
+                                         np.random.default_rng(seed))
     body = tokens[tokens != v5.pad_id]
     if len(body) == L + 1:
       continue  # Cut by the context: its end is not in the example.

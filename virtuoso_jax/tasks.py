@@ -17,8 +17,9 @@ version-4+ codec opens an infill's control notes with its own control-time ids (
 writes every control note in its own field ids). The example is
 re-encoded with the version-2+ codec (`TokenCodec.encode_controlled`); control, attribute and
 task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
-The id before a run of control groups predicts the first id after the run (`targets`): the
-sampler draws there, and forces the controls only when its draw carries time past their entry.
+With `lookahead` (config.data.lookahead_targets), the id before a run of control groups
+predicts the first id after the run (`targets`): the sampler draws there, and forces the
+controls only when its draw carries time past their entry.
 Every choice is a pure function of (seed, sample number), so a resumed run sees the same
 examples.
 """
@@ -39,6 +40,7 @@ class TaskRates:
   infill: float = 0.0
   accompany: float = 0.0
   attributes: float = 0.0
+  lookahead: bool = False  # config.data.lookahead_targets (`lookahead_targets`).
 
   @property
   def any(self) -> bool:
@@ -47,7 +49,8 @@ class TaskRates:
   @classmethod
   def from_config(cls, config) -> "TaskRates":
     d = config.data
-    return cls(float(d.infill_rate), float(d.accompany_rate), float(d.attribute_rate))
+    return cls(float(d.infill_rate), float(d.accompany_rate), float(d.attribute_rate),
+               bool(d.get("lookahead_targets", False)))
 
 
 def split_at(notes, end: int):
@@ -100,8 +103,8 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
   """(tokens int32[seq_len + 1], mask float32[seq_len], targets int32[seq_len]) of a derived
   example, or None when the window stays plain continuation (the draw, or too few notes for
-  the task). `targets[p]` is the position in `tokens` of input p's target: p + 1, except
-  before a run of control groups (`lookahead_targets`)."""
+  the task). `targets[p]` is the position in `tokens` of input p's target: p + 1, except,
+  with `rates.lookahead`, before a run of control groups (`lookahead_targets`)."""
   u = rng.random()
   task = ("infill" if u < rates.infill else
           "accompany" if u < rates.infill + rates.accompany else "plain")
@@ -157,9 +160,11 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   out[:n] = tokens[:n]
   mask = np.zeros(seq_len, np.float32)
   mask[:n - 1] = ~given[1:n]
-  opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
-  targets = lookahead_targets(is_control[:n], opens, seq_len)
-  mask[targets != np.arange(1, seq_len + 1)] = 1.0
+  targets = np.arange(1, seq_len + 1, dtype=np.int32)
+  if rates.lookahead:
+    opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
+    targets = lookahead_targets(is_control[:n], opens, seq_len)
+    mask[targets != np.arange(1, seq_len + 1)] = 1.0
   return out, mask, targets
 
 
@@ -175,7 +180,9 @@ def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int) -
   out of the loss) that decision was never trained: at an infilled span's end, where the kept
   music enters as controls after the last event, the model gave the closing WAIT a probability
   of 0.09 before the controls against 1.00 after them, and sampled spans wrote extra notes
-  there (the end seam's pile-up)."""
+  there (the end seam's pile-up). Fine-tuned 300 steps with these targets, it gave 0.37, the
+  pile-ups went, but spans closed early (gaps at a third of the end seams): off by default
+  until a full run is measured (docs/benchmarks.md)."""
   targets = np.arange(1, seq_len + 1, dtype=np.int32)
   ctl, opens = np.asarray(is_control, bool), np.asarray(opens, bool)
   n = len(ctl)
