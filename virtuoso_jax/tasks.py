@@ -50,7 +50,7 @@ class TaskRates:
   def from_config(cls, config) -> "TaskRates":
     d = config.data
     return cls(float(d.infill_rate), float(d.accompany_rate), float(d.attribute_rate),
-               bool(d.get("lookahead_targets", False)))
+               bool(d.lookahead_targets))
 
 
 def split_at(notes, end: int):
@@ -177,21 +177,17 @@ def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int) -
   The sampler draws at p, and forces the group only when its draw would carry time past the
   group's entry point (`sampling`), so the model at p decides whether the next note comes
   before the control or after it. With the group's control-time id as p's target (a given id,
-  out of the loss) that decision was never trained: at an infilled span's end, where the kept
-  music enters as controls after the last event, the model gave the closing WAIT a probability
-  of 0.09 before the controls against 1.00 after them, and sampled spans wrote extra notes
-  there (the end seam's pile-up). Fine-tuned 300 steps with these targets, it gave 0.37, the
-  pile-ups went, but spans closed early (gaps at a third of the end seams): off by default
-  until a full run is measured (docs/benchmarks.md)."""
-  targets = np.arange(1, seq_len + 1, dtype=np.int32)
+  out of the loss) that decision is never trained, and an infilled span's last note is seldom
+  followed by the closing WAIT there: the end seam's pile-ups. Trained on it, spans may close
+  early instead; measured in docs/benchmarks.md ("Where a control enters")."""
   ctl, opens = np.asarray(is_control, bool), np.asarray(opens, bool)
   n = len(ctl)
-  k = n  # The first non-control position at or after i (n: none in the sequence).
-  for i in range(n - 1, 0, -1):
-    if not ctl[i]:
-      k = i
-    elif opens[i] and k < n and i - 1 < seq_len:
-      targets[i - 1] = k
+  # The first non-control position at or after each position (n: none in the sequence).
+  after = np.minimum.accumulate(np.where(ctl, n, np.arange(n))[::-1])[::-1]
+  p = np.flatnonzero(opens[1:] & (after[1:] < n))  # A group opens at p + 1.
+  p = p[p < seq_len]
+  targets = np.arange(1, seq_len + 1, dtype=np.int32)
+  targets[p] = after[p + 1]
   return targets
 
 
