@@ -59,7 +59,7 @@ def bach(config):
 def control(config):
   """The reference model trained beyond continuation (virtuoso_jax/tasks.py): 45 % of the
   windows become span infilling, 5 % accompaniment, 80 % carry an attribute prefix (4 bins per
-  attribute, fitted to the corpus); the latest token codec (version 6). Same size and steps as
+  attribute, fitted to the corpus); the latest token codec (version 5). Same size and steps as
   `bach`, so the two compare on continuation NLL (docs/benchmarks.md has both runs). Infill is
   the larger share because its controls are visible only in the span's last seconds, an
   accompaniment's everywhere: with fewer infill examples the model read an infill's right

@@ -194,10 +194,9 @@ def test_version_5_gives_control_notes_their_own_field_ids_and_keeps_version_4_i
                                   if k != "control_fields"}) == v4.controls  # v4 files.
 
 
-@pytest.mark.parametrize("version", (2, 3, 4, 5, 6))
+@pytest.mark.parametrize("version", (2, 3, 4, 5))
 def test_grammar_walks_of_a_controlled_codec_always_decode(version):
-  c = codec(task_ids=version >= 3, infill_control_ids=version >= 4, control_fields=version >= 5,
-            entry_by_time=version >= 6)
+  c = codec(task_ids=version >= 3, infill_control_ids=version >= 4, control_fields=version >= 5)
   assert c.version == version
   g = c.grammar()
   assert g.allowed.any(axis=1).all()  # Never a dead end.
@@ -227,48 +226,6 @@ def test_grammar_walks_of_a_controlled_codec_always_decode(version):
   assert opened >= {tc.K_CTIME, tc.K_ICTIME} if version >= 4 else tc.K_CTIME in opened
   # Version 5's control groups are written in its control fields; older ones in the events'.
   assert (tc.K_CPITCH in opened) == (version >= 5)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_version_6_enters_a_control_by_the_time_written_so_far(layout):
-  v5, v6 = codec(layout, **V5), codec(layout, **V5, entry_by_time=True)
-  assert (v5.version, v6.version) == (5, 6) and v6.field_ranges() == v5.field_ranges()
-  a, w = v6.anticipation, v6.wait_units
-  lead = a + w
-  # Events at 0, 100, 300, 450 (units, no WAIT between them); one control note at 450 + a +
-  # 20. Version 5 enters it after the event at 450, the last position before the next id
-  # (there: the end) would pass its onset - a; version 6 at the first position less than a + w
-  # before it, 300, before the event at 450, which the sampler has not drawn yet.
-  onset = 450 + a + 20
-  ev = Notes(np.array([0, 100, 300, 450]), np.full(4, 10), np.array([60, 62, 64, 65]),
-             np.full(4, 80), np.zeros(4, np.int64))
-  ct = Notes(np.array([onset]), np.array([10]), np.array([70]), np.array([80]), np.array([0]))
-  assert 450 - 300 < w and onset - 300 < lead <= onset - 100
-  order = {}
-  for c in (v5, v6):
-    ids, is_ctl = c.encode_controlled(c.quantize(ev), c.quantize(ct), add_eos=False,
-                                      trailing_controls=True)
-    opens = np.flatnonzero(np.isin(c.kinds(ids), tc.CONTROL_TIME_KINDS))
-    events_before = int((np.isin(c.kinds(ids[:opens[0]]), (tc.K_DT,)) & ~is_ctl[:opens[0]]).sum())
-    order[c.version] = (events_before, int(ids[opens[0]] - c.field_ranges()["control_time"][0]))
-    assert c.decode_parts(ids) == (c.quantize(ev).canonical(), c.quantize(ct).canonical())
-  assert order == {5: (4, onset - 450), 6: (3, onset - 300)}
-  # On any piece a version-6 control enters less than a + w before its onset and, but at the
-  # start, at least a before it (positions are at most one WAIT apart); the sampler forces it
-  # by the same rule (`lead`).
-  notes = v6.quantize(song(5))
-  cut = int(np.median(notes.onset))
-  events, after = notes[notes.onset < cut], notes[notes.onset >= cut]
-  ids, is_ctl = v6.encode_controlled(events, after, {"task": "infill"}, infill=True)
-  lo = v6.field_ranges()["infill_control_time"][0]
-  offsets = ids[np.isin(v6.kinds(ids), tc.CONTROL_TIME_KINDS)] - lo
-  assert len(offsets) == len(after) and (offsets < lead).all() and (offsets >= a).all()
-  assert v6.control_arrays(after, 0, infill=True)["lead"] == lead
-  assert v5.control_arrays(after, 0, infill=True)["lead"] == 0
-  with pytest.raises(ValueError, match="needs control_fields"):
-    ControlConfig(task_ids=True, infill_control_ids=True, entry_by_time=True)
-  assert ControlConfig.from_dict({k: v for k, v in v6.controls.to_dict().items()
-                                  if k != "entry_by_time"}) == v5.controls  # v5 files.
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

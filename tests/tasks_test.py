@@ -61,11 +61,10 @@ def test_derived_examples_decode_and_mask_the_given_ids():
       assert int(mask.sum()) <= bound
 
 
-@pytest.mark.parametrize("version", (3, 4, 5, 6))
-def test_a_version_3_to_6_example_states_its_task(version):
+@pytest.mark.parametrize("version", (3, 4, 5))
+def test_a_version_3_to_5_example_states_its_task(version):
   v3 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True, infill_control_ids=version >= 4,
-                                                  control_fields=version >= 5,
-                                                  entry_by_time=version == 6))
+                                                  control_fields=version == 5))
   lo = v3.field_ranges()["task"][0]
   seen = set()
   for seed in range(30):
@@ -85,11 +84,11 @@ def test_a_version_3_to_6_example_states_its_task(version):
       opens = v3.kinds(tokens)[np.isin(v3.kinds(tokens), tc.CONTROL_TIME_KINDS)]
       wanted = tc.K_ICTIME if version >= 4 and stated == ["infill"] else tc.K_CTIME
       assert (opens == wanted).all()
-      # Version 5+: every control note (of either task) is written in the control fields (the
+      # Version 5: every control note (of either task) is written in the control fields (the
       # window's end may cut the last one).
       n_fields = int(np.isin(v3.kinds(tokens), tc.CONTROL_KINDS).sum()) - len(opens)
-      full = len(opens) * (v3.tokens_per_note - 1) if version >= 5 else 0
-      assert full - n_fields in (range(v3.tokens_per_note - 1) if version >= 5 else (0,))
+      full = len(opens) * (v3.tokens_per_note - 1) if version == 5 else 0
+      assert full - n_fields in (range(v3.tokens_per_note - 1) if version == 5 else (0,))
   assert seen == set(tc.TASKS)  # One instrument: the melody is kept; two: sometimes parts.
   # Version 2 states none (its models learnt without), with the same draws otherwise.
   tokens, _, _ = _draw(tasks.TaskRates(infill=1.0), 0)

@@ -82,17 +82,17 @@ def run_main(spec, overrides, workdir, *, devices=8, env=None, wait=True, extra_
   return out
 
 
-def test_training_beyond_continuation_uses_token_version_6(data_dir, tmp_path, tmp_path_factory):
+def test_training_beyond_continuation_uses_token_version_5(data_dir, tmp_path, tmp_path_factory):
   cfg = load(SPECS["rga"], small(data_dir, **{
       "data.infill_rate": 0.4, "data.accompany_rate": 0.4, "data.attribute_rate": 0.5}))
   last = train.train_and_evaluate(cfg, str(tmp_path))
   assert last["trained_steps"] == 2 and math.isfinite(last["train/loss"])
   saved = json.loads((tmp_path / run_dir.ENCODING_FILE).read_text())
-  assert saved["token_version"] == 6 and saved["controls"]["anticipation_ms"] == 2000
+  assert saved["token_version"] == 5 and saved["controls"]["anticipation_ms"] == 2000
   assert saved["controls"]["task_ids"] is True and saved["controls"]["infill_control_ids"]
-  assert saved["controls"]["control_fields"] is saved["controls"]["entry_by_time"] is True
+  assert saved["controls"]["control_fields"] is True
   config, codec = run_dir.load_codec(str(tmp_path))
-  assert codec.version == 6 and config.model.vocab_size == codec.vocab_size > 2129
+  assert codec.version == 5 and config.model.vocab_size == codec.vocab_size > 2129
   # data.attribute_bins=4: three edges per attribute, fitted to the fixture corpus (not the
   # generic placeholders), and a resumed run keeps them even if the corpus were refitted.
   generic = encoding.ControlConfig.generic(4)

@@ -141,8 +141,8 @@ def ensure_prepared(config) -> None:
 
 def load_codec(config):
   """The codec the dataset was encoded with (`DatasetInfo.metadata["encoding"]`), of the
-  config's data.encoding, version 6 when the config trains beyond continuation (the records
-  are version 1, which version 6 reads unchanged); a `manual` dataset built from another folder
+  config's data.encoding, version 5 when the config trains beyond continuation (the records
+  are version 1, which version 5 reads unchanged); a `manual` dataset built from another folder
   than data.manual_dir is a ManualDirMismatchError."""
   from virtuoso_jax import encoding  # pylint: disable=g-import-not-at-top
   metadata = builder(config).info.metadata or {}
@@ -162,7 +162,7 @@ def load_codec(config):
 
 
 def control_config(config):
-  """The ControlConfig of token codec version 6 when the config trains beyond continuation
+  """The ControlConfig of token codec version 5 when the config trains beyond continuation
   (any of data.infill_rate, accompany_rate, attribute_rate > 0), else None (version 1). With
   data.attribute_bins > 0 its edges are placeholders until training fits them to the corpus
   (`tasks.fit_controls`); the vocabulary is already final."""
@@ -170,8 +170,7 @@ def control_config(config):
   d = config.data
   if not (d.infill_rate > 0 or d.accompany_rate > 0 or d.attribute_rate > 0):
     return None
-  latest = {"task_ids": True, "infill_control_ids": True, "control_fields": True,
-            "entry_by_time": True}
+  latest = {"task_ids": True, "infill_control_ids": True, "control_fields": True}
   if d.attribute_bins:
     return encoding.ControlConfig.generic(int(d.attribute_bins), int(d.anticipation_ms),
                                           **latest)

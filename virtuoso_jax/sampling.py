@@ -111,11 +111,6 @@ class Controls:
     entry_states: bool [S] grammar states where a control group may start.
     time_lo, time_size: the control-time id range (id = time_lo + offset).
     anticipation: units before its onset that a control enters.
-    lead: token codec version 6 (`ControlConfig.entry_by_time`): a control is due once its
-      onset is less than `lead` units after the time written so far, and is forced then,
-      before the next draw. 0 (versions 2-5): it is forced when the drawn id would carry time
-      past its onset minus the anticipation (the drawn id is then dropped, drawn again after
-      the control).
     release: optional int [I * 128]: per instrument and pitch (instrument * 128 + pitch), the
       units (from where generation starts) by which a generated note of them must end
       (NO_LIMIT: none); the sampler cuts a longer duration drawn to end then (an infilled
@@ -135,7 +130,6 @@ class Controls:
   time_lo: int
   time_size: int
   anticipation: int
-  lead: int = 0
   release: Optional[np.ndarray] = None
   instrument_of: Optional[np.ndarray] = None
   pitch_of: Optional[np.ndarray] = None
@@ -177,8 +171,7 @@ class Controls:
       release = np.asarray(self.release, np.int32)
     return (jnp.asarray(onset), jnp.asarray(fields), jnp.int32(n),
             jnp.asarray(self.entry_states, bool), jnp.int32(self.time_lo),
-            jnp.int32(self.time_size), jnp.int32(self.anticipation), jnp.int32(self.lead),
-            jnp.asarray(release),
+            jnp.int32(self.time_size), jnp.int32(self.anticipation), jnp.asarray(release),
             jnp.asarray(instrument_of), jnp.asarray(pitch_of), jnp.asarray(duration_of),
             jnp.int32(self.duration_step))
 
@@ -213,8 +206,8 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
                   cached, forced, bounded):
   model = nnx.merge(graphdef, state)
   allowed_t, next_t, completes_t, advance_t, boundary, eos, pad = tables
-  (ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation, lead,
-   release, instrument_of, pitch_of, duration_of, duration_step) = controls
+  (ctl_onset, ctl_fields, n_ctl, entry_t, ctl_time_lo, ctl_time_size, anticipation, release,
+   instrument_of, pitch_of, duration_of, duration_step) = controls
   n_fields = ctl_fields.shape[1]
   b = prompt.shape[0]
   # History: prompt, generated ids, then `context` spare slots so fixed-size slices never clamp.
@@ -277,10 +270,9 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
       room = jnp.maximum(release[c["ins"] * 128 + c["pitch"]] - c["units"], 1)
       tok = tok - jnp.maximum(duration_of[tok] - room, 0) * duration_step
     # Control notes (given notes: infilling's right context, an accompaniment's kept part) are
-    # forced, as training placed them: at a position between groups, a control enters once it
-    # is due by the time written so far (version 6, `lead` > 0), or (versions 2-5) when the
-    # sampled id would carry time past its onset minus the anticipation; and before the piece
-    # ends. Its group is then emitted over the next steps and sampling resumes after it.
+    # forced, as training placed them: a control enters at the last position (between groups)
+    # before the sampled id would carry time past its onset minus the anticipation (or end the
+    # piece); its group is then emitted over the next steps and sampling resumes after it.
     # `forced` (static): a request without controls compiles none of this per-token work.
     cptr, force = c["cptr"], c["force"]
     if forced:
@@ -289,9 +281,8 @@ def _generate_jit(state, prompt, bflag0, gstate0, allowed_extra, tables, key, ma
       forced_field = ctl_fields[jnp.maximum(cptr - 1, 0),
                                 jnp.clip(n_fields - force, 0, n_fields - 1)]
       onset = ctl_onset[k]
-      due = jnp.where(lead > 0, onset - c["units"] < lead,
-                      c["units"] + advance_t[g, tok] > onset - anticipation)
-      crosses = ~forcing & (cptr < n_ctl) & entry_t[g] & (due | (tok == eos))
+      crosses = (~forcing & (cptr < n_ctl) & entry_t[g]
+                 & ((c["units"] + advance_t[g, tok] > onset - anticipation) | (tok == eos)))
       tok = jnp.where(forcing, forced_field, tok)
       tok = jnp.where(crosses, ctl_time_lo + jnp.clip(onset - c["units"], 0, ctl_time_size - 1),
                       tok)

@@ -127,11 +127,10 @@ _GENERIC_EDGES = {"density": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
 
 @dataclasses.dataclass(frozen=True)
 class ControlConfig:
-  """Versions 2 to 6 of the token codec: anticipated control notes and attribute tokens
+  """Versions 2 to 5 of the token codec: anticipated control notes and attribute tokens
   (version 3 also states the task, `task_ids`; version 4 gives an infill's right context its
   own control-time ids, `infill_control_ids`; version 5 gives every control note's fields their
-  own ids, `control_fields`; version 6 enters a control by the stream's time alone,
-  `entry_by_time`).
+  own ids, `control_fields`).
 
   Attributes:
     anticipation_ms: a control note (a note given, not generated: the parts kept around an
@@ -152,14 +151,6 @@ class ControlConfig:
       duration and velocity have their own ids (as the Anticipatory Music Transformer's controls
       do), so a control chord entering between two event chords does not look like the event
       chord the model is writing. False: version 2-4.
-    entry_by_time: version 6 (needs control_fields), the same ids: a control enters at the
-      first event-time position less than anticipation + one WAIT before its onset, a rule of
-      the time written so far, so the sampler forces it before drawing the next id and the
-      model always decides with the control in view. Versions 2-5 enter it at the last
-      position before the *next* id would pass its onset minus the anticipation: the sampler
-      learns that only by drawing the next id, at a position whose training target was the
-      control's own (given) id, an untrained draw that piled notes up before an infilled
-      span's end (docs/benchmarks.md). False: version 2-5.
   Training fits the edges to the corpus (`tasks.fit_controls`: quantiles, so every bin holds a
   like share of the training windows); the defaults are generic, corpus-blind edges.
   """
@@ -171,13 +162,11 @@ class ControlConfig:
   task_ids: bool = False
   infill_control_ids: bool = False
   control_fields: bool = False
-  entry_by_time: bool = False
 
   @classmethod
   def generic(cls, bins: int, anticipation_ms: int = 2000, task_ids: bool = False,
               infill_control_ids: bool = False,
-              control_fields: bool = False,
-              entry_by_time: bool = False) -> "ControlConfig":
+              control_fields: bool = False) -> "ControlConfig":
     """`bins` bins per binned attribute, edges spread (geometrically) over the generic span:
     the vocabulary of a run whose edges are fitted to its corpus once its data is read."""
     if bins < 2:
@@ -187,7 +176,7 @@ class ControlConfig:
           else (float(np.sqrt(edges[0] * edges[-1])),)
     return cls(anticipation_ms, **{f"{n}_edges": spread(e) for n, e in _GENERIC_EDGES.items()},
                task_ids=task_ids, infill_control_ids=infill_control_ids,
-               control_fields=control_fields, entry_by_time=entry_by_time)
+               control_fields=control_fields)
 
   def edges(self, name: str) -> tuple[float, ...]:
     """The bin edges of binned attribute `name` (one of BINNED_ATTRIBUTES)."""
@@ -204,7 +193,7 @@ class ControlConfig:
     if not (isinstance(self.anticipation_ms, int) and self.anticipation_ms > 0):
       raise ValueError(f"ControlConfig: anticipation_ms must be a positive int, got "
                        f"{self.anticipation_ms!r}")
-    for name in ("task_ids", "infill_control_ids", "control_fields", "entry_by_time"):
+    for name in ("task_ids", "infill_control_ids", "control_fields"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"ControlConfig: {name} must be a bool, got {getattr(self, name)!r}")
     if self.infill_control_ids and not self.task_ids:
@@ -213,9 +202,6 @@ class ControlConfig:
     if self.control_fields and not self.infill_control_ids:
       raise ValueError("ControlConfig: control_fields (version 5) needs infill_control_ids "
                        "(version 4)")
-    if self.entry_by_time and not self.control_fields:
-      raise ValueError("ControlConfig: entry_by_time (version 6) needs control_fields "
-                       "(version 5)")
 
   def to_dict(self) -> dict[str, Any]:
     return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)

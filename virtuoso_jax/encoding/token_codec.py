@@ -114,9 +114,8 @@ class TokenCodec:
         raise ValueError(f"ControlConfig.anticipation_ms={controls.anticipation_ms} must be a "
                          f"multiple of grid_ms={config.grid_ms} and at most max_time_shift="
                          f"{config.max_time_shift} units")
-      # A control enters at the last event-time position <= its onset - anticipation (version
-      # 6: the first one < anticipation + wait_units before its onset); positions are at most
-      # wait_units apart, so its offset from there is < anticipation + wait_units.
+      # A control enters at the last event-time position <= its onset - anticipation; positions
+      # are at most wait_units apart, so its offset from there is < anticipation + wait_units.
       _add("control_time", self.anticipation + self.wait_units)
       for name in BINNED_ATTRIBUTES:
         _add(name, len(controls.edges(name)) + 1)
@@ -159,12 +158,9 @@ class TokenCodec:
     """1: notes only; 2: also control notes and attribute tokens (`controls`); 3: also the
     task id (`controls.task_ids`); 4: also an infill's own control-time ids
     (`controls.infill_control_ids`); 5: also a control note's own field ids
-    (`controls.control_fields`); 6: the same ids, a control entering by the time written so
-    far (`controls.entry_by_time`)."""
+    (`controls.control_fields`)."""
     if self.controls is None:
       return 1
-    if self.controls.entry_by_time:
-      return 6
     if self.controls.control_fields:
       return 5
     if self.controls.infill_control_ids:
@@ -349,9 +345,7 @@ class TokenCodec:
     A control group is `[control-time, fields...]` (version 5: the control fields): its onset
     is the current event time plus the control-time value. It enters at the last event-time
     position (start, after a WAIT, after an event) not later than its onset minus the
-    anticipation; on version 6 (`controls.entry_by_time`) at the first one less than the
-    anticipation plus one WAIT before its onset, which the time written so far decides (the
-    sampler forces it before drawing). Returns (int32 ids,
+    anticipation. Returns (int32 ids,
     bool is_control per id): training masks the control ids out of the loss; sampling forces
     them. `decode` gives back events and controls together (`decode_parts`: apart).
     `trailing_controls=False` stops after the last event (a prompt: the controls not yet
@@ -378,14 +372,10 @@ class TokenCodec:
     ct_onset = ct.onset.astype(np.int64) if ct is not None else np.zeros(0, np.int64)
     ct_fields = self._note_fields(ct, control=True) if ct is not None else None
 
-    by_time = self.controls.entry_by_time
-
     def flush(now: int, next_position: float) -> None:
-      """Controls that must not wait past the next position (version 6: that are due by now)
-      enter here."""
+      """Controls that must not wait past the next position enter here."""
       nonlocal pending
-      due = now + a + w if by_time else next_position + a
-      while pending < len(ct_onset) and ct_onset[pending] < due:
+      while pending < len(ct_onset) and ct_onset[pending] < next_position + a:
         out.append(c_lo + int(ct_onset[pending]) - now)
         out.extend(ct_fields[pending].tolist())
         is_ctl.extend([True] * (1 + ct_fields.shape[1]))
@@ -421,8 +411,8 @@ class TokenCodec:
                      resume: Notes | None = None) -> dict[str, Any]:
     """What the sampler needs to force `controls` (sampling.Controls' fields): onsets relative
     to `start_time` (the stream time where generation starts), the field ids, the grammar
-    states a control may start in, the control-time ids (`infill`: as `encode_controlled`),
-    the anticipation, and on version 6 the `lead` by which a control is due.
+    states a control may start in, the control-time ids (`infill`: as `encode_controlled`)
+    and the anticipation.
 
     `resume`: the kept music after an infilled span. Each generated note must then end where
     its voice's kept music resumes (`release`, per instrument and pitch): the first onset in it
@@ -441,8 +431,7 @@ class TokenCodec:
     out = {"onset": (controls.onset.astype(np.int64) - int(start_time)).astype(np.int32),
            "fields": self._note_fields(controls, control=True).astype(np.int32),
            "entry_states": self.grammar().allowed[:, lo].copy(), "time_lo": lo,
-           "time_size": hi - lo, "anticipation": self.anticipation,
-           "lead": self.anticipation + self.wait_units if self.controls.entry_by_time else 0}
+           "time_size": hi - lo, "anticipation": self.anticipation}
     if resume is not None and len(resume):
       out["release"] = release_table(resume, int(start_time)).reshape(-1)
       out["instrument_of"], out["pitch_of"], out["duration_of"] = self.event_field_tables()
@@ -681,7 +670,7 @@ class TokenCodec:
     pitch_field = "pitch" if default else "instrument_pitch"
     pos, pitch = [], []
     for prefix in ("", "control_"):
-      if prefix + pitch_field not in self._ranges:  # Control fields: version 5+ only.
+      if prefix + pitch_field not in self._ranges:  # Control fields: version 5 only.
         continue
       lo, hi = self._ranges[prefix + pitch_field]
       at = np.flatnonzero((ids >= lo) & (ids < hi))
