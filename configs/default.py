@@ -69,8 +69,8 @@ def get_config(arg=None):
   d.anticipation_ms = 2000
   # The position before a control group predicts the first id after the groups (the sampler's
   # draw there decides whether a note comes before the control), instead of being left out of
-  # the loss (tasks.lookahead_targets). Off until a full run shows it helps the seams: see
-  # docs/benchmarks.md, "Where a control enters".
+  # the loss (tasks.lookahead_targets). Off: it trades the end seam's pile-ups for spans that
+  # close early (docs/benchmarks.md, "Where a control enters").
   d.lookahead_targets = False
   # Bins per numeric attribute (density, polyphony, pitch range), their edges fitted to the
   # training corpus (quantiles) when a run starts and kept in its encoding.json. 0: the generic
