@@ -160,11 +160,12 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   out[:n] = tokens[:n]
   mask = np.zeros(seq_len, np.float32)
   mask[:n - 1] = ~given[1:n]
-  targets = np.arange(1, seq_len + 1, dtype=np.int32)
+  targets = np.arange(1, seq_len + 1, dtype=np.int32)  # The next id.
   if rates.lookahead:
     opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
-    targets = lookahead_targets(is_control[:n], opens, seq_len)
-    mask[targets != np.arange(1, seq_len + 1)] = 1.0
+    ahead = lookahead_targets(is_control[:n], opens, seq_len)
+    mask[ahead != targets] = 1.0
+    targets = ahead
   return out, mask, targets
 
 
