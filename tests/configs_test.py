@@ -82,6 +82,7 @@ def test_overrides_parse_as_on_the_command_line():
     ("model.emb_dim", 130, "divisible by model.num_heads"),
     ("batch_size", 10, "grad_accum_steps"),
     ("data.windowing", "glue", "data.windowing"),
+    ("data.lookahead_entries", "last", "data.lookahead_entries"),
     ("data.encoding", "midi", "data.encoding"),
     ("data.source", "", "data.source"),
     ("parallel.mesh_shape", (-1, -1, 1), "at most one -1"),

@@ -225,6 +225,45 @@ def test_attribute_bins_are_fitted_to_the_corpus_quantiles():
   assert tasks.fit_controls(codec, songs, 4, L, seed=0) == fitted  # Deterministic.
 
 
+def test_closing_lookahead_moves_only_the_targets_before_the_closing_wait():
+  # lookahead_entries="closing": the positions before (and between) the groups that precede an
+  # infill's closing WAIT predict that WAIT (the decision to end the span); every other entry
+  # keeps its next-id target, out of the loss, as with lookahead off.
+  v5 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True, infill_control_ids=True,
+                                                  control_fields=True))
+  closed = mid_entries = 0
+  for seed in range(16):
+    draw = lambda closing, task: tasks.derive(
+        v5, _window(seed), L, tasks.TaskRates(**{task: 1.0}, lookahead=True,
+                                              lookahead_closing=closing),
+        np.random.default_rng(seed))
+    every, only = draw(False, "infill"), draw(True, "infill")
+    np.testing.assert_array_equal(every[0], only[0])  # The same example,
+    nxt = np.arange(1, L + 1)
+    moved_every, moved_only = every[2] != nxt, only[2] != nxt
+    body = only[0][only[0] != v5.pad_id]
+    kinds = v5.kinds(body)
+    last_field = int(np.flatnonzero(np.isin(kinds, np.arange(tc.K_DT, tc.K_DUR_VEL + 1)))[-1])
+    control = np.isin(kinds, tc.CONTROL_KINDS)
+    after = [i for i in range(last_field + 1, len(body)) if not control[i]]
+    close = tasks.closing_position(v5, body, control)
+    assert close == (after[0] if after else -1)
+    # its moved targets a subset of every entry's, all to the closing WAIT,
+    assert not (moved_only & ~moved_every).any()
+    assert (only[2][moved_only] == close).all()
+    assert (every[2][moved_every & ~moved_only] != close).all()
+    # the others back to the next id and out of the loss.
+    rest = moved_every & ~moved_only
+    assert (only[1][rest] == 0.0).all() and (only[1][moved_only] == 1.0).all()
+    closed += int(moved_only.any())
+    mid_entries += int(rest.any())
+    accompany = draw(True, "accompany")
+    if accompany is not None and not (v5.kinds(accompany[0]) == tc.K_ICTIME).any():
+      # An accompaniment (not one turned infill, nothing to accompany): no closing WAIT.
+      np.testing.assert_array_equal(accompany[2], nxt)
+  assert closed >= 4 and mid_entries >= 4
+
+
 def test_lookahead_targets_skip_the_control_groups():
   # ids:      0 BOS, 1 event, 2 event, 3 ctl-open, 4 ctl, 5 ctl-open, 6 ctl, 7 WAIT, 8 ctl-open,
   #           9 ctl (the window ends inside the last run: no id after it).

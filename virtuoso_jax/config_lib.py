@@ -26,6 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _OPTIMIZERS = ("adamw", "adam")
 _SCHEDULES = ("cosine", "constant", "noam")
 _WINDOWING = ("window", "pack")
+_LOOKAHEAD_ENTRIES = ("all", "closing")  # data.lookahead_entries (tasks.closing_position).
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The model options (config.model fields with a fixed set of values): the one list, checked by
 # `validate` and by the model itself (models.transformer.Decoder), whoever builds it.
@@ -329,6 +330,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          d.anticipation_ms, "must be a positive int (milliseconds)")
   _check(isinstance(d.attribute_bins, int) and (d.attribute_bins == 0 or 2 <= d.attribute_bins <= 32),
          "data.attribute_bins", d.attribute_bins, "must be 0 (generic edges) or 2..32")
+  _check(d.lookahead_entries in _LOOKAHEAD_ENTRIES, "data.lookahead_entries",
+         d.lookahead_entries, f"expected one of {_LOOKAHEAD_ENTRIES}")
   _check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
   _check(d.prefetch >= 0, "data.prefetch", d.prefetch, "must be >= 0")
   _check(d.train_split != d.eval_split, "data.eval_split", d.eval_split,

@@ -19,7 +19,8 @@ re-encoded with the version-2+ codec (`TokenCodec.encode_controlled`); control, 
 task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
 With `lookahead` (config.data.lookahead_targets), the id before a run of control groups
 predicts the first id after the run (`targets`): the sampler draws there, and forces the
-controls only when its draw carries time past their entry.
+controls only when its draw carries time past their entry; with `lookahead_closing`
+(lookahead_entries "closing") only where that id is an infill's closing WAIT.
 Every choice is a pure function of (seed, sample number), so a resumed run sees the same
 examples.
 """
@@ -41,6 +42,9 @@ class TaskRates:
   accompany: float = 0.0
   attributes: float = 0.0
   lookahead: bool = False  # config.data.lookahead_targets (`lookahead_targets`).
+  # config.data.lookahead_entries == "closing": only before the groups an infill's closing
+  # WAIT follows (`closing_position`).
+  lookahead_closing: bool = False
 
   @property
   def any(self) -> bool:
@@ -50,7 +54,7 @@ class TaskRates:
   def from_config(cls, config) -> "TaskRates":
     d = config.data
     return cls(float(d.infill_rate), float(d.accompany_rate), float(d.attribute_rate),
-               bool(d.lookahead_targets))
+               bool(d.lookahead_targets), d.lookahead_entries == "closing")
 
 
 def split_at(notes, end: int):
@@ -164,6 +168,9 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   if rates.lookahead:
     opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
     ahead = lookahead_targets(is_control[:n], opens, seq_len)
+    if rates.lookahead_closing:  # Only the span's last entry: elsewhere the next id (masked).
+      close = closing_position(codec, tokens[:n], is_control[:n]) if task == "infill" else -1
+      ahead = np.where(ahead == close, ahead, targets)
     mask[ahead != targets] = 1.0
     targets = ahead
   return out, mask, targets
@@ -190,6 +197,18 @@ def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int) -
   targets = np.arange(1, seq_len + 1, dtype=np.int32)
   targets[p] = after[p + 1]
   return targets
+
+
+def closing_position(codec, tokens: np.ndarray, is_control: np.ndarray) -> int:
+  """The position of an infill example's closing WAIT (`encode_controlled(close=True)`): the
+  first non-control id after the last event's fields; -1 when the sequence does not hold it
+  (cut by the context)."""
+  ctl, kinds = np.asarray(is_control, bool), codec.kinds(tokens)
+  event = np.flatnonzero(~ctl & (kinds >= tc.K_DT) & (kinds <= tc.K_DUR_VEL))
+  if not len(event):
+    return -1
+  later = event[-1] + 1 + np.flatnonzero(~ctl[event[-1] + 1:])
+  return int(later[0]) if len(later) and tokens[later[0]] == tc.WAIT else -1
 
 
 def fit_controls(codec, songs, bins: int, seq_len: int, seed: int,
