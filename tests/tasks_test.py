@@ -228,14 +228,15 @@ def test_attribute_bins_are_fitted_to_the_corpus_quantiles():
 def test_closing_lookahead_moves_only_the_targets_before_the_closing_wait():
   # lookahead_entries="closing": the positions before (and between) the groups that precede an
   # infill's closing WAIT predict that WAIT (the decision to end the span); every other entry
-  # keeps its next-id target, out of the loss, as with lookahead off.
+  # keeps its next-id target, out of the loss, as with lookahead off; "closing_first" keeps only
+  # the position before the first of those groups.
   v5 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True, infill_control_ids=True,
                                                   control_fields=True))
   closed = mid_entries = 0
   for seed in range(16):
     draw = lambda closing, task: tasks.derive(
         v5, _window(seed), L, tasks.TaskRates(**{task: 1.0}, lookahead=True,
-                                              lookahead_closing=closing),
+                                              lookahead_entries="closing" if closing else "all"),
         np.random.default_rng(seed))
     every, only = draw(False, "infill"), draw(True, "infill")
     np.testing.assert_array_equal(every[0], only[0])  # The same example,
@@ -257,6 +258,13 @@ def test_closing_lookahead_moves_only_the_targets_before_the_closing_wait():
     assert (only[1][rest] == 0.0).all() and (only[1][moved_only] == 1.0).all()
     closed += int(moved_only.any())
     mid_entries += int(rest.any())
+    # "closing_first": of those, only the position before the first group (an event's id).
+    first = tasks.derive(v5, _window(seed), L, tasks.TaskRates(
+        infill=1.0, lookahead=True, lookahead_entries="closing_first"), np.random.default_rng(seed))
+    moved_first = first[2] != nxt
+    assert not (moved_first & ~moved_only).any() and moved_first.sum() == int(moved_only.any())
+    assert not control[np.flatnonzero(moved_first)].any()
+    assert (first[1][moved_only & ~moved_first] == 0.0).all()
     accompany = draw(True, "accompany")
     if accompany is not None and not (v5.kinds(accompany[0]) == tc.K_ICTIME).any():
       # An accompaniment (not one turned infill, nothing to accompany): no closing WAIT.

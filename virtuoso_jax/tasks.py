@@ -20,7 +20,7 @@ task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of
 With `lookahead` (config.data.lookahead_targets), the id before a run of control groups
 predicts the first id after the run (`targets`): the sampler draws there, and forces the
 controls only when its draw carries time past their entry; with `lookahead_closing`
-(lookahead_entries "closing") only where that id is an infill's closing WAIT.
+(lookahead_entries "closing" / "closing_first") only where that id is an infill's closing WAIT.
 Every choice is a pure function of (seed, sample number), so a resumed run sees the same
 examples.
 """
@@ -42,9 +42,10 @@ class TaskRates:
   accompany: float = 0.0
   attributes: float = 0.0
   lookahead: bool = False  # config.data.lookahead_targets (`lookahead_targets`).
-  # config.data.lookahead_entries == "closing": only before the groups an infill's closing
-  # WAIT follows (`closing_position`).
-  lookahead_closing: bool = False
+  # config.data.lookahead_entries: "all" control entries; "closing": only before (and
+  # between) the groups an infill's closing WAIT follows (`closing_position`);
+  # "closing_first": only the position before the first of those groups.
+  lookahead_entries: str = "all"
 
   @property
   def any(self) -> bool:
@@ -54,7 +55,7 @@ class TaskRates:
   def from_config(cls, config) -> "TaskRates":
     d = config.data
     return cls(float(d.infill_rate), float(d.accompany_rate), float(d.attribute_rate),
-               bool(d.lookahead_targets), d.lookahead_entries == "closing")
+               bool(d.lookahead_targets), str(d.lookahead_entries))
 
 
 def split_at(notes, end: int):
@@ -168,9 +169,12 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   if rates.lookahead:
     opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
     ahead = lookahead_targets(is_control[:n], opens, seq_len)
-    if rates.lookahead_closing:  # Only the span's last entry: elsewhere the next id (masked).
+    if rates.lookahead_entries != "all":  # The span's last entry only; elsewhere the next id.
       close = closing_position(codec, tokens[:n], is_control[:n]) if task == "infill" else -1
-      ahead = np.where(ahead == close, ahead, targets)
+      keep = ahead == close
+      if rates.lookahead_entries == "closing_first":  # Not the positions between groups.
+        keep[:n] &= ~is_control[:min(n, seq_len)]
+      ahead = np.where(keep, ahead, targets)
     mask[ahead != targets] = 1.0
     targets = ahead
   return out, mask, targets
