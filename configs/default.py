@@ -72,9 +72,9 @@ def get_config(arg=None):
   # the loss (tasks.lookahead_targets). Off: it trades the end seam's pile-ups for spans that
   # close early (docs/benchmarks.md, "Where a control enters").
   d.lookahead_targets = False
-  # With lookahead_targets: at "all" entries of control groups, or only where an infill's
-  # closing WAIT follows the groups (the decision to end the span): "closing" (the positions
-  # before and between those groups), "closing_first" (the position before them only).
+  # With lookahead_targets, the positions that predict past the groups: "all" (before and
+  # between the groups of every run), "closing" (only the run an infill's closing WAIT
+  # follows: the decision to end the span), "first" (before each run's first group only).
   d.lookahead_entries = "all"
   # Bins per numeric attribute (density, polyphony, pitch range), their edges fitted to the
   # training corpus (quantiles) when a run starts and kept in its encoding.json. 0: the generic

@@ -225,14 +225,13 @@ def test_attribute_bins_are_fitted_to_the_corpus_quantiles():
   assert tasks.fit_controls(codec, songs, 4, L, seed=0) == fitted  # Deterministic.
 
 
-def test_closing_lookahead_moves_only_the_targets_before_the_closing_wait():
+def test_lookahead_entries_choose_which_positions_predict_past_the_groups():
   # lookahead_entries="closing": the positions before (and between) the groups that precede an
   # infill's closing WAIT predict that WAIT (the decision to end the span); every other entry
-  # keeps its next-id target, out of the loss, as with lookahead off; "closing_first" keeps only
-  # the position before the first of those groups.
+  # keeps its next-id target, out of the loss, as with lookahead off.
   v5 = TokenCodec(EncodingConfig(), ControlConfig(task_ids=True, infill_control_ids=True,
                                                   control_fields=True))
-  closed = mid_entries = 0
+  closed = mid_entries = between = 0
   for seed in range(16):
     draw = lambda closing, task: tasks.derive(
         v5, _window(seed), L, tasks.TaskRates(**{task: 1.0}, lookahead=True,
@@ -258,18 +257,22 @@ def test_closing_lookahead_moves_only_the_targets_before_the_closing_wait():
     assert (only[1][rest] == 0.0).all() and (only[1][moved_only] == 1.0).all()
     closed += int(moved_only.any())
     mid_entries += int(rest.any())
-    # "closing_first": of those, only the position before the first group (an event's id).
+    # "first": every run's entry, but only the position before its first group (an event's
+    # id); between the groups the next id, out of the loss.
     first = tasks.derive(v5, _window(seed), L, tasks.TaskRates(
-        infill=1.0, lookahead=True, lookahead_entries="closing_first"), np.random.default_rng(seed))
+        infill=1.0, lookahead=True, lookahead_entries="first"), np.random.default_rng(seed))
     moved_first = first[2] != nxt
-    assert not (moved_first & ~moved_only).any() and moved_first.sum() == int(moved_only.any())
-    assert not control[np.flatnonzero(moved_first)].any()
-    assert (first[1][moved_only & ~moved_first] == 0.0).all()
+    assert not (moved_first & ~moved_every).any()
+    np.testing.assert_array_equal(first[2][moved_first], every[2][moved_first])
+    given = np.isin(v5.kinds(first[0][:L]), tc.CONTROL_KINDS)
+    np.testing.assert_array_equal(moved_first, moved_every & ~given)
+    assert (first[1][moved_every & ~moved_first] == 0.0).all()
+    between += int((moved_every & ~moved_first).any())
     accompany = draw(True, "accompany")
     if accompany is not None and not (v5.kinds(accompany[0]) == tc.K_ICTIME).any():
       # An accompaniment (not one turned infill, nothing to accompany): no closing WAIT.
       np.testing.assert_array_equal(accompany[2], nxt)
-  assert closed >= 4 and mid_entries >= 4
+  assert closed >= 4 and mid_entries >= 4 and between >= 4
 
 
 def test_lookahead_targets_skip_the_control_groups():

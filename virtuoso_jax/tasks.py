@@ -19,8 +19,8 @@ re-encoded with the version-2+ codec (`TokenCodec.encode_controlled`); control, 
 task ids are inputs only (`TokenCodec.inputs_only`): the mask leaves them out of the loss.
 With `lookahead` (config.data.lookahead_targets), the id before a run of control groups
 predicts the first id after the run (`targets`): the sampler draws there, and forces the
-controls only when its draw carries time past their entry; with `lookahead_closing`
-(lookahead_entries "closing" / "closing_first") only where that id is an infill's closing WAIT.
+controls only when its draw carries time past their entry (`lookahead_entries`: at every run,
+only where that id is an infill's closing WAIT, or only before a run's first group).
 Every choice is a pure function of (seed, sample number), so a resumed run sees the same
 examples.
 """
@@ -42,9 +42,9 @@ class TaskRates:
   accompany: float = 0.0
   attributes: float = 0.0
   lookahead: bool = False  # config.data.lookahead_targets (`lookahead_targets`).
-  # config.data.lookahead_entries: "all" control entries; "closing": only before (and
-  # between) the groups an infill's closing WAIT follows (`closing_position`);
-  # "closing_first": only the position before the first of those groups.
+  # config.data.lookahead_entries: "all": before and between every run of control groups;
+  # "closing": only the run an infill's closing WAIT follows (`closing_position`); "first":
+  # only before each run's first group (the positions between groups keep the next id).
   lookahead_entries: str = "all"
 
   @property
@@ -169,12 +169,13 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   if rates.lookahead:
     opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
     ahead = lookahead_targets(is_control[:n], opens, seq_len)
-    if rates.lookahead_entries != "all":  # The span's last entry only; elsewhere the next id.
+    if rates.lookahead_entries == "closing":  # The span's last entry only.
       close = closing_position(codec, tokens[:n], is_control[:n]) if task == "infill" else -1
-      keep = ahead == close
-      if rates.lookahead_entries == "closing_first":  # Not the positions between groups.
-        keep[:n] &= ~is_control[:min(n, seq_len)]
-      ahead = np.where(keep, ahead, targets)
+      ahead = np.where(ahead == close, ahead, targets)
+    elif rates.lookahead_entries == "first":  # Not the positions between groups (control ids).
+      between = np.zeros(seq_len, bool)
+      between[:min(n, seq_len)] = is_control[:min(n, seq_len)]
+      ahead = np.where(between, targets, ahead)
     mask[ahead != targets] = 1.0
     targets = ahead
   return out, mask, targets
