@@ -69,8 +69,9 @@ def get_config(arg=None):
   d.anticipation_ms = 2000
   # The position before a control group predicts the first id after the groups (the sampler's
   # draw there decides whether a note comes before the control), instead of being left out of
-  # the loss (tasks.lookahead_targets). Off: it trades the end seam's pile-ups for spans that
-  # close early (docs/benchmarks.md, "Where a control enters").
+  # the loss (tasks.lookahead_targets). Off here; rga.py:control trains it at each run's
+  # first group ("first"): at "all" positions or the "closing" run only, spans closed early
+  # (docs/benchmarks.md, "Where a control enters" and "Which positions predict").
   d.lookahead_targets = False
   # With lookahead_targets, the positions that predict past the groups: "all" (before and
   # between the groups of every run), "closing" (only the run an infill's closing WAIT
