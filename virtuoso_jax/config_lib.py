@@ -26,7 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _OPTIMIZERS = ("adamw", "adam")
 _SCHEDULES = ("cosine", "constant", "noam")
 _WINDOWING = ("window", "pack")
-_LOOKAHEAD_ENTRIES = ("all", "closing", "first")  # data.lookahead_entries (tasks.closing_position).
+_LOOKAHEAD_ENTRIES = ("all", "closing", "first")  # data.lookahead_entries (tasks.TaskRates).
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The model options (config.model fields with a fixed set of values): the one list, checked by
 # `validate` and by the model itself (models.transformer.Decoder), whoever builds it.

@@ -191,8 +191,10 @@ def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int) -
   group's entry point (`sampling`), so the model at p decides whether the next note comes
   before the control or after it. With the group's control-time id as p's target (a given id,
   out of the loss) that decision is never trained, and an infilled span's last note is seldom
-  followed by the closing WAIT there: the end seam's pile-ups. Trained on it, spans may close
-  early instead; measured in docs/benchmarks.md ("Where a control enters")."""
+  followed by the closing WAIT there: the end seam's pile-ups. Trained between the groups
+  too, or at the closing run only, spans close early instead; `derive` with lookahead_entries
+  "first" keeps only the target before each run's first group (docs/benchmarks.md, "Where a
+  control enters" and what follows it)."""
   ctl, opens = np.asarray(is_control, bool), np.asarray(opens, bool)
   n = len(ctl)
   # The first non-control position at or after each position (n: none in the sequence).
