@@ -68,8 +68,8 @@ def control(config):
   d = config.data
   d.infill_rate, d.accompany_rate, d.attribute_rate = 0.45, 0.05, 0.8
   # The position before each run of control groups predicts the first id after the run (the
-  # sampler's draw there: a note before the kept music, or the WAIT that closes the span);
-  # end-seam pile-ups 29 % -> 10-17 %, the level of a span's middle (docs/benchmarks.md).
+  # sampler's draw there: a note before the kept music, or the WAIT that closes the span),
+  # not the positions between groups (docs/benchmarks.md, control_f).
   d.lookahead_targets, d.lookahead_entries = True, "first"
 
 

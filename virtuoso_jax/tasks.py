@@ -168,24 +168,23 @@ def derive(codec, window: np.ndarray, seq_len: int, rates: TaskRates,
   targets = np.arange(1, seq_len + 1, dtype=np.int32)  # The next id.
   if rates.lookahead:
     opens = np.isin(codec.kinds(tokens[:n]), tc.CONTROL_TIME_KINDS)
-    ahead = lookahead_targets(is_control[:n], opens, seq_len)
+    ahead = lookahead_targets(is_control[:n], opens, seq_len,
+                              between=rates.lookahead_entries != "first")
     if rates.lookahead_entries == "closing":  # The span's last entry only.
       close = closing_position(codec, tokens[:n], is_control[:n]) if task == "infill" else -1
       ahead = np.where(ahead == close, ahead, targets)
-    elif rates.lookahead_entries == "first":  # Not the positions between groups (control ids).
-      between = np.zeros(seq_len, bool)
-      between[:min(n, seq_len)] = is_control[:min(n, seq_len)]
-      ahead = np.where(between, targets, ahead)
     mask[ahead != targets] = 1.0
     targets = ahead
   return out, mask, targets
 
 
-def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int) -> np.ndarray:
+def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int,
+                      between: bool = True) -> np.ndarray:
   """int32[seq_len]: for each input position p of an `encode_controlled` sequence (per id, at
   most seq_len + 1: `is_control`, and `opens`, the ids that open a control group), the
   position of its target: p + 1, except where a control group follows p: there, the first id
-  after the run of groups (when the sequence holds it).
+  after the run of groups (when the sequence holds it). `between=False`: only where p is not
+  itself a control id (before a run's first group, not between its groups).
 
   The sampler draws at p, and forces the group only when its draw would carry time past the
   group's entry point (`sampling`), so the model at p decides whether the next note comes
@@ -199,7 +198,8 @@ def lookahead_targets(is_control: np.ndarray, opens: np.ndarray, seq_len: int) -
   n = len(ctl)
   # The first non-control position at or after each position (n: none in the sequence).
   after = np.minimum.accumulate(np.where(ctl, n, np.arange(n))[::-1])[::-1]
-  p = np.flatnonzero(opens[1:] & (after[1:] < n))  # A group opens at p + 1.
+  # A group opens at p + 1 (and, unless `between`, p is not a control id).
+  p = np.flatnonzero(opens[1:] & (after[1:] < n) & (between | ~ctl[:-1]))
   p = p[p < seq_len]
   targets = np.arange(1, seq_len + 1, dtype=np.int32)
   targets[p] = after[p + 1]
